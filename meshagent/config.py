@@ -122,6 +122,22 @@ class WireSection:
 SECTIONS: dict[str, type] = {"node": NodeSection, "wire": WireSection}
 REQUIRED_SECTIONS = frozenset({"node"})
 
+# Modules that declare more sections with ``register_section`` when imported (the mesh's
+# [mesh], the control loop's [control], ...). Imported on first use, not at import of this
+# module, so that those modules can import ``setting`` from here.
+SECTION_MODULES: tuple[str, ...] = ()
+_sections_loaded = False
+
+
+def _load_section_modules() -> None:
+    global _sections_loaded
+    if not _sections_loaded:
+        import importlib
+
+        for name in SECTION_MODULES:
+            importlib.import_module(name)
+        _sections_loaded = True
+
 
 def register_section(name: str, cls: type, *, required: bool = False) -> None:
     """Called by a layer's config module at import to add its ``[name]`` section."""
@@ -242,6 +258,7 @@ def load_section(cls: type, table: Any, name: str, base_dir: Path) -> Any:
 
 
 def config_from_dict(data: Mapping[str, Any], *, source: str = "<config>", base_dir: Path | None = None) -> NodeConfig:
+    _load_section_modules()
     base = base_dir or Path.cwd()
     for name in data:
         if name not in SECTIONS:
@@ -276,6 +293,7 @@ def load_config(path: str | Path) -> NodeConfig:
 
 def reference_markdown() -> str:
     """The config reference, generated from the declarations (docs/config.md)."""
+    _load_section_modules()
     out = [
         "# Configuration reference",
         "",

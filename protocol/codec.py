@@ -79,6 +79,11 @@ def items(max_items: int = DEFAULT_MAX_ITEMS, **kw: Any) -> Any:
     return attrs.field(metadata={"max_items": max_items}, **kw)
 
 
+def field(**kw: Any) -> Any:
+    """A field whose type alone bounds it (bool, enum, nested attrs class)."""
+    return attrs.field(**kw)
+
+
 # --- compiled checkers -----------------------------------------------------------------------
 
 Checker = Callable[[Any], Any]
@@ -172,10 +177,10 @@ def _checker_for(name: str, tp: Any, meta: typing.Mapping[str, Any]) -> tuple[Ch
     """Return (checker for untrusted values, packer or None when the value packs as itself)."""
     origin = typing.get_origin(tp)
     if origin is typing.Union or origin is types.UnionType:
-        args = [a for a in typing.get_args(tp) if a is not type(None)]
-        if len(args) != 1:
+        members = [a for a in typing.get_args(tp) if a is not type(None)]
+        if len(members) != 1:
             raise LocalProtocolError(f"{name}: only 'T | None' unions are supported")
-        inner, inner_pack = _checker_for(name, args[0], meta)
+        inner, inner_pack = _checker_for(name, members[0], meta)
         if inner_pack is None:
             return _optional_checker(inner), None
         pack_inner = inner_pack
@@ -250,7 +255,7 @@ def codec_for(cls: type) -> Codec:
         try:
             # zip stops at the shorter: extra trailing fields (from a newer peer) are
             # ignored, missing optional ones take their defaults.
-            return cls(*[chk(x) for chk, x in zip(checkers, v)])
+            return cls(*[chk(x) for chk, x in zip(checkers, v, strict=False)])
         except BadPacket:
             raise
         except Exception as exc:  # an attrs validator of the class refused the value

@@ -139,7 +139,7 @@ class Certificate:
 @attrs.frozen
 class _CertBody:
     format: int = codec.integer(0, 255)
-    cert: Certificate = attrs.field()
+    cert: Certificate = codec.field()
 
 
 @attrs.frozen
@@ -155,7 +155,7 @@ class Revocation:
 @attrs.frozen
 class _RevocationBody:
     format: int = codec.integer(0, 255)
-    revocation: Revocation = attrs.field()
+    revocation: Revocation = codec.field()
 
 
 def sign_certificate(cert: Certificate, ca_key: SigningKey) -> bytes:

@@ -17,6 +17,7 @@ Type byte ranges, so that each layer owns a block and a collision is a startup e
 
 from __future__ import annotations
 
+import typing
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -48,7 +49,7 @@ def message(type_byte: int) -> Callable[[C], C]:
         MESSAGE_TYPES[type_byte] = cls
         TYPE_OF[cls] = type_byte
         codec.codec_for(cls)  # compile now: a bad field type fails at import, not on the wire
-        return cls
+        return typing.cast(C, cls)
 
     return register
 

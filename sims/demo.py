@@ -70,7 +70,7 @@ async def _demo(workdir: Path) -> int:
     addr_a, addr_b = sock_a.getsockname(), sock_b.getsockname()
     _line(f"  charger-a on udp://{addr_a[0]}:{addr_a[1]}, charger-b on udp://{addr_b[0]}:{addr_b[1]}")
 
-    async def deliver(packet: bytes, opener: Opener, src: trio.socket.SocketType, dst_addr: object, dst: trio.socket.SocketType) -> str:
+    async def deliver(packet: bytes, opener: Opener, src: trio.socket.SocketType, dst_addr: tuple[str, int], dst: trio.socket.SocketType) -> str:
         await src.sendto(packet, dst_addr)
         with trio.fail_after(2):
             data, _ = await dst.recvfrom(65536)

@@ -165,8 +165,18 @@ def bench(name: str, as_json: bool, quick: bool) -> None:
         click.echo(json.dumps(result.data, sort_keys=True))
 
 
+# Modules that define more subcommands; each has ``register(cli: click.Group) -> None``.
+# A layer adds its module here (importing it must stay cheap: heavy imports go inside the
+# command functions).
+COMMAND_MODULES: tuple[str, ...] = ()
+
+
 def _attach() -> None:
     """Attach the subcommands that other layers define in their own modules."""
+    import importlib
+
+    for name in COMMAND_MODULES:
+        importlib.import_module(name).register(cli)
 
 
 _attach()

@@ -18,7 +18,14 @@ import time
 import nacl.bindings as sodium
 
 from protocol import codec
-from protocol.identity import Certificate, NodeIdentity, SigningKey, TrustStore, issuer_id_of, sign_certificate
+from protocol.identity import (
+    Certificate,
+    NodeIdentity,
+    SigningKey,
+    TrustStore,
+    issuer_id_of,
+    sign_certificate,
+)
 from protocol.messages import Revoke
 from protocol.wire import Opener, Sealer, overhead_bytes
 from sims.bench import BenchResult, machine

@@ -106,7 +106,7 @@ def test_replay_is_refused_and_window_accepts_reordering(pair):
 
 
 def test_replay_window_edge(pair):
-    sealer, opener, a, _ = pair
+    sealer, opener, _a, _ = pair
     first = sealer.seal(Revoke(b""), NOW_MS)
     rest = [sealer.seal(Revoke(b""), NOW_MS) for _ in range(REPLAY_WINDOW)]
     opener.open_untrusted(rest[-1], NOW_MS)  # seq 1024: seq 0 is now just outside the window
@@ -125,7 +125,7 @@ def test_older_boot_epoch_is_replay_newer_resets(pair, pki):
 
 
 def test_forged_packet_does_not_poison_replay_window(pair, pki):
-    sealer, opener, a, _ = pair
+    sealer, opener, _a, _ = pair
     genuine = sealer.seal(Revoke(b""), NOW_MS)
     forged = bytearray(genuine)
     forged[-1] ^= 1
