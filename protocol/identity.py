@@ -290,6 +290,7 @@ class TrustStore:
         # Raw certificate bytes already verified: a packet that attaches a known
         # certificate costs a dict lookup, not a second signature check.
         self._by_raw: dict[bytes, Certificate] = {}
+        self._raw_by_node: dict[str, bytes] = {}
         self._revoked: dict[tuple[bytes, int], tuple[Revocation, bytes]] = {}
 
     # learning
@@ -302,15 +303,20 @@ class TrustStore:
             self._check_usable(cert, now_ms)
             self._remember(cert)
             self._by_raw[bytes(data)] = cert
+            if self._certs.get(cert.node_id) == cert:
+                self._raw_by_node[cert.node_id] = bytes(data)
         else:
             self._check_usable(cert, now_ms)
         return cert
 
-    def add_certificate(self, cert: Certificate) -> None:
+    def add_certificate(self, cert: Certificate, raw: bytes | None = None) -> None:
         """Remember a certificate we already trust (our own, loaded from disk)."""
         if cert.issuer_id not in self.ca_keys:
             raise LocalProtocolError("certificate issued by a CA this store does not trust")
         self._remember(cert)
+        if raw is not None and self._certs.get(cert.node_id) == cert:
+            self._raw_by_node[cert.node_id] = raw
+            self._by_raw[raw] = cert
 
     def _remember(self, cert: Certificate) -> None:
         old = self._certs.get(cert.node_id)
@@ -329,6 +335,10 @@ class TrustStore:
 
     def certificate(self, node_id: str) -> Certificate | None:
         return self._certs.get(node_id)
+
+    def raw_certificate(self, node_id: str) -> bytes | None:
+        """The certificate of ``node_id`` as the CA signed it, to pass on to peers."""
+        return self._raw_by_node.get(node_id)
 
     def is_revoked(self, cert: Certificate) -> bool:
         return (cert.issuer_id, cert.serial) in self._revoked
