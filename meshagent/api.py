@@ -108,8 +108,8 @@ class Api:
             payload, ctype = (json.dumps(body, sort_keys=True) + "\n").encode(), "application/json"
         headers = [("content-type", ctype), ("content-length", str(len(payload))), ("connection", "close")]
         data = conn.send(h11.Response(status_code=status, headers=headers))
-        data += conn.send(h11.Data(data=payload))  # type: ignore[operator]
-        data += conn.send(h11.EndOfMessage())  # type: ignore[operator]
+        data += conn.send(h11.Data(data=payload))
+        data += conn.send(h11.EndOfMessage())
         await stream.send_all(data)
 
     async def _try_respond(self, conn: h11.Connection, stream: trio.SocketStream, status: int, body: Any) -> None:
@@ -132,7 +132,7 @@ async def get_json(host: str, port: int, path: str, *, method: str = "GET", time
         async with stream:
             conn = h11.Connection(h11.CLIENT)
             req = h11.Request(method=method, target=path, headers=[("host", host), ("content-length", "0"), ("connection", "close")])
-            await stream.send_all(conn.send(req) + conn.send(h11.EndOfMessage()))  # type: ignore[operator]
+            await stream.send_all(conn.send(req) + conn.send(h11.EndOfMessage()))
             status = 0
             body = b""
             while True:

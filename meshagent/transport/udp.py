@@ -1,0 +1,266 @@
+"""The production transport: UDP datagrams and TCP streams on one port (7946 by default).
+
+Theory of operation
+-------------------
+``UdpTransport.bind`` creates and binds both sockets before it returns, so the port is
+held and ``address`` is known before any task starts (as memberlist's ``net_transport.go``
+binds a TCP listener and a UDP socket per address). With port 0 it lets the system pick a
+UDP port and then takes the same port for TCP, retrying a few times if that TCP port is
+taken. IPv4 or IPv6 follows the bind host (an IPv6 socket is v6-only).
+
+* Datagrams: ``send_datagram`` is one ``sendto`` on the bound UDP socket, so peers see our
+  bind address as the source; ``receive_datagram`` reads ``max_datagram_bytes + 1`` bytes so
+  a longer datagram is detected, dropped and counted. No background task is needed.
+* Streams: ``serve`` accepts on the listening TCP socket; ``open_stream`` connects from our
+  bind host (when it is a specific address), so each node on its own 127.x address or
+  network namespace is seen with its own source address.
+
+The UDP socket does not set ``SO_REUSEADDR``: on Linux that would let a second agent bind
+the same UDP port and silently split the traffic. The TCP listener does set it, so a
+restarted agent can rebind while old connections sit in TIME_WAIT.
+"""
+
+from __future__ import annotations
+
+import errno
+import ipaddress
+import socket as stdlib_socket
+
+import trio
+
+from meshagent.errors import MeshagentError
+from meshagent.transport.base import (
+    DEFAULT_MAX_DATAGRAM_BYTES,
+    Address,
+    Counters,
+    Datagram,
+    StreamHandler,
+    Transport,
+    TransportStatistics,
+    check_datagram_size,
+    run_stream_handler,
+)
+from protocol.errors import LocalProtocolError
+
+# recvfrom errors that say something about one earlier packet, not about our socket
+_TRANSIENT_RECEIVE_ERRNOS = frozenset(
+    {errno.ECONNREFUSED, errno.ECONNRESET, errno.EHOSTUNREACH, errno.ENETUNREACH, errno.EINTR}
+)
+# accept errors that mean "out of resources for now": wait and go on (as trio.serve_listeners)
+_ACCEPT_CAPACITY_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS})
+_ACCEPT_CAPACITY_SLEEP_S = 0.1
+_EPHEMERAL_ATTEMPTS = 20
+_IP_BIND_ADDRESS_NO_PORT = getattr(stdlib_socket, "IP_BIND_ADDRESS_NO_PORT", None)  # Linux
+
+
+def format_address(address: Address) -> str:
+    host, port = address
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _family_of(host: str) -> int:
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        raise MeshagentError(f"address {host!r} is not a numeric IPv4 or IPv6 address") from None
+    return stdlib_socket.AF_INET6 if ip.version == 6 else stdlib_socket.AF_INET
+
+
+class UdpTransport(Transport):
+    """UDP + TCP on one port. Create with ``await UdpTransport.bind(...)``."""
+
+    def __init__(
+        self,
+        udp: trio.socket.SocketType,
+        tcp: trio.socket.SocketType,
+        advertise: Address,
+        max_datagram_bytes: int,
+    ) -> None:
+        self.max_datagram_bytes = max_datagram_bytes
+        self._udp = udp
+        self._tcp = tcp
+        self._listener = trio.SocketListener(tcp)
+        host, port = udp.getsockname()[:2]
+        self._bind_address: Address = (host, port)
+        self._advertise = advertise
+        self._family = udp.family
+        self._specific_host = not ipaddress.ip_address(host).is_unspecified
+        self._counters = Counters()
+        self._closed = False
+        self._serving = False
+
+    @classmethod
+    async def bind(
+        cls,
+        bind: Address,
+        *,
+        advertise: Address | None = None,
+        max_datagram_bytes: int = DEFAULT_MAX_DATAGRAM_BYTES,
+        backlog: int = 128,
+    ) -> UdpTransport:
+        """Bind UDP and TCP on ``bind`` (port 0: any free port, the same for both).
+
+        ``advertise`` is what peers are told (default: the bind address; required when
+        binding to ``0.0.0.0`` or ``::``; its port 0 means "the bound port"). Raises
+        ``MeshagentError`` (one line naming the address) if the address cannot be bound.
+        """
+        host, port = bind
+        family = _family_of(host)
+        if max_datagram_bytes < 1:
+            raise LocalProtocolError("max_datagram_bytes must be positive")
+        if advertise is None and ipaddress.ip_address(host).is_unspecified:
+            raise MeshagentError(
+                f"binding to {format_address(bind)} needs an advertise address peers can reach"
+            )
+        if advertise is not None:
+            _family_of(advertise[0])
+        for _ in range(_EPHEMERAL_ATTEMPTS):
+            udp = _new_socket(family, stdlib_socket.SOCK_DGRAM)
+            tcp = _new_socket(family, stdlib_socket.SOCK_STREAM)
+            try:
+                await _bind_or_explain(udp, (host, port), "UDP")
+                bound_port = udp.getsockname()[1]
+                tcp.setsockopt(stdlib_socket.SOL_SOCKET, stdlib_socket.SO_REUSEADDR, 1)
+                try:
+                    await tcp.bind((host, bound_port))
+                except OSError as exc:
+                    if port == 0 and exc.errno == errno.EADDRINUSE:
+                        udp.close()
+                        tcp.close()
+                        continue  # that TCP port is taken: let the system pick another
+                    raise _bind_error("TCP", (host, bound_port), exc) from None
+                tcp.listen(backlog)
+            except BaseException:
+                udp.close()
+                tcp.close()
+                raise
+            if advertise is None:
+                adv = (host, bound_port)
+            else:
+                adv = (advertise[0], advertise[1] or bound_port)
+            return cls(udp, tcp, adv, max_datagram_bytes)
+        raise MeshagentError(
+            f"no port free for both UDP and TCP on {host} after {_EPHEMERAL_ATTEMPTS} attempts"
+        )
+
+    @property
+    def address(self) -> Address:
+        return self._advertise
+
+    @property
+    def bind_address(self) -> Address:
+        return self._bind_address
+
+    def statistics(self) -> TransportStatistics:
+        return self._counters.snapshot()
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise trio.ClosedResourceError("transport is closed")
+
+    async def send_datagram(self, destination: Address, packet: bytes) -> None:
+        self._check_open()
+        check_datagram_size(packet, self.max_datagram_bytes)
+        try:
+            await self._udp.sendto(packet, destination)
+        except OSError:  # unreachable, no route, wrong address family, unresolvable host...
+            self._check_open()
+            self._counters.send_errors += 1
+            return
+        self._counters.datagrams_sent += 1
+        self._counters.bytes_sent += len(packet)
+
+    async def receive_datagram(self) -> Datagram:
+        self._check_open()
+        limit = self.max_datagram_bytes
+        while True:  # ends by returning a datagram, a close, or cancellation
+            try:
+                packet, source = await self._udp.recvfrom(limit + 1)
+            except OSError as exc:
+                self._check_open()
+                if exc.errno not in _TRANSIENT_RECEIVE_ERRNOS:
+                    raise
+                self._counters.receive_errors += 1
+                continue
+            if len(packet) > limit:
+                self._counters.dropped_oversize += 1
+                continue
+            self._counters.datagrams_received += 1
+            self._counters.bytes_received += len(packet)
+            return Datagram(packet, (source[0], source[1]))
+
+    async def open_stream(self, destination: Address) -> trio.abc.Stream:
+        self._check_open()
+        sock = _new_socket(self._family, stdlib_socket.SOCK_STREAM)
+        try:
+            if self._specific_host:
+                if self._family == stdlib_socket.AF_INET and _IP_BIND_ADDRESS_NO_PORT is not None:
+                    # pick the port at connect time, so thousands of streams do not
+                    # exhaust the ephemeral ports of one source address
+                    sock.setsockopt(stdlib_socket.IPPROTO_IP, _IP_BIND_ADDRESS_NO_PORT, 1)
+                await sock.bind((self._bind_address[0], 0))
+            await sock.connect(destination)
+        except BaseException:
+            sock.close()
+            raise
+        self._counters.streams_opened += 1
+        return trio.SocketStream(sock)
+
+    async def serve(
+        self,
+        handler: StreamHandler,
+        *,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        self._check_open()
+        if self._serving:
+            raise LocalProtocolError("serve() is already running on this transport")
+        self._serving = True
+        try:
+            async with trio.open_nursery() as nursery:
+                task_status.started()
+                while True:  # ends when the transport closes or the caller cancels
+                    try:
+                        stream = await self._listener.accept()
+                    except trio.ClosedResourceError:
+                        return
+                    except OSError as exc:
+                        if self._closed:
+                            return
+                        if exc.errno not in _ACCEPT_CAPACITY_ERRNOS:
+                            raise
+                        self._counters.stream_errors += 1
+                        await trio.sleep(_ACCEPT_CAPACITY_SLEEP_S)
+                        continue
+                    self._counters.streams_accepted += 1
+                    nursery.start_soon(run_stream_handler, handler, stream, self._counters)
+        finally:
+            self._serving = False
+
+    async def aclose(self) -> None:
+        self._closed = True
+        self._udp.close()
+        self._tcp.close()
+        await trio.lowlevel.checkpoint()
+
+    def __repr__(self) -> str:
+        return f"<UdpTransport {format_address(self._bind_address)}>"
+
+
+def _new_socket(family: int, kind: int) -> trio.socket.SocketType:
+    sock = trio.socket.socket(family, kind)
+    if family == stdlib_socket.AF_INET6:
+        sock.setsockopt(stdlib_socket.IPPROTO_IPV6, stdlib_socket.IPV6_V6ONLY, 1)
+    return sock
+
+
+def _bind_error(kind: str, address: Address, exc: OSError) -> MeshagentError:
+    reason = exc.strerror or str(exc)
+    return MeshagentError(f"cannot bind {kind} {format_address(address)}: {reason}")
+
+
+async def _bind_or_explain(sock: trio.socket.SocketType, address: Address, kind: str) -> None:
+    try:
+        await sock.bind(address)
+    except OSError as exc:
+        raise _bind_error(kind, address, exc) from None
