@@ -1,0 +1,265 @@
+"""A node's secure endpoint: transport + signing + verification + certificate exchange.
+
+Theory of operation
+-------------------
+Everything a node sends goes through ``send`` (datagram) or ``exchange`` (one request and
+one answer on a stream); everything it receives comes out of ``receive`` as a verified
+``protocol.wire.Envelope`` with the address it came from. Bad packets never get out: they
+are dropped and counted by reason (``statistics()``), and the loop goes on.
+
+Certificates: a peer can only verify us if it has our certificate. Rather than attach it
+to every packet (about 160 bytes each), the endpoint attaches it to the first few
+datagrams it sends to an address in each refresh period (default: 3 per 30 s), and to
+every stream exchange. If a peer still drops us as an unknown signer, we cannot know; but
+the other direction heals itself: when *we* drop a packet from an unknown signer, we send
+that address (rate-limited) a ``CertificateRequest`` with our certificate attached, and a
+peer that receives a ``CertificateRequest`` naming itself answers with ``Certificates``
+carrying its own, attached. Revocations arriving in ``Revoke`` messages are applied to the
+trust store here, before any layer above sees a packet from the revoked node again.
+
+The wall clock (for ``issued_at_ms`` and certificate validity) and the monotonic clock (for
+rate limits) are injected, so the endpoint runs unchanged in virtual time.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import attrs
+import trio
+
+from meshagent.transport.base import Address, FramedStream, Transport
+from protocol.errors import BadPacket, DropReason
+from protocol.identity import TrustStore
+from protocol.messages import CertificateRequest, Certificates, Revoke
+from protocol.wire import Envelope, Opener, Sealer, SequenceExhausted, WireLimits
+
+WallClockMs = Callable[[], int]
+
+
+def system_wall_clock_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+@attrs.frozen
+class EndpointStatistics:
+    sent: int
+    received: int
+    dropped: dict[str, int]
+    certificate_requests_sent: int
+    certificates_attached: int
+    revocations_applied: int
+
+
+@attrs.frozen
+class Received:
+    envelope: Envelope
+    source: Address
+
+
+class SecureEndpoint:
+    """Signs what a node sends and verifies what it receives, over one transport."""
+
+    def __init__(
+        self,
+        transport: Transport,
+        sealer: Sealer,
+        trust: TrustStore,
+        *,
+        limits: WireLimits | None = None,
+        wall_clock_ms: WallClockMs = system_wall_clock_ms,
+        certificate_refresh_s: float = 30.0,
+        certificate_sends: int = 3,
+        certificate_request_interval_s: float = 1.0,
+        on_revocation: Callable[[str], None] | None = None,
+    ) -> None:
+        self.transport = transport
+        self.sealer = sealer
+        self.trust = trust
+        self.opener = Opener(trust, limits)
+        self.wall_clock_ms = wall_clock_ms
+        self._refresh_s = certificate_refresh_s
+        self._cert_sends = certificate_sends
+        self._request_interval_s = certificate_request_interval_s
+        self._on_revocation = on_revocation
+        # address -> (period start, certificates attached in that period)
+        self._attached: dict[Address, tuple[float, int]] = {}
+        self._requested: dict[Address, float] = {}
+        self._pending_requests: list[tuple[Address, str]] = []
+        self._sent = 0
+        self._certs_attached = 0
+        self._requests_sent = 0
+        self._revocations = 0
+
+    @property
+    def node_id(self) -> str:
+        return self.sealer.identity.node_id
+
+    @property
+    def address(self) -> Address:
+        return self.transport.address
+
+    def statistics(self) -> EndpointStatistics:
+        opened = self.opener.statistics()
+        return EndpointStatistics(
+            sent=self._sent,
+            received=opened.accepted,
+            dropped=opened.dropped,
+            certificate_requests_sent=self._requests_sent,
+            certificates_attached=self._certs_attached,
+            revocations_applied=self._revocations,
+        )
+
+    def _should_attach(self, destination: Address) -> bool:
+        now = trio.current_time()
+        start, count = self._attached.get(destination, (now, 0))
+        if now - start >= self._refresh_s:
+            start, count = now, 0
+        if count < self._cert_sends:
+            self._attached[destination] = (start, count + 1)
+            return True
+        return False
+
+    def forget_peer(self, destination: Address, node_id: str | None = None) -> None:
+        """A peer restarted or left: attach our certificate again next time."""
+        self._attached.pop(destination, None)
+        if node_id is not None:
+            self.opener.forget(node_id)
+
+    def seal(self, message: object, *, attach_certificate: bool = False) -> bytes:
+        try:
+            packet = self.sealer.seal(message, self.wall_clock_ms(), attach_certificate=attach_certificate)
+        except SequenceExhausted:
+            # 2**32 packets in one boot epoch: move to the next epoch (persisted by the node)
+            self.sealer = Sealer(self.sealer.identity, self.sealer.boot_epoch + 1)
+            packet = self.sealer.seal(message, self.wall_clock_ms(), attach_certificate=attach_certificate)
+        if attach_certificate:
+            self._certs_attached += 1
+        return packet
+
+    async def send(self, destination: Address, message: object, *, attach_certificate: bool | None = None) -> None:
+        """Sign ``message`` and send it as one datagram (best effort)."""
+        attach = self._should_attach(destination) if attach_certificate is None else attach_certificate
+        packet = self.seal(message, attach_certificate=attach)
+        if attach and len(packet) > self.transport.max_datagram_bytes:
+            packet = self.seal(message)  # no room for the certificate: send it bare
+        await self.transport.send_datagram(destination, packet)
+        self._sent += 1
+
+    async def send_packet(self, destination: Address, packet: bytes) -> None:
+        """Send bytes already sealed (the same urgent packet to many members)."""
+        await self.transport.send_datagram(destination, packet)
+        self._sent += 1
+
+    def open(self, packet: bytes, source: Address, *, stream: bool = False) -> Envelope | None:
+        """Verify one packet; ``None`` (counted) if it must be dropped."""
+        try:
+            env = self.opener.open_untrusted(packet, self.wall_clock_ms(), stream=stream)
+        except BadPacket as exc:
+            if exc.reason is DropReason.UNKNOWN_SIGNER and not stream:
+                self._want_certificate(source, exc.detail)
+            return None
+        return env
+
+    def _want_certificate(self, source: Address, claimed_id: str) -> None:
+        now = trio.current_time()
+        if now - self._requested.get(source, -1e18) < self._request_interval_s:
+            return
+        self._requested[source] = now
+        self._pending_requests.append((source, claimed_id))
+
+    async def receive(self) -> Received:
+        """The next verified datagram. Handles certificate exchange and revocations itself."""
+        while True:
+            await self._flush_certificate_requests()
+            datagram = await self.transport.receive_datagram()
+            env = self.open(datagram.packet, datagram.source)
+            if env is None:
+                continue
+            if await self._handle_trust_message(env, datagram.source):
+                continue
+            return Received(env, datagram.source)
+
+    async def _flush_certificate_requests(self) -> None:
+        pending, self._pending_requests = self._pending_requests, []
+        for source, claimed in pending:
+            self._requests_sent += 1
+            await self.send(source, CertificateRequest(node_ids=(claimed[:256],)), attach_certificate=True)
+
+    async def _handle_trust_message(self, env: Envelope, source: Address) -> bool:
+        """Certificate exchange and revocations are the endpoint's business. True if consumed."""
+        msg = env.message
+        if isinstance(msg, CertificateRequest):
+            if self.node_id in msg.node_ids:
+                await self.send(source, Certificates(certificates=(self.sealer.identity.certificate_bytes,)), attach_certificate=True)
+            else:
+                known = [self.trust.certificate(n) for n in msg.node_ids[:8]]
+                raws = [self.trust.raw_certificate(c.node_id) for c in known if c is not None]
+                found = tuple(r for r in raws if r is not None)
+                if found:
+                    await self.send(source, Certificates(certificates=found[:4]))
+            return True
+        if isinstance(msg, Certificates):
+            for raw in msg.certificates:
+                try:
+                    self.trust.add_certificate_untrusted(raw, self.wall_clock_ms())
+                except BadPacket:
+                    pass
+            return True
+        if isinstance(msg, Revoke):
+            self.apply_revocation(msg.revocation)
+            return False  # the layers above forward it (gossip) and act on it
+        return False
+
+    def apply_revocation(self, record: bytes) -> str | None:
+        """Apply a CA-signed revocation; returns the revoked node id if it was new."""
+        try:
+            already = len(self.trust.revocations())
+            rev = self.trust.add_revocation_untrusted(record)
+        except BadPacket:
+            return None
+        if len(self.trust.revocations()) == already:
+            return None
+        self._revocations += 1
+        self.opener.forget(rev.node_id)
+        if self._on_revocation is not None:
+            self._on_revocation(rev.node_id)
+        return rev.node_id
+
+    # --- streams: one request, one answer ---------------------------------------------------
+
+    async def exchange(self, destination: Address, message: object) -> Envelope | None:
+        """Open a stream, send ``message`` (certificate attached), return the verified answer.
+
+        ``None`` if the peer closed without answering or answered with a bad packet. Network
+        failures raise ``OSError``/``trio.BrokenResourceError``; wrap in a timeout scope.
+        """
+        stream = await self.transport.open_stream(destination)
+        async with FramedStream(stream, max_frame_bytes=self.opener.limits.max_stream_bytes) as framed:
+            await framed.send(self.seal(message, attach_certificate=True))
+            self._sent += 1
+            try:
+                packet = await framed.receive_untrusted()
+            except BadPacket:
+                return None
+            if packet is None:
+                return None
+            return self.open(packet, destination, stream=True)
+
+    async def answer_stream(self, stream: trio.abc.Stream, respond: Callable[[Envelope], object | None]) -> None:
+        """Serve one incoming stream: read a request, answer with ``respond(envelope)``."""
+        async with FramedStream(stream, max_frame_bytes=self.opener.limits.max_stream_bytes) as framed:
+            try:
+                packet = await framed.receive_untrusted()
+            except BadPacket:
+                return
+            if packet is None:
+                return
+            env = self.open(packet, ("stream", 0), stream=True)
+            if env is None:
+                return
+            answer = respond(env)
+            if answer is not None:
+                await framed.send(self.seal(answer, attach_certificate=True))
+                self._sent += 1
