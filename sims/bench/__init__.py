@@ -20,6 +20,7 @@ from meshagent.errors import MeshagentError
 # name -> module; add a line here when a layer brings a benchmark
 BENCHMARKS: dict[str, str] = {
     "wire": "sims.bench.wire",
+    "modbus": "sims.bench.modbus",
 }
 
 

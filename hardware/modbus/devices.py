@@ -1,0 +1,230 @@
+"""The device interfaces over Modbus: a site meter unit and a charger unit (SunSpec + ours).
+
+Theory of operation
+-------------------
+Each driver owns nothing but a ``SunSpecUnit`` (shared by the four devices of one charger
+when opened through ``hardware.connect``) and does one request per call on the hot path:
+
+    SiteMeter.read       one read from 64901 ``Age`` to 213 ``W`` (36 registers)
+    Inverter.set_power   one write of 704 ``WSet`` (int32, ``WSet_SF``; SunSpec counts
+                         discharge as positive, so the register holds ``-setpoint_w``);
+                         ``WSetEna``/``WSetMod`` are written once per connection
+    Inverter.status, ThermalSensor.read, TamperSwitch.read, VehicleLink.read
+                         one read of our model 64900 (the part each needs)
+
+Every value goes through the interface's range checks; a float register holding NaN is
+SunSpec's "not implemented" and decodes to ``None``, which the checks refuse. A sample
+older than ``stale_after_s`` (the unit's own ``Age`` register) raises STALE. ``taken_at_s``
+is the reply's arrival on the injected clock minus that age.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import attrs
+import trio
+
+from hardware.interfaces import (
+    ClearResult,
+    ContactorState,
+    DeviceFault,
+    FaultKind,
+    InverterLimits,
+    InverterState,
+    InverterStatus,
+    MeterReading,
+    TamperReading,
+    ThermalReading,
+    VehicleParameters,
+    VehicleStatus,
+)
+from hardware.modbus.registers import (
+    CHARGER_MODEL_ID,
+    CLEAR_NOTHING,
+    CLEAR_REFUSED,
+    CONTACTOR_STATES,
+    FAULT_BITS,
+    INVERTER_STATES,
+    METER_TIMING_MODEL_ID,
+    MODELS,
+    decode,
+)
+from hardware.modbus.sunspec import Block, SunSpecUnit
+
+DEFAULT_STALE_AFTER_S = 0.5
+CHARGER = CHARGER_MODEL_ID
+
+
+def _bits(value: object) -> tuple[str, ...]:
+    n = int(value) if isinstance(value, int) else 0
+    return tuple(code for i, code in enumerate(FAULT_BITS) if n >> i & 1)
+
+
+@attrs.define(eq=False)
+class _ModbusDevice:
+    unit: SunSpecUnit
+    clock: Callable[[], float] = trio.current_time
+    stale_after_s: float = DEFAULT_STALE_AFTER_S
+    owns_link: bool = True
+
+    @property
+    def url(self) -> str:
+        return self.unit.url
+
+    def _fault(self, kind: FaultKind, message: str, **kw: object) -> DeviceFault:
+        return DeviceFault(kind, message, self.url, **kw)  # type: ignore[arg-type]
+
+    def _taken_at(self, age_ms: object) -> float:
+        if not isinstance(age_ms, int):
+            raise self._fault(FaultKind.OUT_OF_RANGE, f"sample age not implemented ({age_ms!r})")
+        if age_ms > self.stale_after_s * 1e3:
+            raise self._fault(FaultKind.STALE, f"sample is {age_ms} ms old (limit {self.stale_after_s * 1e3:g} ms)")
+        return self.clock() - age_ms / 1e3
+
+    async def aclose(self) -> None:
+        if self.owns_link:
+            await self.unit.link.aclose()
+        else:
+            await trio.lowlevel.checkpoint()
+
+    async def __aenter__(self):  # type: ignore[no-untyped-def]
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    async def _charger(self, first: str, last: str) -> tuple[Block, float]:
+        block = await self.unit.read_block(CHARGER, first, last)
+        return block, self._taken_at(block.get("Age"))
+
+
+@attrs.define(eq=False)
+class ModbusSiteMeter(_ModbusDevice):
+    async def read(self) -> MeterReading:
+        models = await self.unit.models()
+        if METER_TIMING_MODEL_ID not in models or 213 not in models:
+            await self.unit.require(213, "three-phase float meter")
+            await self.unit.require(METER_TIMING_MODEL_ID, "meter sample timing")
+        t0 = models[METER_TIMING_MODEL_ID] + MODELS[METER_TIMING_MODEL_ID].point("Age").offset
+        m213 = MODELS[213]
+        end = models[213] + m213.point("W").offset + 2
+        if not 0 < end - t0 <= 125:
+            raise self._fault(FaultKind.NOT_SUPPORTED, "meter timing block is not next to model 213")
+        regs = await self.unit._read(t0, end - t0)
+
+        def at(model_id: int, name: str) -> object:
+            p = MODELS[model_id].point(name)
+            i = models[model_id] + p.offset - t0
+            return decode(p, regs[i:i + p.size])
+
+        taken_at = self._taken_at(at(METER_TIMING_MODEL_ID, "Age"))
+        # Model 213 counts import as positive, as we do: no sign change here.
+        return MeterReading.checked(at(213, "W"), at(213, "Hz"), at(213, "PhV"), taken_at, self.url)  # type: ignore[arg-type]
+
+
+@attrs.define(eq=False)
+class ModbusInverter(_ModbusDevice):
+    _limits: InverterLimits | None = attrs.field(init=False, default=None)
+    _enabled_on_connect: int = attrs.field(init=False, default=-1)
+
+    async def status(self) -> InverterStatus:
+        b, taken_at = await self._charger("Age", "WRmp")
+        st, ctr = b.get("St"), b.get("Ctr")
+        if not isinstance(st, int) or not 0 <= st < len(INVERTER_STATES):
+            raise self._fault(FaultKind.OUT_OF_RANGE, f"inverter state {st!r}")
+        if not isinstance(ctr, int) or not 0 <= ctr < len(CONTACTOR_STATES):
+            raise self._fault(FaultKind.OUT_OF_RANGE, f"contactor state {ctr!r}")
+        limits = InverterLimits(b.get("WMaxCha"), b.get("WMaxDis"), b.get("WRmp"))  # type: ignore[arg-type]
+        status = InverterStatus.checked(
+            state=InverterState(INVERTER_STATES[st]), setpoint_w=b.get("WSetAct"), actual_power_w=b.get("W"),  # type: ignore[arg-type]
+            limits=limits, contactor=ContactorState(CONTACTOR_STATES[ctr]),
+            contactor_cycles=b.get("CtrCyc"), contactor_cycle_budget=b.get("CtrBudget"),  # type: ignore[arg-type]
+            faults=_bits(b.get("Flt")), taken_at_s=taken_at, device=self.url,
+        )
+        self._limits = status.limits
+        return status
+
+    async def set_power(self, setpoint_w: float) -> float:
+        if not isinstance(setpoint_w, int | float) or not math.isfinite(setpoint_w):
+            raise ValueError(f"setpoint must be a finite number of watts, got {setpoint_w!r}")
+        if self._limits is None:
+            await self.status()
+        assert self._limits is not None
+        applied = round(self._limits.clamp(float(setpoint_w)), 1)
+        connects = self.unit.link.statistics().connects
+        try:
+            if self._enabled_on_connect != connects:
+                await self.unit.write_point(704, "WSetMod", 1)  # WATTS
+                await self.unit.write_point(704, "WSetEna", 1)
+                self._enabled_on_connect = self.unit.link.statistics().connects
+            # SunSpec DER: positive = generation = our discharge. The one sign flip.
+            await self.unit.write_point(704, "WSet", -applied)
+        except DeviceFault as fault:
+            if fault.kind is FaultKind.EXCEPTION_RESPONSE and fault.exception_code == 4:
+                status = await self.status()
+                if status.state in (InverterState.FAULT, InverterState.SAFE_MODE):
+                    why = f"latched faults {', '.join(status.faults)}" if status.faults else "inverter is in safe mode"
+                    raise self._fault(FaultKind.DEVICE_FAULT, f"refused: {why}", codes=status.faults) from None
+            raise
+        return applied
+
+    async def set_safe_mode(self, on: bool) -> None:
+        await self.unit.write_point(CHARGER, "SafeMode", 1 if on else 0)
+
+    async def clear_faults(self) -> ClearResult:
+        before = await self.unit.read_block(CHARGER, "ClrReq", "Flt")
+        ack = before.get("ClrAck")
+        seq = (int(ack) % 0xFFFF + 1) if isinstance(ack, int) else 1
+        await self.unit.write_point(CHARGER, "ClrReq", seq)
+        with trio.move_on_after(self.unit.link.timeout_s):
+            while True:
+                after = await self.unit.read_block(CHARGER, "ClrReq", "FltCause")
+                if after.get("ClrAck") == seq:
+                    break
+                await trio.sleep(0.01)  # a real device may process the command asynchronously
+        if after.get("ClrAck") != seq:
+            raise self._fault(FaultKind.TIMEOUT, "clear-faults request not acknowledged")
+        result = after.get("ClrRslt")
+        if result == CLEAR_REFUSED:
+            blocking = tuple(c for c in _bits(after.get("FltCause")) if c in _bits(after.get("Flt")))
+            raise self._fault(FaultKind.CAUSE_PRESENT, f"cannot clear: cause still present: {', '.join(blocking)}",
+                              codes=blocking)
+        if result == CLEAR_NOTHING:
+            return ClearResult(())
+        return ClearResult(_bits(before.get("Flt")))
+
+
+@attrs.define(eq=False)
+class ModbusThermalSensor(_ModbusDevice):
+    async def read(self) -> ThermalReading:
+        b, taken_at = await self._charger("Age", "Tmp")
+        return ThermalReading.checked(b.get("Tmp"), taken_at, self.url)  # type: ignore[arg-type]
+
+
+@attrs.define(eq=False)
+class ModbusTamperSwitch(_ModbusDevice):
+    async def read(self) -> TamperReading:
+        b, taken_at = await self._charger("Age", "TmprLatch")
+        opened, latched = b.get("Tmpr"), b.get("TmprLatch")
+        if opened not in (0, 1) or latched not in (0, 1):
+            raise self._fault(FaultKind.OUT_OF_RANGE, f"tamper registers {opened!r}, {latched!r}")
+        return TamperReading(bool(opened), bool(latched), taken_at)
+
+
+@attrs.define(eq=False)
+class ModbusVehicleLink(_ModbusDevice):
+    async def read(self) -> VehicleStatus:
+        b, taken_at = await self._charger("Age", "EVId")
+        conn = b.get("EVConn")
+        if conn not in (0, 1):
+            raise self._fault(FaultKind.OUT_OF_RANGE, f"vehicle connected register {conn!r}")
+        bms = b.get("BMSSt")
+        params = None
+        if conn:
+            params = VehicleParameters(*(b.get(n) for n in (  # type: ignore[arg-type]
+                "EVMaxChaW", "EVMaxDisW", "EVMinDisW", "SoC", "MinSoC", "TgtSoC", "BatWh")))
+        return VehicleStatus.checked(connected=bool(conn), parameters=params,
+                                     bms_status=bms if isinstance(bms, int) else -1,
+                                     vehicle_id=str(b.get("EVId") or ""), taken_at_s=taken_at, device=self.url)

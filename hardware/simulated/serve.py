@@ -1,0 +1,470 @@
+"""Simulated devices served by real pymodbus servers: Modbus TCP on loopback, RTU on a pty pair.
+
+Theory of operation
+-------------------
+A ``MeterUnit`` (a ``SimulatedSite``) or ``ChargerUnit`` (a ``SimulatedCharger``) renders
+its register image from the physics' snapshot on every read, through the same register
+data and codec the drivers use (``hardware.modbus.registers``), and turns writes into
+commands (``WSet`` -> ``set_power``, ``SafeMode``, ``ClrReq`` -> ``clear_faults``). It
+plugs into pymodbus as a ``SimDevice`` whose ``action`` hook runs on every request.
+
+``SimServer`` runs one pymodbus server (TCP or serial, several units on it like an RS-485
+line) on its own asyncio event loop in a thread: pymodbus is asyncio, the agent is trio,
+and a thread is the honest boundary. The simulated objects are shared between that thread
+and the caller, which is why they hold a lock. ``await server.start()`` returns once the
+server listens; ``server.url(unit)`` is what a driver connects to.
+
+``PtyLine`` is a null-modem cable made of two ``os.openpty`` pairs and a bridge thread
+copying bytes between their masters (what ``socat`` does): the server opens one slave and
+the client the other, both as genuine serial ports through pyserial. The bridge can cut the
+cable or inject bytes, and can pace bytes at the line's baud rate.
+
+Faults a test injects on the server (``SimServer.faults``): answer every request with a
+Modbus exception code, delay replies (timeouts), or replace reply bytes with garbage
+(through pymodbus' ``trace_packet`` hook, so the bytes really cross the wire).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import os
+import select
+import threading
+import time
+import tty
+from collections.abc import Callable
+from typing import Any
+
+import attrs
+import trio
+from pymodbus.constants import ExcCodes
+from pymodbus.simulator import DataType, SimData, SimDevice
+
+from hardware import __version__ as HW_VERSION
+from hardware.interfaces import DeviceFault
+from hardware.modbus.registers import (
+    CHARGER_LAYOUT,
+    CHARGER_MODEL_ID,
+    CLEAR_CLEARED,
+    CLEAR_NOTHING,
+    CLEAR_REFUSED,
+    CONTACTOR_STATES,
+    FAULT_BITS,
+    INVERTER_STATES,
+    METER_LAYOUT,
+    METER_TIMING_MODEL_ID,
+    MODELS,
+    SUNS_MARKER,
+    RegisterError,
+    UnitLayout,
+    decode,
+    encode,
+)
+from hardware.simulated.charger import ChargerSnapshot, SimulatedCharger
+from hardware.simulated.site import SimulatedSite
+
+Values = dict[str, object]
+
+
+def _bits(codes: tuple[str, ...]) -> int:
+    return sum(1 << FAULT_BITS.index(c) for c in codes if c in FAULT_BITS)
+
+
+def _fit_sf(max_abs: float, bits: int = 16, signed: bool = False, finest: int = 0) -> int:
+    """Smallest scale factor >= ``finest`` at which ``max_abs`` fits the integer type."""
+    limit = (1 << (bits - 1)) - 1 if signed else (1 << bits) - 2  # keep the not-implemented value free
+    sf = finest
+    while max_abs / (10.0 ** sf) > limit and sf < 10:
+        sf += 1
+    return sf
+
+
+@attrs.define(eq=False)
+class _Unit:
+    layout: UnitLayout
+    clock: Callable[[], float]
+    name: str
+    unit_id: int = 1
+
+    def model_values(self, model_id: int) -> Values:
+        raise NotImplementedError
+
+    def write(self, model_id: int, point: str, value: object) -> ExcCodes | None:
+        return ExcCodes.ILLEGAL_ADDRESS
+
+    def common(self, model: str) -> Values:
+        return {"Mn": "meshagent", "Md": model, "Opt": "simulated", "Vr": HW_VERSION, "SN": self.name[-32:],
+                "DA": self.unit_id}
+
+    def render_into(self, registers: list[int], start_address: int, address: int, count: int) -> None:
+        """Write the image of every model that overlaps [address, address+count)."""
+        base = self.layout.base
+        if address < base + 2:
+            registers[base - start_address:base - start_address + 2] = SUNS_MARKER
+        hi = address + count
+        for mid, start in self.layout.starts().items():
+            model = MODELS[mid]
+            end = start + model.length + 2
+            if start >= hi or end <= address:
+                continue
+            values = self.model_values(mid)
+            scale = {k: int(v) for k, v in values.items() if k.endswith("_SF") and isinstance(v, int)}
+            image: list[int] = []
+            for p in model.points:
+                if p.name == "ID":
+                    image.append(mid)
+                elif p.name == "L":
+                    image.append(model.length)
+                else:
+                    v = values.get(p.name)
+                    try:
+                        image += encode(p, v, scale.get(p.sf, 0) if p.sf else 0)
+                    except RegisterError:
+                        image += encode(p, None)  # does not fit: report "not implemented"
+            registers[start - start_address:end - start_address] = image
+        end_marker = self.layout.end
+        if address <= end_marker + 1 and hi > end_marker:
+            registers[end_marker - start_address:end_marker - start_address + 2] = [0xFFFF, 0]
+
+    def apply_write(self, address: int, values: list[int]) -> ExcCodes | None:
+        """A write request: must fall on writable points of one model, whole points only."""
+        for mid, start in self.layout.starts().items():
+            model = MODELS[mid]
+            if not start <= address < start + model.length + 2:
+                continue
+            offset = address - start
+            cursor, i = offset, 0
+            scale = {k: int(v) for k, v in self.model_values(mid).items() if k.endswith("_SF") and isinstance(v, int)}
+            while i < len(values):
+                point = next((p for p in model.points if p.offset == cursor), None)
+                if point is None or point.access != "RW" or i + point.size > len(values):
+                    return ExcCodes.ILLEGAL_ADDRESS
+                value = decode(point, values[i:i + point.size], scale.get(point.sf, 0) if point.sf else 0)
+                if (result := self.write(mid, point.name, value)) is not None:
+                    return result
+                cursor += point.size
+                i += point.size
+            return None
+        return ExcCodes.ILLEGAL_ADDRESS
+
+
+@attrs.define(eq=False)
+class MeterUnit(_Unit):
+    site: SimulatedSite = attrs.field(kw_only=True)
+
+    @classmethod
+    def of(cls, site: SimulatedSite, unit_id: int = 1) -> MeterUnit:
+        return cls(METER_LAYOUT, site.clock, f"{site.name}/meter", unit_id, site=site)
+
+    def model_values(self, model_id: int) -> Values:
+        if model_id == 1:
+            return self.common("sim-site-meter")
+        s = self.site.snapshot()
+        if model_id == METER_TIMING_MODEL_ID:
+            age_ms = max(0, round((self.clock() - s.taken_at_s) * 1e3))
+            return {"Age": min(age_ms, 0xFFFFFFFE), "Seq": s.sample_count % 0xFFFFFFFF}
+        v, w = s.voltage_v, s.active_power_w
+        amps = abs(w) / (3 * v) if v and math.isfinite(v) and math.isfinite(w) else None
+        return {"A": None if amps is None else amps * 3, "AphA": amps, "AphB": amps, "AphC": amps,
+                "PhV": v, "PhVphA": v, "PhVphB": v, "PhVphC": v, "PPV": v * math.sqrt(3),
+                "PPVphAB": v * math.sqrt(3), "PPVphBC": v * math.sqrt(3), "PPVphCA": v * math.sqrt(3),
+                "Hz": s.frequency_hz, "W": w, "WphA": w / 3, "WphB": w / 3, "WphC": w / 3,
+                "TotWhExp": s.energy_export_wh, "TotWhImp": s.energy_import_wh, "Evt": 0}
+
+
+@attrs.define(eq=False)
+class ChargerUnit(_Unit):
+    charger: SimulatedCharger = attrs.field(kw_only=True)
+    frequency_hz: Callable[[], float] = lambda: 50.0
+    voltage_v: Callable[[], float] = lambda: 230.0
+    wset_ena: int = 0
+    wset_mod: int = 1
+    clear_ack: int = 0
+    clear_result: int = CLEAR_NOTHING
+
+    @classmethod
+    def of(cls, charger: SimulatedCharger, unit_id: int = 1, site: SimulatedSite | None = None) -> ChargerUnit:
+        unit = cls(CHARGER_LAYOUT, charger.clock, charger.name, unit_id, charger=charger)
+        if site is not None:
+            unit.frequency_hz = lambda: site.frequency_hz
+            unit.voltage_v = lambda: site.voltage_v
+        return unit
+
+    def model_values(self, model_id: int) -> Values:
+        c = self.charger
+        if model_id == 1:
+            return self.common("sim-v2g-charger")
+        rating = max(c.max_charge_w, c.max_discharge_w)
+        w_sf = _fit_sf(rating, signed=True)
+        if model_id == 702:
+            return {"WMaxRtg": rating, "WChaRteMaxRtg": c.max_charge_w, "WDisChaRteMaxRtg": c.max_discharge_w,
+                    "VNomRtg": 230, "W_SF": _fit_sf(rating), "V_SF": 0, "PF_SF": -3, "VA_SF": _fit_sf(rating),
+                    "Var_SF": _fit_sf(rating), "A_SF": 0, "S_SF": 0}
+        s: ChargerSnapshot = c.snapshot()
+        if model_id == 701:
+            state = s.state
+            inv_st = 6 if state == "fault" else 3 if state in ("charging", "discharging") else 7
+            alarms = (1 << 5 if s.tamper_open else 0) | (1 << 7 if "over_temperature" in s.faults else 0)
+            return {"ACType": 1, "St": 0 if state == "fault" else 1, "InvSt": inv_st,
+                    "ConnSt": 1 if s.contactor != "open" else 0, "Alrm": alarms,
+                    "W": -s.actual_power_w,  # SunSpec: + generation (= our discharge)
+                    "LNV": self.voltage_v(), "Hz": self.frequency_hz(), "TmpCab": s.temperature_c,
+                    "TotWhInj": s.energy_out_wh, "TotWhAbs": s.energy_in_wh,
+                    "W_SF": w_sf, "V_SF": 0, "Hz_SF": -3, "Tmp_SF": -1, "TotWh_SF": 0,
+                    "A_SF": 0, "PF_SF": -3, "VA_SF": w_sf, "Var_SF": w_sf, "TotVarh_SF": 0}
+        if model_id == 704:
+            ramp_pct = s.ramp_w_per_s / rating * 100 if rating else None
+            return {"WSetEna": self.wset_ena, "WSetMod": self.wset_mod, "WSet": -s.commanded_w,
+                    "WRmp": ramp_pct, "WRmpRef": 1, "WSet_SF": -1, "WSetPct_SF": 0, "WMaxLimPct_SF": 0,
+                    "PF_SF": -3, "VarSet_SF": 0, "VarSetPct_SF": 0}
+        if model_id == 713:
+            cap = s.battery_energy_capacity_wh if s.vehicle_connected else 0.0
+            soc = s.present_soc_pct if s.vehicle_connected else 0.0
+            return {"WHRtg": cap, "WHAvail": cap * soc / 100 if math.isfinite(soc) else None, "SoC": soc, "SoH": 100,
+                    "Sta": 2 if s.bms_status == 4 else 0, "WH_SF": _fit_sf(cap), "Pct_SF": -1}
+        age_ms = max(0, round((self.clock() - s.taken_at_s) * 1e3))
+        return {
+            "Age": min(age_ms, 0xFFFFFFFE), "St": INVERTER_STATES.index(s.state), "SafeMode": int(c.safe_mode),
+            "ClrReq": 0, "ClrAck": self.clear_ack, "ClrRslt": self.clear_result,
+            "Flt": _bits(s.faults), "FltCause": _bits(s.causes_present),
+            "Ctr": CONTACTOR_STATES.index(s.contactor), "CtrCyc": s.contactor_cycles,
+            "CtrBudget": s.contactor_cycle_budget, "WSetAct": s.setpoint_w, "W": s.actual_power_w,
+            "WMaxCha": s.max_charge_w, "WMaxDis": s.max_discharge_w, "WRmp": s.ramp_w_per_s,
+            "Tmp": s.temperature_c, "Tmpr": int(s.tamper_open), "TmprLatch": int(s.tamper_latched),
+            "EVConn": int(s.vehicle_connected), "BMSSt": s.bms_status,
+            "EVMaxChaW": s.ev_maximum_charge_power_w, "EVMaxDisW": s.ev_maximum_discharge_power_w,
+            "EVMinDisW": s.ev_minimum_discharge_power_w, "SoC": s.present_soc_pct, "MinSoC": s.minimum_soc_pct,
+            "TgtSoC": s.target_soc_pct, "BatWh": s.battery_energy_capacity_wh, "EVId": s.vehicle_id,
+        }
+
+    def write(self, model_id: int, point: str, value: object) -> ExcCodes | None:
+        c = self.charger
+        try:
+            if (model_id, point) == (704, "WSetEna"):
+                self.wset_ena = int(value)  # type: ignore[call-overload]
+            elif (model_id, point) == (704, "WSetMod"):
+                if value != 1:
+                    return ExcCodes.ILLEGAL_VALUE  # only WATTS mode
+                self.wset_mod = 1
+            elif (model_id, point) == (704, "WSet"):
+                if self.wset_ena != 1 or not isinstance(value, int | float):
+                    return ExcCodes.ILLEGAL_VALUE
+                c.set_power(-float(value))  # SunSpec + generation -> our - discharge
+            elif (model_id, point) == (CHARGER_MODEL_ID, "SafeMode"):
+                if value not in (0, 1):
+                    return ExcCodes.ILLEGAL_VALUE
+                c.set_safe_mode(bool(value))
+            elif (model_id, point) == (CHARGER_MODEL_ID, "ClrReq"):
+                if not isinstance(value, int) or value == 0:
+                    return ExcCodes.ILLEGAL_VALUE
+                try:
+                    result = c.clear_faults()
+                    self.clear_result = CLEAR_CLEARED if result.cleared else CLEAR_NOTHING
+                except DeviceFault:
+                    self.clear_result = CLEAR_REFUSED
+                self.clear_ack = value
+            else:
+                return ExcCodes.ILLEGAL_ADDRESS
+        except DeviceFault:
+            return ExcCodes.DEVICE_FAILURE
+        return None
+
+
+@attrs.define
+class ServerFaults:
+    """Set from the test's thread, read by the server's; plain attribute writes are atomic."""
+
+    exception_code: int | None = None  # answer every request with this Modbus exception
+    delay_s: float = 0.0  # hold every reply this long (the client times out)
+    garbage: bytes | None = None  # send these bytes instead of each reply
+    silent: bool = False  # never answer
+
+
+@attrs.define(eq=False)
+class SimServer:
+    """One pymodbus server (TCP or RTU) for several units, in its own thread."""
+
+    units: dict[int, _Unit]
+    kind: str = "tcp"  # "tcp" or "rtu"
+    host: str = "127.0.0.1"
+    port: int = 0  # 0: pick a free port
+    serial_path: str = ""
+    baud: int = 115200
+    faults: ServerFaults = attrs.field(factory=ServerFaults)
+    requests: int = attrs.field(init=False, default=0)
+    _thread: threading.Thread | None = attrs.field(init=False, default=None)
+    _loop: asyncio.AbstractEventLoop | None = attrs.field(init=False, default=None)
+    _server: Any = attrs.field(init=False, default=None)
+    _stop: asyncio.Event | None = attrs.field(init=False, default=None)
+    _ready: threading.Event = attrs.field(init=False, factory=threading.Event)
+    _error: BaseException | None = attrs.field(init=False, default=None)
+
+    def url(self, unit_id: int) -> str:
+        if self.kind == "tcp":
+            return f"modbus+tcp://{self.host}:{self.port}/{unit_id}"
+        return f"modbus+rtu://{self.serial_path}?baud={self.baud}&unit={unit_id}"
+
+    def _device(self, unit_id: int, unit: _Unit) -> SimDevice:
+        async def action(function_code: int, start_address: int, address: int, count: int,
+                         registers: list[int], set_values: list[int] | list[bool] | None) -> ExcCodes | None:
+            self.requests += 1
+            f = self.faults
+            if f.delay_s:
+                await asyncio.sleep(f.delay_s)
+            if f.exception_code is not None:
+                return ExcCodes(f.exception_code)
+            if set_values is not None and function_code in (6, 16):
+                return unit.apply_write(address, [int(v) for v in set_values])
+            unit.render_into(registers, start_address, address, count)
+            return None
+
+        blank = SimData(unit.layout.base, values=[0] * unit.layout.size, datatype=DataType.REGISTERS)
+        return SimDevice(unit_id, simdata=[blank], action=action)
+
+    def _trace_packet(self, sending: bool, data: bytes) -> bytes:
+        if sending and self.faults.garbage is not None:
+            return self.faults.garbage
+        if sending and self.faults.silent:
+            return b""
+        return data
+
+    async def _main(self) -> None:
+        from pymodbus.server import ModbusSerialServer, ModbusTcpServer
+
+        devices = [self._device(uid, unit) for uid, unit in self.units.items()]
+        if self.kind == "tcp":
+            server: Any = ModbusTcpServer(devices, address=(self.host, self.port), trace_packet=self._trace_packet)
+        else:
+            server = ModbusSerialServer(devices, port=self.serial_path, baudrate=self.baud,
+                                        trace_packet=self._trace_packet, reconnect_delay=0.1)
+        self._server = server
+        self._stop = asyncio.Event()
+        await server.serve_forever(background=True)
+        if self.kind == "tcp":
+            self.port = server.transport.sockets[0].getsockname()[1]
+        self._ready.set()
+        await self._stop.wait()
+        await server.shutdown()
+
+    def _run(self) -> None:
+        try:
+            asyncio.run(self._main())
+        except BaseException as exc:  # reported to start(); the thread must not die silently
+            self._error = exc
+            self._ready.set()
+
+    def start_sync(self) -> None:
+        self._thread = threading.Thread(target=self._run, name=f"modbus-{self.kind}-server", daemon=True)
+        self._thread.start()
+        self._ready.wait(10.0)
+        if self._error is not None or not self._ready.is_set():
+            self.stop_sync()
+            raise OSError(f"modbus {self.kind} server did not start: {self._error}")
+        self._loop = self._server.loop
+
+    def stop_sync(self) -> None:
+        if self._loop is not None and self._stop is not None and not self._loop.is_closed():
+            try:
+                self._loop.call_soon_threadsafe(self._stop.set)
+            except RuntimeError:  # loop already closed
+                pass
+        if self._thread is not None:
+            self._thread.join(10.0)
+        self._thread = None
+
+    async def start(self) -> SimServer:
+        await trio.to_thread.run_sync(self.start_sync)
+        return self
+
+    async def stop(self) -> None:
+        await trio.to_thread.run_sync(self.stop_sync)
+
+    async def __aenter__(self) -> SimServer:
+        return await self.start()
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+
+@attrs.define(eq=False)
+class PtyLine:
+    """A serial null-modem cable from two pty pairs: ``server_path`` <-> ``client_path``."""
+
+    baud: int = 115200
+    pace: bool = False  # delay bytes by their time on a real line at ``baud`` (10 bits/byte)
+    cut: bool = False  # drop everything (cable pulled)
+    inject_to_client: bytes = b""
+    server_path: str = attrs.field(init=False, default="")
+    client_path: str = attrs.field(init=False, default="")
+    _fds: list[int] = attrs.field(init=False, factory=list)
+    _wake: tuple[int, int] | None = attrs.field(init=False, default=None)
+    _thread: threading.Thread | None = attrs.field(init=False, default=None)
+    _stopping: bool = attrs.field(init=False, default=False)
+
+    def open(self) -> PtyLine:
+        m1, s1 = os.openpty()
+        m2, s2 = os.openpty()
+        for fd in (s1, s2):
+            tty.setraw(fd)  # no echo, no line discipline, before anyone opens them
+        self._fds = [m1, s1, m2, s2]
+        self.server_path, self.client_path = os.ttyname(s1), os.ttyname(s2)
+        self._wake = os.pipe()
+        self._thread = threading.Thread(target=self._bridge, args=(m1, m2), name="pty-line", daemon=True)
+        self._thread.start()
+        return self
+
+    def _bridge(self, server_master: int, client_master: int) -> None:
+        assert self._wake is not None
+        peer = {server_master: client_master, client_master: server_master}
+        while not self._stopping:
+            readable, _, _ = select.select([server_master, client_master, self._wake[0]], [], [], 0.5)
+            for fd in readable:
+                if fd == self._wake[0]:
+                    os.read(fd, 64)
+                    continue
+                try:
+                    data = os.read(fd, 4096)
+                except OSError:  # EIO: nobody has the slave open right now
+                    time.sleep(0.001)
+                    continue
+                if self.cut or not data:
+                    continue
+                if fd == server_master and self.inject_to_client:
+                    data, self.inject_to_client = self.inject_to_client, b""
+                if self.pace:
+                    time.sleep(len(data) * 10 / self.baud)
+                try:
+                    os.write(peer[fd], data)
+                except OSError:
+                    pass
+
+    def close(self) -> None:
+        self._stopping = True
+        if self._wake is not None:
+            os.write(self._wake[1], b"x")
+        if self._thread is not None:
+            self._thread.join(5.0)
+        for fd in [*self._fds, *(self._wake or ())]:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        self._fds, self._wake = [], None
+
+    def __enter__(self) -> PtyLine:
+        return self.open()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def site_units(site: SimulatedSite, meter_unit: int = 1, first_charger_unit: int = 11) -> dict[int, _Unit]:
+    """The units of a whole site on one line: meter at ``meter_unit``, charger i at first+i-1."""
+    units: dict[int, _Unit] = {meter_unit: MeterUnit.of(site, meter_unit)}
+    for i, c in enumerate(site.chargers):
+        uid = first_charger_unit + i
+        if uid > 247:
+            raise ValueError("more chargers than Modbus unit ids")
+        units[uid] = ChargerUnit.of(c, uid, site)
+    return units

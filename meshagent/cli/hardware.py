@@ -1,0 +1,352 @@
+"""Hardware commands: ``read``, ``test-discharge``, ``clear-faults``, ``emulator``.
+
+Each opens devices through ``hardware.connect`` from a URL (``modbus+tcp://``,
+``modbus+rtu://``, ``sim://``), so the same command works on a real charger, on the EV
+emulator over Modbus, and on an in-process simulated site. Device faults are one line
+(``meshagent: error: <url>: <kind>: <reason>``) and exit 1; a bad URL is a usage error.
+Heavy imports (trio, pymodbus) happen inside the commands, keeping ``meshagent --help``
+fast.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import click
+
+from meshagent.errors import MeshagentError
+
+DEFAULT_INVERTER = "sim://site-a/inverter"
+TRANSITION_LIMIT_S = 0.100
+
+
+def _url(value: str, param: str) -> Any:
+    from hardware.interfaces import DeviceUrlError, parse_device_url
+
+    try:
+        return parse_device_url(value)
+    except DeviceUrlError as exc:
+        raise click.BadParameter(str(exc), param_hint=param) from None
+
+
+def _run(fn: Any, *args: Any) -> Any:
+    import trio
+
+    from hardware.interfaces import DeviceFault
+
+    try:
+        return trio.run(fn, *args)
+    except DeviceFault as fault:
+        raise MeshagentError(str(fault)) from None
+
+
+def _plain(value: Any) -> Any:
+    import enum
+
+    import attrs
+
+    if attrs.has(type(value)):
+        return {k: _plain(v) for k, v in attrs.asdict(value, recurse=False).items()}
+    if isinstance(value, enum.Enum):
+        return value.value
+    if isinstance(value, tuple | list):
+        return [_plain(v) for v in value]
+    return value
+
+
+def _print_record(title: str, record: dict[str, Any]) -> None:
+    click.echo(f"[{title}]")
+    for key, value in record.items():
+        if isinstance(value, dict):
+            for k2, v2 in value.items():
+                click.echo(f"  {key}.{k2} = {v2}")
+        else:
+            click.echo(f"  {key} = {value}")
+
+
+def register(cli: click.Group) -> None:
+    @cli.command("read")
+    @click.argument("device_url")
+    @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of the listing.")
+    @click.option("--raw", is_flag=True, help="Also dump every SunSpec point of a Modbus unit.")
+    @click.option("--timeout", "timeout_s", default=1.0, show_default=True, type=float,
+                  help="Seconds to wait for each Modbus reply.")
+    def read(device_url: str, as_json: bool, raw: bool, timeout_s: float) -> None:
+        """Dump the live values of the device at DEVICE_URL.
+
+        A Modbus unit shows whatever it implements (a site meter, or a charger's inverter,
+        thermal sensor, tamper switch and vehicle link); sim://SITE/meter or
+        sim://SITE/charger-N shows a simulated one.
+        """
+        url = _url(device_url, "DEVICE_URL")
+        out = _run(_read, url, raw, timeout_s)
+        if as_json:
+            click.echo(json.dumps(out, sort_keys=True, default=str))
+        else:
+            for title, record in out.items():
+                _print_record(title, record)
+
+    @cli.command("test-discharge")
+    @click.option("--rate", default="10kW", show_default=True, help="Discharge power to command (e.g. 10kW).")
+    @click.option("--duration", default="30s", show_default=True, help="How long to hold the discharge.")
+    @click.option("--device", "device_url", default=DEFAULT_INVERTER, show_default=True, help="The inverter's URL.")
+    def test_discharge(rate: str, duration: str, device_url: str) -> None:
+        """Inverter calibration from the seed procedure: charge, command a discharge of RATE,
+        measure the charge-to-discharge transition, hold for DURATION, return to idle.
+
+        Passes if the transition takes at most 100 ms. Exit status 0 on pass, 1 on fail.
+        """
+        from meshagent.units import parse_duration_s, parse_power_w
+
+        try:
+            rate_w = parse_power_w(rate)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), param_hint="--rate") from None
+        try:
+            duration_s = parse_duration_s(duration)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), param_hint="--duration") from None
+        if rate_w <= 0:
+            raise click.BadParameter("must be a positive power", param_hint="--rate")
+        if not 0 <= duration_s <= 3600:
+            raise click.BadParameter("must be between 0s and 1h", param_hint="--duration")
+        url = _url(device_url, "--device")
+        report = _run(_test_discharge, url, rate_w, duration_s)
+        for line in report["lines"]:
+            click.echo(line)
+        if not report["passed"]:
+            raise SystemExit(1)
+
+    @cli.command("clear-faults")
+    @click.option("--device", "device_url", default=DEFAULT_INVERTER, show_default=True, help="The inverter's URL.")
+    def clear_faults(device_url: str) -> None:
+        """Reset the latched faults of a charger (idempotent).
+
+        Refuses, with the reason, while a cause is still present (welded contacts, an open
+        enclosure, an over-temperature).
+        """
+        url = _url(device_url, "--device")
+        result = _run(_clear, url)
+        if result.cleared:
+            click.echo(f"{url}: cleared {', '.join(result.cleared)}")
+        else:
+            click.echo(f"{url}: no latched faults; nothing to clear")
+
+    @cli.command("emulator")
+    @click.option("--mode", type=click.Choice(["iso15118-20"]), required=True,
+                  help="What to emulate: ISO 15118-20 bidirectional vehicles behind a charger's Modbus map.")
+    @click.option("--vehicles", default=1, show_default=True, type=click.IntRange(1, 236),
+                  help="Number of chargers, each with a vehicle plugged in.")
+    @click.option("--listen", default="modbus+tcp://127.0.0.1:5020", show_default=True,
+                  help="modbus+tcp://HOST:PORT (loopback only), modbus+rtu:///dev/PORT, or modbus+rtu://pty "
+                       "(make a pty pair and print the client end).")
+    @click.option("--model", "models", multiple=True,
+                  help="Vehicle model (repeatable; cycled over the chargers). Default: every model in the table.")
+    @click.option("--old-firmware", is_flag=True, help="Vehicles cap discharge at 50% of their maximum charge power.")
+    @click.option("--max-discharge-amps", type=click.FloatRange(0, 1000), default=None,
+                  help="The MAX_DISCHARGE_AMPS setting (caps discharge at A x battery voltage).")
+    @click.option("--soc", "soc_pct", type=click.FloatRange(0, 100), default=60.0, show_default=True,
+                  help="Initial PresentSOC of every vehicle.")
+    @click.option("--min-soc", "min_soc_pct", type=click.FloatRange(0, 100), default=20.0, show_default=True,
+                  help="MinimumSOC (the BMS stops discharge there: status 0x03 Battery_Lower_Limit).")
+    @click.option("--duration", default=None, help="Stop after this long (default: run until Ctrl-C).")
+    def emulator(mode: str, vehicles: int, listen: str, models: tuple[str, ...], old_firmware: bool,
+                 max_discharge_amps: float | None, soc_pct: float, min_soc_pct: float, duration: str | None) -> None:
+        """Serve simulated vehicles behind simulated chargers over real Modbus.
+
+        Unit 1 is the site meter; chargers are units 11, 12, ... (one per vehicle).
+        """
+        from meshagent.units import parse_duration_s
+
+        duration_s = None
+        if duration is not None:
+            try:
+                duration_s = parse_duration_s(duration)
+            except ValueError as exc:
+                raise click.BadParameter(str(exc), param_hint="--duration") from None
+        if min_soc_pct > soc_pct:
+            raise click.BadParameter("must not exceed --soc", param_hint="--min-soc")
+        _run(_emulate, listen, vehicles, models, old_firmware, max_discharge_amps, soc_pct, min_soc_pct, duration_s)
+
+
+# --- the commands' bodies (trio) ---------------------------------------------------------
+
+
+async def _read(url: Any, raw: bool, timeout_s: float) -> dict[str, Any]:
+    from hardware.connect import open_charger, open_device
+    from hardware.interfaces import DeviceKind
+
+    out: dict[str, Any] = {}
+    if url.scheme == "sim":
+        if url.device == "meter":
+            async with open_device(url, DeviceKind.METER) as meter:
+                out["meter"] = _plain(await meter.read())
+            return out
+        async with open_charger(url) as ch:
+            out["inverter"] = _plain(await ch.inverter.status())
+            out["thermal"] = _plain(await ch.thermal.read())
+            out["tamper"] = _plain(await ch.tamper.read())
+            out["vehicle"] = _plain(await ch.vehicle.read())
+        return out
+    from hardware.modbus.link import open_link
+    from hardware.modbus.registers import CHARGER_MODEL_ID, MODELS
+    from hardware.modbus.sunspec import SunSpecUnit
+
+    link = open_link(url, timeout_s=timeout_s)
+    try:
+        unit = SunSpecUnit(link)
+        models = await unit.models()
+        out["unit"] = {"url": str(url), "models": " ".join(str(m) for m in models)}
+        if 213 in models:
+            meter = open_device(url, DeviceKind.METER, link=link)
+            out["meter"] = _plain(await meter.read())
+        if CHARGER_MODEL_ID in models:
+            for kind, read in ((DeviceKind.INVERTER, "status"), (DeviceKind.THERMAL, "read"),
+                               (DeviceKind.TAMPER, "read"), (DeviceKind.VEHICLE, "read")):
+                dev = open_device(url, kind, link=link)
+                out[kind.value] = _plain(await getattr(dev, read)())
+        if raw:
+            for mid in models:
+                if mid in MODELS:
+                    out[f"model {mid} ({MODELS[mid].name})"] = await unit.read_model(mid)
+    finally:
+        await link.aclose()
+    return out
+
+
+async def _clear(url: Any) -> Any:
+    from hardware.connect import open_device
+    from hardware.interfaces import DeviceKind
+
+    async with open_device(url, DeviceKind.INVERTER, timeout_s=1.0) as inverter:
+        return await inverter.clear_faults()
+
+
+async def _test_discharge(url: Any, rate_w: float, duration_s: float) -> dict[str, Any]:
+    import trio
+
+    from hardware.connect import open_device
+    from hardware.interfaces import DeviceKind, InverterState
+
+    lines: list[str] = []
+    async with open_device(url, DeviceKind.INVERTER, timeout_s=1.0) as inv:
+        status = await inv.status()
+        if status.state in (InverterState.FAULT, InverterState.SAFE_MODE):
+            raise MeshagentError(f"{url}: inverter is in {status.state.value} ({', '.join(status.faults) or 'no faults'}); "
+                                 "run `meshagent clear-faults` first")
+        lim = status.limits
+        if lim.max_charge_w <= 0 or lim.max_discharge_w <= 0:
+            raise MeshagentError(f"{url}: no vehicle can take charge and discharge now "
+                                 f"(limits +{lim.max_charge_w:g} W / -{lim.max_discharge_w:g} W)")
+        charge_w = min(lim.max_charge_w, rate_w)
+        discharge_w = min(lim.max_discharge_w, rate_w)
+        if discharge_w < rate_w:
+            lines.append(f"note: discharge limited to {discharge_w:g} W by the inverter/vehicle limits")
+        # 1. charge until steady
+        await inv.set_power(charge_w)
+        with trio.fail_after(5.0):
+            while True:
+                if (await inv.status()).actual_power_w >= 0.9 * charge_w:
+                    break
+                await trio.sleep(0.002)
+        # 2. command the discharge and time it: command -> 90 % of the discharge reached
+        t0 = trio.current_time()
+        applied = await inv.set_power(-discharge_w)
+        with trio.fail_after(5.0):
+            while True:
+                s = await inv.status()
+                if s.actual_power_w <= 0.9 * applied:
+                    break
+                await trio.sleep(0.001)
+        transition_s = trio.current_time() - t0
+        # 3. hold, watching the power, then back to idle
+        samples: list[float] = []
+        end = trio.current_time() + duration_s
+        while trio.current_time() < end:
+            samples.append((await inv.status()).actual_power_w)
+            await trio.sleep(min(0.1, max(0.0, end - trio.current_time())))
+        await inv.set_power(0.0)
+    passed = transition_s <= TRANSITION_LIMIT_S
+    mean_w = sum(samples) / len(samples) if samples else applied
+    lines += [
+        f"device:      {url}",
+        f"charge:      +{charge_w:g} W, then discharge {applied:g} W",
+        f"transition:  {transition_s * 1e3:.1f} ms from command to 90% of the discharge (limit 100 ms)",
+        f"held:        {duration_s:g} s at {mean_w:.1f} W mean",
+        f"result:      {'PASS' if passed else 'FAIL'}",
+    ]
+    return {"passed": passed, "transition_s": transition_s, "lines": lines}
+
+
+async def _emulate(listen: str, n: int, models: tuple[str, ...], old_firmware: bool, max_discharge_amps: float | None,
+                   soc_pct: float, min_soc_pct: float, duration_s: float | None) -> None:
+    import ipaddress
+    import time
+    import urllib.parse
+
+    import trio
+
+    from hardware.simulated.serve import PtyLine, SimServer, site_units
+    from hardware.simulated.site import SimulatedSite
+    from hardware.simulated.vehicles import VEHICLE_SPECS, VehicleConfig
+
+    names = models or tuple(VEHICLE_SPECS)
+    unknown = [m for m in names if m not in VEHICLE_SPECS]
+    if unknown:
+        raise click.BadParameter(f"unknown model {unknown[0]!r} (known: {', '.join(VEHICLE_SPECS)})", param_hint="--model")
+    vehicles = [VehicleConfig.of(names[i % len(names)], present_soc_pct=soc_pct, minimum_soc_pct=min_soc_pct,
+                                 firmware="old" if old_firmware else "current", max_discharge_amps=max_discharge_amps,
+                                 vehicle_id=f"EV{i + 1:03d}-{names[i % len(names)]}") for i in range(n)]
+    site = SimulatedSite.with_chargers(time.monotonic, n, name="emulator", vehicles=vehicles)
+    units = site_units(site)
+    parts = urllib.parse.urlsplit(listen)
+    line = None
+    if parts.scheme == "modbus+tcp":
+        host = parts.hostname or ""
+        try:
+            loopback = ipaddress.ip_address(host).is_loopback
+        except ValueError:
+            loopback = host == "localhost"
+        if not loopback:
+            raise click.BadParameter("the emulator listens on loopback only (127.0.0.0/8 or ::1)", param_hint="--listen")
+        try:
+            port = parts.port if parts.port is not None else 5020
+        except ValueError:
+            raise click.BadParameter(f"bad port in {listen!r}", param_hint="--listen") from None
+        server = SimServer(units, kind="tcp", host=host, port=port)
+    elif parts.scheme == "modbus+rtu":
+        query = urllib.parse.parse_qs(parts.query)
+        baud = int(query.get("baud", ["115200"])[-1])
+        if parts.netloc == "pty":
+            line = PtyLine(baud=baud).open()
+            path = line.server_path
+        else:
+            path = parts.path
+        server = SimServer(units, kind="rtu", serial_path=path, baud=baud)
+    else:
+        raise click.BadParameter(f"expected modbus+tcp://HOST:PORT or modbus+rtu:///dev/PORT, got {listen!r}",
+                                 param_hint="--listen")
+    try:
+        try:
+            await server.start()
+        except OSError as exc:
+            raise MeshagentError(f"cannot listen on {listen}: {exc}") from None
+        client_url = (lambda uid: f"modbus+rtu://{line.client_path}?baud={baud}&unit={uid}") if line else server.url
+        click.echo(f"emulator: mode iso15118-20, {n} vehicle(s); Ctrl-C to stop", err=False)
+        click.echo(f"site meter: {client_url(1)}")
+        for i, v in enumerate(vehicles):
+            click.echo(f"charger {i + 1}: {client_url(11 + i)}  vehicle {v.vehicle_id} "
+                       f"({v.spec.battery_kwh:g} kWh, charge {v.spec.charge_kw:g} kW, "
+                       f"EVMaximumDischargePower {v.max_discharge_w() / 1e3:g} kW, MinimumSOC {v.minimum_soc_pct:g}%)")
+        import sys
+
+        sys.stdout.flush()
+        if duration_s is None:
+            await trio.sleep_forever()
+        else:
+            await trio.sleep(duration_s)
+    finally:
+        await server.stop()
+        if line is not None:
+            line.close()
