@@ -168,7 +168,7 @@ def bench(name: str, as_json: bool, quick: bool) -> None:
 # Modules that define more subcommands; each has ``register(cli: click.Group) -> None``.
 # A layer adds its module here (importing it must stay cheap: heavy imports go inside the
 # command functions).
-COMMAND_MODULES: tuple[str, ...] = ("meshagent.cli.hardware",)
+COMMAND_MODULES: tuple[str, ...] = ("meshagent.cli.csms", "meshagent.cli.hardware")
 
 
 def _attach() -> None:

@@ -21,6 +21,8 @@ from meshagent.errors import MeshagentError
 BENCHMARKS: dict[str, str] = {
     "wire": "sims.bench.wire",
     "modbus": "sims.bench.modbus",
+    "control": "sims.bench.control",
+    "ocpp": "sims.bench.ocpp",
 }
 
 

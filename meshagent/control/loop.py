@@ -1,0 +1,417 @@
+"""The control loop's trio shell: poll the meter every 10 ms, decide, actuate, log.
+
+Theory of operation
+-------------------
+``ControlLoop.run`` wakes on a fixed grid of deadlines on the trio clock
+(``start + k x meter_period``), so a late wake-up never shifts the later ones; a cycle that
+overruns a whole period skips the deadlines it missed instead of bursting to catch up. Each
+cycle:
+
+1. reads the site meter and the inverter every cycle (the sample belongs to the cycle's
+   deadline on the grid), the vehicle link, thermal sensor and tamper switch every
+   ``device_period`` (over Modbus each read is a round trip); a device that faults is
+   replaced by its last good reading while that is younger than its period plus
+   ``sensor_timeout``; after that the cycle has no device state and the setpoint is 0;
+2. calls ``ControlLogic.step`` (the sans-IO core: every decision is there);
+3. carries out the decision: safe mode on the inverter when asked (it refuses setpoints
+   there and opens its contactors at zero power), otherwise ``set_power`` when the setpoint
+   changed or once a second to re-assert it;
+4. hands spikes to ``on_spike`` (the allocation; until it exists, tests read them), writes
+   fault events to ``errors.jsonl``, and every ``telemetry_period`` one line to
+   ``telemetry.jsonl``;
+5. records the cycle time (real time, ``perf_counter``) and the wake-up jitter (trio clock),
+   and reports ``LATENCY_OVER_BUDGET`` when the cycle took longer than ``cycle_budget``.
+
+Under ``trio.testing.MockClock`` the same loop runs in virtual time against the simulated
+devices; the jitter is then 0 and the cycle time is the real CPU time of a cycle.
+
+Operator commands reach it two ways: ``request_clear_faults()`` in process, or the file
+``clear-faults.request`` in the state directory (``journal.request_clear``), which the loop
+looks for every telemetry period. Either way it first asks the inverter to clear its own
+latched faults (the tamper latch lives there), then the logic's.
+
+Adapter notes (``hardware.interfaces`` as it stands): the inverter has no contactor
+command; it closes them itself when it has power to deliver and opens them after a delay at
+zero power. So the loop opens contactors by holding the inverter in safe mode (0 W, then the
+inverter's own zero-current opening), and keeps them from closing by holding the setpoint at
+0. An emergency opening under load (tamper) is not available: the loop gets 0 W within the
+inverter's ramp time (80 ms) and the contactors open at zero current after that.
+"""
+
+from __future__ import annotations
+
+import collections
+import math
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import attrs
+import trio
+
+from hardware.interfaces import (
+    ContactorState,
+    DeviceFault,
+    Inverter,
+    InverterState,
+    InverterStatus,
+    SiteMeter,
+    TamperReading,
+    TamperSwitch,
+    ThermalReading,
+    ThermalSensor,
+    VehicleLink,
+    VehicleStatus,
+)
+from meshagent.control import journal
+from meshagent.control.codes import FaultEvent
+from meshagent.control.detect import Phase, Spike
+from meshagent.control.limits import DeviceState
+from meshagent.control.logic import ControlLogic, Decision, Inputs, MeterSample
+
+SETPOINT_REFRESH_S = 1.0  # re-send an unchanged setpoint this often (a restarted inverter forgets)
+SAMPLES_KEPT = 20_000  # cycle-time and jitter samples kept for the percentiles
+
+
+@attrs.frozen
+class Devices:
+    """One charger's devices and its site's meter (``hardware.interfaces``)."""
+
+    meter: SiteMeter
+    inverter: Inverter
+    vehicle: VehicleLink
+    thermal: ThermalSensor
+    tamper: TamperSwitch
+
+
+def device_state(inv: InverterStatus, vehicle: VehicleStatus, thermal: ThermalReading,
+                 tamper: TamperReading) -> DeviceState:
+    """The clamp's view of the devices (the one place that knows both shapes)."""
+    p = vehicle.parameters
+    faults = set(inv.faults)
+    return DeviceState(
+        inverter_max_charge_w=inv.limits.max_charge_w,
+        inverter_max_discharge_w=inv.limits.max_discharge_w,
+        ev_max_charge_w=p.ev_maximum_charge_power_w if p else 0.0,
+        ev_max_discharge_w=p.ev_maximum_discharge_power_w if p else 0.0,
+        soc_pct=p.present_soc_pct if p else 0.0,
+        min_soc_pct=p.minimum_soc_pct if p else 0.0,
+        target_soc_pct=p.target_soc_pct if p else 0.0,
+        bms_status=int(vehicle.bms_status),
+        temperature_max_c=thermal.temperature_c,
+        temperature_min_c=thermal.temperature_c,
+        contactor_closed=inv.contactor is not ContactorState.OPEN,
+        contactor_welded=inv.contactor is ContactorState.WELDED or "contactor_welded" in faults,
+        inverter_fault=bool(faults - {"tamper", "contactor_welded"}),
+        actual_power_w=inv.actual_power_w,
+        vehicle_connected=vehicle.connected,
+        tamper=tamper.open or tamper.latched,
+    )
+
+
+@attrs.frozen
+class LoopStatistics:
+    cycles: int
+    missed_periods: int
+    cycle_p50_ms: float
+    cycle_p99_ms: float
+    cycle_max_ms: float
+    jitter_p99_ms: float
+    jitter_max_ms: float
+    over_budget: int
+    detect_ms: tuple[float, ...]  # per spike: first sample showing it -> handed on (real time)
+    detect_processing_ms: tuple[float, ...]  # per spike: the deciding sample's read -> handed on
+    spikes_handed: int
+    meter_faults: int
+    device_faults: int
+    setpoint_writes: int
+    telemetry_lines: int
+    error_lines: int
+    last_device_fault: str
+
+
+def _pct(samples: collections.deque[float], q: float) -> float:
+    if not samples:
+        return 0.0
+    ordered = sorted(samples)
+    return ordered[min(len(ordered) - 1, math.ceil(q * len(ordered)) - 1)]
+
+
+@attrs.define
+class _Held:
+    """The last good reading of a device and when it was taken (loop clock)."""
+
+    value: Any = None
+    at_s: float = -math.inf
+
+
+class ControlLoop:
+    def __init__(
+        self,
+        section: Any,
+        devices: Devices,
+        *,
+        node_id: str = "node",
+        scope_id: str = "site",
+        state_dir: Path | None = None,
+        on_spike: Callable[[Spike], None] | None = None,
+        wall_clock: Callable[[], float] = time.time,
+        perf_clock: Callable[[], float] = time.perf_counter,
+    ) -> None:
+        self.section = section
+        self.devices = devices
+        self.node_id = node_id
+        self.state_dir = state_dir
+        self.on_spike = on_spike
+        self.logic = ControlLogic(section, node_id=node_id, scope_id=scope_id)
+        self._wall = wall_clock
+        self._perf = perf_clock
+        self.share_w = 0.0
+        self.covered_w: float | None = None
+        self.base_setpoint_w = 0.0
+        self.last_decision: Decision | None = None
+        self.last_status: InverterStatus | None = None
+        self._telemetry: journal.JsonLines | None = None
+        self._errors: journal.ErrorLog | None = None
+        self._held = {name: _Held() for name in ("inverter", "vehicle", "thermal", "tamper")}
+        self._clear_requested = False
+        self._saved_latched: tuple[str, ...] | None = None
+        self._last_written_w: float | None = None
+        self._last_write_s = -math.inf
+        self._sample_perf: collections.OrderedDict[float, float] = collections.OrderedDict()
+        self._cycle_s: collections.deque[float] = collections.deque(maxlen=SAMPLES_KEPT)
+        self._jitter_s: collections.deque[float] = collections.deque(maxlen=SAMPLES_KEPT)
+        self._detect_ms: list[float] = []
+        self._detect_proc_ms: list[float] = []
+        self._cycles = self._missed = self._over_budget = 0
+        self._spikes = self._meter_faults = self._device_faults = self._writes = 0
+        self._last_device_fault = ""
+        self.events: list[FaultEvent] = []  # every fault event, also in errors.jsonl (tests read it)
+
+    # --- inputs from the rest of the agent -------------------------------------------------
+
+    def set_share(self, share_w: float, covered_w: float | None = None) -> None:
+        """The allocation's share for this charger (W of discharge) and, if known, what the
+        mesh applies in this scope in all (default: what this charger applies, measured)."""
+        for name, value in (("share_w", share_w), ("covered_w", covered_w)):
+            if value is not None and not (math.isfinite(value) and value >= 0):
+                raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+        self.share_w, self.covered_w = float(share_w), covered_w
+
+    def request_clear_faults(self) -> None:
+        """Operator's clear-faults, in process; carried out at the next cycle. Idempotent."""
+        self._clear_requested = True
+
+    def report_latency(self, what: str, elapsed_s: float, budget_s: float) -> None:
+        """Any round trip with a budget (allocation, gossip) reports overruns here."""
+        event = self.logic.report_latency(what, elapsed_s, budget_s, trio.current_time())
+        if event is not None:
+            self._log(event)
+
+    def statistics(self) -> LoopStatistics:
+        return LoopStatistics(
+            cycles=self._cycles, missed_periods=self._missed,
+            cycle_p50_ms=_pct(self._cycle_s, 0.50) * 1e3, cycle_p99_ms=_pct(self._cycle_s, 0.99) * 1e3,
+            cycle_max_ms=max(self._cycle_s, default=0.0) * 1e3,
+            jitter_p99_ms=_pct(self._jitter_s, 0.99) * 1e3, jitter_max_ms=max(self._jitter_s, default=0.0) * 1e3,
+            over_budget=self._over_budget, detect_ms=tuple(self._detect_ms),
+            detect_processing_ms=tuple(self._detect_proc_ms), spikes_handed=self._spikes,
+            meter_faults=self._meter_faults, device_faults=self._device_faults, setpoint_writes=self._writes,
+            telemetry_lines=self._telemetry.lines if self._telemetry else 0,
+            error_lines=self._errors.lines if self._errors else 0, last_device_fault=self._last_device_fault,
+        )
+
+    # --- the loop ----------------------------------------------------------------------------
+
+    async def run(self, *, cycles: int | None = None, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        """Run until cancelled (or for ``cycles`` cycles). Closes its files on the way out."""
+        s = self.section
+        period = s.meter_period_s
+        telemetry_every = max(1, round(s.telemetry_period_s / period))
+        if self.state_dir is not None:
+            self._telemetry = journal.JsonLines(self.state_dir / journal.TELEMETRY_FILE)
+            self._errors = journal.ErrorLog(self.state_dir / journal.ERRORS_FILE, self.node_id)
+        try:
+            deadline = trio.current_time()
+            if self.state_dir is not None:
+                for event in self.logic.restore_latched(journal.load_latched(self.state_dir), deadline):
+                    self._log(event)
+            task_status.started()
+            k = 0
+            while cycles is None or k < cycles:
+                await trio.sleep_until(deadline)
+                self._jitter_s.append(max(0.0, trio.current_time() - deadline))
+                # The logic runs on the sampling grid (the deadline), not on the jittered wake
+                # time: a 20 ms minimum duration is then exactly 3 samples, and the PID's dt
+                # exactly one period, however late the scheduler woke us.
+                if k % telemetry_every == 0:
+                    self._poll_clear_request()
+                await self._cycle(deadline)
+                if k % telemetry_every == 0:
+                    self._write_telemetry(deadline)
+                k += 1
+                deadline += period
+                late = trio.current_time() - deadline
+                if late > 0:
+                    skipped = math.ceil(late / period)
+                    self._missed += skipped
+                    deadline += skipped * period
+        finally:
+            for f in (self._telemetry, self._errors):
+                if f is not None:
+                    f.close()
+
+    async def _cycle(self, now: float) -> None:
+        t0 = self._perf()
+        meter: MeterSample | None = None
+        try:
+            r = await self.devices.meter.read()
+            meter = MeterSample(r.active_power_w, r.frequency_hz, r.taken_at_s)
+        except DeviceFault as fault:
+            self._meter_faults += 1
+            self._last_device_fault = str(fault)
+        t_meter = self._perf()
+        self._sample_perf[now] = t_meter
+        while len(self._sample_perf) > 1000:
+            self._sample_perf.popitem(last=False)
+
+        dev = await self._read_devices(now)
+        if self._clear_requested:
+            self._clear_requested = False
+            await self._clear_faults(now)
+        decision = self.logic.step(
+            Inputs(meter, dev, self.share_w, self.covered_w, self.base_setpoint_w), now
+        )
+        self.last_decision = decision
+        for spike in decision.spikes:
+            self._hand_on(spike, t_meter)
+        await self._actuate(decision, now)
+        for event in decision.events:
+            self._log(event)
+        self._save_latched()
+        elapsed = self._perf() - t0
+        self._cycle_s.append(elapsed)
+        self._cycles += 1
+        if elapsed > self.section.cycle_budget_s:
+            self._over_budget += 1
+            report = self.logic.report_latency("control_cycle", elapsed, self.section.cycle_budget_s, now)
+            if report is not None:
+                self._log(report)
+
+    async def _read(self, name: str, read: Callable[[], Any], now: float, every_s: float) -> Any:
+        """Read the device if its turn has come; its last good value while young enough."""
+        held = self._held[name]
+        if now - held.at_s >= every_s - 1e-9:
+            try:
+                held.value, held.at_s = await read(), now
+            except DeviceFault as fault:
+                self._device_faults += 1
+                self._last_device_fault = str(fault)
+        if now - held.at_s > every_s + self.section.sensor_timeout_s:
+            return None
+        return held.value
+
+    async def _read_devices(self, now: float) -> DeviceState | None:
+        d, slow_s = self.devices, self.section.device_period_s
+        inv = await self._read("inverter", d.inverter.status, now, 0.0)
+        veh = await self._read("vehicle", d.vehicle.read, now, slow_s)
+        th = await self._read("thermal", d.thermal.read, now, slow_s)
+        ta = await self._read("tamper", d.tamper.read, now, slow_s)
+        if inv is not None:
+            self.last_status = inv
+        if inv is None or veh is None or th is None or ta is None:
+            return None
+        return device_state(inv, veh, th, ta)
+
+    async def _clear_faults(self, now: float) -> None:
+        figures: dict[str, Any] = {}
+        try:
+            result = await self.devices.inverter.clear_faults()
+            figures["inverter_cleared"] = list(result.cleared)
+        except DeviceFault as fault:
+            figures["inverter_refused"] = str(fault)
+        # What the inverter did rides on our clear_requested lines; with nothing of ours
+        # latched a clear logs nothing (clear-faults is idempotent).
+        for event in self.logic.clear_faults(now):
+            self._log(attrs.evolve(event, figures={**event.figures, **figures}))
+
+    async def _actuate(self, decision: Decision, now: float) -> None:
+        inv = self.devices.inverter
+        status = self.last_status
+        try:
+            if decision.safe_mode:
+                if status is None or status.state not in (InverterState.SAFE_MODE, InverterState.FAULT):
+                    await inv.set_safe_mode(True)
+                    self._last_written_w = None
+                return
+            if status is not None and status.state is InverterState.SAFE_MODE:
+                await inv.set_safe_mode(False)
+                self._last_written_w = None
+            if status is not None and status.state is InverterState.FAULT:
+                return  # it refuses setpoints until its own faults are cleared
+            w = decision.setpoint_w
+            if (self._last_written_w is None or abs(w - self._last_written_w) >= 0.1
+                    or now - self._last_write_s >= SETPOINT_REFRESH_S):
+                await inv.set_power(w)
+                self._last_written_w, self._last_write_s = w, now
+                self._writes += 1
+        except DeviceFault as fault:
+            self._device_faults += 1
+            self._last_device_fault = str(fault)
+            self._last_written_w = None
+
+    # --- outputs ---------------------------------------------------------------------------
+
+    def _hand_on(self, spike: Spike, t_meter: float) -> None:
+        if self.on_spike is not None:
+            self.on_spike(spike)
+        handed = self._perf()
+        self._spikes += 1
+        if spike.phase is Phase.START:
+            first = self._sample_perf.get(spike.first_sample_s)
+            if first is not None:
+                self._detect_ms.append((handed - first) * 1e3)
+            self._detect_proc_ms.append((handed - t_meter) * 1e3)
+
+    def _log(self, event: FaultEvent) -> None:
+        self.events.append(event)
+        if self._errors is not None:
+            self._errors.event(event, self._wall())
+
+    def _save_latched(self) -> None:
+        if self.state_dir is None:
+            return
+        latched = tuple(sorted(str(c) for c in self.logic.latched))
+        if latched != self._saved_latched:
+            journal.save_latched(self.state_dir, latched)
+            self._saved_latched = latched
+
+    def _poll_clear_request(self) -> None:
+        if self.state_dir is not None and journal.take_clear_request(self.state_dir) is not None:
+            self._clear_requested = True
+
+    def _write_telemetry(self, now: float) -> None:
+        if self._telemetry is None:
+            return
+        d, m = self.last_decision, self.logic.last_meter
+        st = self.last_status
+        held_vehicle = self._held["vehicle"].value
+        p = held_vehicle.parameters if held_vehicle is not None else None
+        spike = self.logic.detector.active
+        self._telemetry.write({
+            "wall": round(self._wall(), 3),
+            "t_s": round(now, 3),
+            "node": self.node_id,
+            "load_w": m.load_w if m else None,
+            "frequency_hz": m.frequency_hz if m else None,
+            "setpoint_w": d.setpoint_w if d else None,
+            "actual_w": st.actual_power_w if st else None,
+            "soc_pct": round(p.present_soc_pct, 3) if p else None,
+            "share_w": self.share_w,
+            "response_w": round(d.frequency_response_w, 1) if d else None,
+            "binding": d.binding if d else None,
+            "offer": d.offer_available if d else False,
+            "spike": {"id": spike.spike_id, "deficit_w": round(spike.deficit_w, 1)} if spike else None,
+            "faults": list(d.faults) if d else [],
+        })
