@@ -119,14 +119,34 @@ def register(cli: click.Group) -> None:
             raise SystemExit(1)
 
     @cli.command("clear-faults")
-    @click.option("--device", "device_url", default=DEFAULT_INVERTER, show_default=True, help="The inverter's URL.")
-    def clear_faults(device_url: str) -> None:
+    @click.option("--device", "device_url", default=None,
+                  help=f"The inverter's URL [default without --config: {DEFAULT_INVERTER}].")
+    @click.option("--config", "config_path", default=None, type=click.Path(dir_okay=False),
+                  help="The node's config: also ask its control loop to release its latched faults.")
+    def clear_faults(device_url: str | None, config_path: str | None) -> None:
         """Reset the latched faults of a charger (idempotent).
 
-        Refuses, with the reason, while a cause is still present (welded contacts, an open
-        enclosure, an over-temperature).
+        With --device, the inverter's own latches are reset now; it refuses, with the
+        reason, while a cause is still present (welded contacts, an open enclosure, an
+        over-temperature). With --config, the node's control loop is asked to release its
+        latches (ERR_GRID_SYNC_LOST, ERR_SENSOR_LOST, ERR_TAMPER, ERR_CONTACTOR_WELD); it
+        does so within 100 ms, each fault once its return-to-service condition holds, and
+        a request made while the agent is down is applied at its next start.
         """
-        url = _url(device_url, "--device")
+        if config_path is not None:
+            from pathlib import Path
+
+            from meshagent.config import load_config
+            from meshagent.control import journal
+
+            cfg = load_config(Path(config_path))
+            journal.request_clear(cfg.node.state_dir, by="meshagent clear-faults")
+            latched = journal.load_latched(cfg.node.state_dir)
+            click.echo(f"control loop: clear requested ({', '.join(latched) or 'nothing latched'}); "
+                       "each fault is released once its condition holds (e.g. 300 s of normal frequency)")
+            if device_url is None:
+                return
+        url = _url(device_url or DEFAULT_INVERTER, "--device")
         result = _run(_clear, url)
         if result.cleared:
             click.echo(f"{url}: cleared {', '.join(result.cleared)}")

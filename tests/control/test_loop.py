@@ -458,3 +458,24 @@ async def test_latched_faults_survive_a_restart_and_the_clear_file(tmp_path: Pat
             assert b2.codes(Action.CLEAR_REQUESTED) == ["ERR_TAMPER"]
             nursery.cancel_scope.cancel()
     assert json.loads((tmp_path / journal.FAULTS_FILE).read_text()) == {"latched": []}
+
+
+def test_clear_faults_cli_leaves_a_request_for_the_loop(tmp_path):
+    """`meshagent clear-faults --config` through the real console script, twice: one request."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from meshagent.control import journal
+
+    cfg = tmp_path / "node.toml"
+    cfg.write_text('[node]\nid = "c1"\nstate_dir = "state"\n')
+    (tmp_path / "state").mkdir()
+    journal.save_latched(tmp_path / "state", ["ERR_TAMPER"])
+    script = Path(sys.executable).with_name("meshagent")
+    for _ in range(2):
+        r = subprocess.run([str(script), "clear-faults", "--config", str(cfg)], capture_output=True, text=True, timeout=30)
+        assert r.returncode == 0, r.stderr
+        assert "control loop: clear requested (ERR_TAMPER)" in r.stdout
+    assert journal.take_clear_request(tmp_path / "state") is not None
+    assert journal.take_clear_request(tmp_path / "state") is None
