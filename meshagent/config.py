@@ -125,7 +125,12 @@ REQUIRED_SECTIONS = frozenset({"node"})
 # Modules that declare more sections with ``register_section`` when imported (the mesh's
 # [mesh], the control loop's [control], ...). Imported on first use, not at import of this
 # module, so that those modules can import ``setting`` from here.
-SECTION_MODULES: tuple[str, ...] = ("meshagent.control.config", "meshagent.csms.config")
+SECTION_MODULES: tuple[str, ...] = (
+    "meshagent.mesh_config",
+    "meshagent.devices_config",
+    "meshagent.control.config",
+    "meshagent.csms.config",
+)
 _sections_loaded = False
 
 

@@ -24,7 +24,8 @@ rate limits) are injected, so the endpoint runs unchanged in virtual time.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections import deque
+from collections.abc import Callable, Iterable
 
 import attrs
 import trio
@@ -36,6 +37,9 @@ from protocol.messages import CertificateRequest, Certificates, Revoke
 from protocol.wire import Envelope, Opener, Sealer, SequenceExhausted, WireLimits
 
 WallClockMs = Callable[[], int]
+MAX_CERTIFICATES_PER_MESSAGE = 64  # protocol.messages.Certificates' item limit
+HELD_PACKETS = 64
+HOLD_S = 5.0
 
 
 def system_wall_clock_ms() -> int:
@@ -50,6 +54,7 @@ class EndpointStatistics:
     certificate_requests_sent: int
     certificates_attached: int
     revocations_applied: int
+    held_released: int  # packets from then-unknown signers opened once their certificate came
 
 
 @attrs.frozen
@@ -73,6 +78,7 @@ class SecureEndpoint:
         certificate_sends: int = 3,
         certificate_request_interval_s: float = 1.0,
         on_revocation: Callable[[str], None] | None = None,
+        on_certificates: Callable[[], None] | None = None,
     ) -> None:
         self.transport = transport
         self.sealer = sealer
@@ -83,10 +89,15 @@ class SecureEndpoint:
         self._cert_sends = certificate_sends
         self._request_interval_s = certificate_request_interval_s
         self._on_revocation = on_revocation
+        self._on_certificates = on_certificates
         # address -> (period start, certificates attached in that period)
         self._attached: dict[Address, tuple[float, int]] = {}
         self._requested: dict[Address, float] = {}
         self._pending_requests: list[tuple[Address, str]] = []
+        # datagrams from unknown signers, held while their certificate is fetched
+        self._held: deque[tuple[str, bytes, Address, float]] = deque(maxlen=HELD_PACKETS)
+        self._ready: deque[Received] = deque()
+        self._held_released = 0
         self._sent = 0
         self._certs_attached = 0
         self._requests_sent = 0
@@ -109,9 +120,11 @@ class SecureEndpoint:
             certificate_requests_sent=self._requests_sent,
             certificates_attached=self._certs_attached,
             revocations_applied=self._revocations,
+            held_released=self._held_released,
         )
 
-    def _should_attach(self, destination: Address) -> bool:
+    def should_attach(self, destination: Address) -> bool:
+        """Whether the next packet to ``destination`` should carry our certificate (counts it)."""
         now = trio.current_time()
         start, count = self._attached.get(destination, (now, 0))
         if now - start >= self._refresh_s:
@@ -140,7 +153,7 @@ class SecureEndpoint:
 
     async def send(self, destination: Address, message: object, *, attach_certificate: bool | None = None) -> None:
         """Sign ``message`` and send it as one datagram (best effort)."""
-        attach = self._should_attach(destination) if attach_certificate is None else attach_certificate
+        attach = self.should_attach(destination) if attach_certificate is None else attach_certificate
         packet = self.seal(message, attach_certificate=attach)
         if attach and len(packet) > self.transport.max_datagram_bytes:
             packet = self.seal(message)  # no room for the certificate: send it bare
@@ -153,14 +166,37 @@ class SecureEndpoint:
         self._sent += 1
 
     def open(self, packet: bytes, source: Address, *, stream: bool = False) -> Envelope | None:
-        """Verify one packet; ``None`` (counted) if it must be dropped."""
+        """Verify one packet; ``None`` (counted) if it must be dropped.
+
+        A datagram from a signer we have no certificate for is also held (a few seconds, a
+        bounded number) while we ask for the certificate: when it arrives the packet is
+        opened again, so the rumors it carried are not lost.
+        """
         try:
             env = self.opener.open_untrusted(packet, self.wall_clock_ms(), stream=stream)
         except BadPacket as exc:
             if exc.reason is DropReason.UNKNOWN_SIGNER and not stream:
                 self._want_certificate(source, exc.detail)
+                self._held.append((exc.detail, packet, source, trio.current_time()))
             return None
         return env
+
+    def _release_held(self) -> None:
+        now = trio.current_time()
+        held = list(self._held)
+        self._held.clear()
+        for sender_id, packet, source, at in held:
+            if now - at > HOLD_S:
+                continue
+            if self.trust.certificate(sender_id) is None:
+                self._held.append((sender_id, packet, source, at))
+                continue
+            try:
+                env = self.opener.open_untrusted(packet, self.wall_clock_ms())
+            except BadPacket:
+                continue
+            self._held_released += 1
+            self._ready.append(Received(env, source))
 
     def _want_certificate(self, source: Address, claimed_id: str) -> None:
         now = trio.current_time()
@@ -172,6 +208,11 @@ class SecureEndpoint:
     async def receive(self) -> Received:
         """The next verified datagram. Handles certificate exchange and revocations itself."""
         while True:
+            if self._ready:
+                got = self._ready.popleft()
+                if await self._handle_trust_message(got.envelope, got.source):
+                    continue
+                return got
             await self._flush_certificate_requests()
             datagram = await self.transport.receive_datagram()
             env = self.open(datagram.packet, datagram.source)
@@ -194,23 +235,46 @@ class SecureEndpoint:
             if self.node_id in msg.node_ids:
                 await self.send(source, Certificates(certificates=(self.sealer.identity.certificate_bytes,)), attach_certificate=True)
             else:
-                known = [self.trust.certificate(n) for n in msg.node_ids[:8]]
-                raws = [self.trust.raw_certificate(c.node_id) for c in known if c is not None]
-                found = tuple(r for r in raws if r is not None)
+                found = self.certificates_for(msg.node_ids, budget_bytes=self.transport.max_datagram_bytes - 200)
                 if found:
-                    await self.send(source, Certificates(certificates=found[:4]))
+                    await self.send(source, Certificates(certificates=found), attach_certificate=False)
             return True
         if isinstance(msg, Certificates):
-            for raw in msg.certificates:
-                try:
-                    self.trust.add_certificate_untrusted(raw, self.wall_clock_ms())
-                except BadPacket:
-                    pass
+            self.learn_certificates(msg.certificates)
+            if self._on_certificates is not None:
+                self._on_certificates()
             return True
         if isinstance(msg, Revoke):
             self.apply_revocation(msg.revocation)
             return False  # the layers above forward it (gossip) and act on it
         return False
+
+    def certificates_for(self, node_ids: Iterable[str], *, budget_bytes: int) -> tuple[bytes, ...]:
+        """Known certificates of ``node_ids``, as many as fit in ``budget_bytes``."""
+        out: list[bytes] = []
+        used = 0
+        for node_id in node_ids:
+            raw = self.trust.raw_certificate(node_id)
+            if raw is None:
+                continue
+            if used + len(raw) + 3 > budget_bytes or len(out) == MAX_CERTIFICATES_PER_MESSAGE:
+                break
+            out.append(raw)
+            used += len(raw) + 3
+        return tuple(out)
+
+    def learn_certificates(self, certificates: Iterable[bytes]) -> int:
+        """Verify and keep certificates passed on by a peer; returns how many were usable."""
+        learned = 0
+        for raw in certificates:
+            try:
+                self.trust.add_certificate_untrusted(raw, self.wall_clock_ms())
+                learned += 1
+            except BadPacket:
+                pass
+        if learned and self._held:
+            self._release_held()
+        return learned
 
     def apply_revocation(self, record: bytes) -> str | None:
         """Apply a CA-signed revocation; returns the revoked node id if it was new."""

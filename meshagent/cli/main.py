@@ -156,7 +156,10 @@ def demo() -> None:
 @click.option("--json", "as_json", is_flag=True, help="Also print one JSON object as the last line.")
 @click.option("--quick", is_flag=True, help="Fewer repetitions (for smoke tests; figures are noisier).")
 def bench(name: str, as_json: bool, quick: bool) -> None:
-    """Run benchmark NAME and print a table (see BENCHMARKS.md). Names: wire."""
+    """Run benchmark NAME and print a table (see BENCHMARKS.md).
+
+    Names: wire, gossip, modbus, control, ocpp.
+    """
     from sims.bench import run_benchmark
 
     result = run_benchmark(name, quick=quick)
@@ -168,7 +171,7 @@ def bench(name: str, as_json: bool, quick: bool) -> None:
 # Modules that define more subcommands; each has ``register(cli: click.Group) -> None``.
 # A layer adds its module here (importing it must stay cheap: heavy imports go inside the
 # command functions).
-COMMAND_MODULES: tuple[str, ...] = ("meshagent.cli.csms", "meshagent.cli.hardware")
+COMMAND_MODULES: tuple[str, ...] = ("meshagent.cli.mesh", "meshagent.cli.csms", "meshagent.cli.hardware")
 
 
 def _attach() -> None:

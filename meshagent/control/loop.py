@@ -172,6 +172,8 @@ class ControlLoop:
         self.base_setpoint_w = 0.0
         self.last_decision: Decision | None = None
         self.last_status: InverterStatus | None = None
+        self.last_vehicle: VehicleStatus | None = None
+        self.last_device_state: DeviceState | None = None  # None: a device could not be read
         self._telemetry: journal.JsonLines | None = None
         self._errors: journal.ErrorLog | None = None
         self._held = {name: _Held() for name in ("inverter", "vehicle", "thermal", "tamper")}
@@ -320,9 +322,13 @@ class ControlLoop:
         ta = await self._read("tamper", d.tamper.read, now, slow_s)
         if inv is not None:
             self.last_status = inv
+        if veh is not None:
+            self.last_vehicle = veh
         if inv is None or veh is None or th is None or ta is None:
+            self.last_device_state = None
             return None
-        return device_state(inv, veh, th, ta)
+        self.last_device_state = device_state(inv, veh, th, ta)
+        return self.last_device_state
 
     async def _clear_faults(self, now: float) -> None:
         figures: dict[str, Any] = {}

@@ -20,9 +20,10 @@ from meshagent.errors import MeshagentError
 # name -> module; add a line here when a layer brings a benchmark
 BENCHMARKS: dict[str, str] = {
     "wire": "sims.bench.wire",
-    "modbus": "sims.bench.modbus",
-    "control": "sims.bench.control",
     "ocpp": "sims.bench.ocpp",
+    "gossip": "sims.bench.gossip",
+    "control": "sims.bench.control",
+    "modbus": "sims.bench.modbus",
 }
 
 

@@ -44,16 +44,17 @@ async def test_strangers_exchange_certificates_and_then_talk(pki, autojump_clock
             nursery.start_soon(b_loop)
             nursery.start_soon(a_loop)
             with trio.fail_after(10):
-                # a never attaches its certificate: b drops the first packet as an unknown
-                # signer and asks a for its certificate; a answers; the next packet passes
+                # a never attaches its certificate: b cannot verify the first packet, holds
+                # it and asks a for its certificate; a answers; b opens the held packet
                 await a.send(b.address, Revoke(revocation=b"first"))
                 await trio.sleep(1)
-                assert got == []
-                assert b.statistics().dropped["unknown_signer"] == 1
-                assert b.statistics().certificate_requests_sent == 1
+                assert got == [Revoke(revocation=b"first")]
+                stats = b.statistics()
+                assert stats.dropped["unknown_signer"] == 1  # counted when it could not be opened
+                assert stats.certificate_requests_sent == 1 and stats.held_released == 1
                 await a.send(b.address, Revoke(revocation=b"second"))
                 await trio.sleep(1)
-            assert got == [Revoke(revocation=b"second")]
+            assert got == [Revoke(revocation=b"first"), Revoke(revocation=b"second")]
             nursery.cancel_scope.cancel()
 
 
@@ -124,3 +125,21 @@ async def test_real_udp_on_loopback(pki):
             got = await other.receive()
         assert got.envelope.message == Revoke(revocation=b"over udp")
         assert got.source == ta.address
+
+
+async def test_held_packets_are_bounded_and_expire(pki, autojump_clock):
+    """Packets from a signer nobody vouches for are held a few seconds at most, 64 at most."""
+    from tests.conftest import Pki
+
+    stranger = Pki(seed=77).identity("stranger")  # another CA: its certificate never verifies
+    b_id = pki.identity("charger-b")
+    async with open_memory_network(random.Random(9)) as net:
+        s_ep = net.endpoint()
+        b = endpoint(pki, net.endpoint(), b_id)
+        sealer = Sealer(stranger, 1)
+        for i in range(100):
+            await s_ep.send_datagram(b.address, sealer.seal(Revoke(revocation=bytes([i])), clock()))
+        with trio.move_on_after(1):
+            await b.receive()  # nothing can come out
+        assert len(b._held) == 64
+        assert b.statistics().dropped["unknown_signer"] == 100
