@@ -29,6 +29,12 @@ Time
     reading carries ``taken_at_s`` on that clock: when the value was measured (simulated) or
     when the response arrived (Modbus).
 
+Contactors
+    The inverter closes its DC contactors itself when it has power to deliver and opens them
+    at zero power after an idle delay. ``open_contactors`` overrides that: normally only at
+    zero current, in an emergency at once, under load; they then stay open until
+    ``close_contactors`` (``InverterStatus.contactors_held_open``).
+
 Faults
     Every I/O method is ``async`` (trio) and either returns a value that passed its range
     checks or raises ``DeviceFault`` with a ``FaultKind``. No value is ever returned from
@@ -88,6 +94,7 @@ class FaultKind(enum.Enum):
     NOT_SUPPORTED = "not_supported"  # the unit does not implement this device kind
     DEVICE_FAULT = "device_fault"  # the device reports a latched fault (welded contacts...)
     CAUSE_PRESENT = "cause_present"  # clear-faults refused: the cause is still there
+    UNDER_LOAD = "under_load"  # a normal contactor opening refused: current still flows
 
 
 @attrs.frozen
@@ -96,7 +103,8 @@ class DeviceFault(Exception):
 
     ``str(fault)`` is one line naming the device and the cause. ``exception_code`` is the
     Modbus exception code for ``EXCEPTION_RESPONSE``; ``codes`` the latched fault codes for
-    ``DEVICE_FAULT`` / ``CAUSE_PRESENT``.
+    ``DEVICE_FAULT`` / ``CAUSE_PRESENT``; ``power_w`` the AC power that was flowing for
+    ``UNDER_LOAD``.
     """
 
     kind: FaultKind
@@ -104,6 +112,7 @@ class DeviceFault(Exception):
     device: str = ""
     exception_code: int | None = None
     codes: tuple[str, ...] = ()
+    power_w: float | None = None
 
     def __str__(self) -> str:
         where = f"{self.device}: " if self.device else ""
@@ -201,12 +210,13 @@ class InverterStatus:
     contactor_cycle_budget: int  # rated cycles; wear beyond it ends in WELDED
     faults: tuple[str, ...]  # latched fault codes, e.g. ("contactor_welded",); empty if none
     taken_at_s: float
+    contactors_held_open: bool = False  # by ``open_contactors`` until ``close_contactors``
 
     @classmethod
     def checked(cls, *, state: InverterState, setpoint_w: float, actual_power_w: float,
                 limits: InverterLimits, contactor: ContactorState, contactor_cycles: int,
                 contactor_cycle_budget: int, faults: tuple[str, ...], taken_at_s: float,
-                device: str = "") -> InverterStatus:
+                contactors_held_open: bool = False, device: str = "") -> InverterStatus:
         for name, value in (("max charge power", limits.max_charge_w), ("max discharge power", limits.max_discharge_w),
                             ("ramp rate", limits.ramp_w_per_s)):
             _check_range(name, value, 0.0, MAX_POWER_W * 1000, device)
@@ -215,7 +225,7 @@ class InverterStatus:
         if contactor_cycles < 0 or contactor_cycle_budget < 0:
             raise DeviceFault(FaultKind.OUT_OF_RANGE, "negative contactor cycle count", device)
         return cls(state, round(setpoint_w, 1) + 0.0, round(actual_power_w, 1) + 0.0, limits, contactor,
-                   contactor_cycles, contactor_cycle_budget, faults, taken_at_s)
+                   contactor_cycles, contactor_cycle_budget, faults, taken_at_s, bool(contactors_held_open))
 
 
 @attrs.frozen
@@ -223,6 +233,22 @@ class ClearResult:
     """What ``clear_faults`` did: the codes it cleared (empty when there was nothing to clear)."""
 
     cleared: tuple[str, ...]
+
+
+@attrs.frozen
+class ContactorResult:
+    """What ``open_contactors`` / ``close_contactors`` did.
+
+    ``changed`` is False when the contactors were already as asked (the commands are
+    idempotent). ``under_load`` is True when an emergency opening broke current: heavy wear
+    (breaking DC under load is what welds contacts), ``broken_power_w`` the AC power it broke.
+    """
+
+    contactor: ContactorState  # right after the command
+    held_open: bool  # held open until ``close_contactors``
+    changed: bool
+    under_load: bool = False
+    broken_power_w: float = 0.0
 
 
 @runtime_checkable
@@ -234,7 +260,8 @@ class Inverter(Protocol):
 
         The setpoint is clamped to the current limits (the value returned says by how much);
         the inverter ramps towards it at ``ramp_w_per_s``, closing its contactors if needed.
-        Raises ``DeviceFault(DEVICE_FAULT)`` in FAULT state and in SAFE_MODE, and
+        Raises ``DeviceFault(DEVICE_FAULT)`` in FAULT state, in SAFE_MODE and for a nonzero
+        setpoint while ``open_contactors`` holds the contactors open (0 W is accepted), and
         ``ValueError`` for a non-finite setpoint (a caller bug, never sent to a device).
         """
         ...
@@ -248,6 +275,25 @@ class Inverter(Protocol):
 
         Raises ``DeviceFault(CAUSE_PRESENT)`` naming the cause when a fault cannot be cleared
         because its cause persists (welded contacts, over-temperature).
+        """
+        ...
+
+    async def open_contactors(self, *, emergency: bool = False) -> ContactorResult:
+        """Open the contactors and hold them open (power 0) until ``close_contactors``.
+
+        Normal (``emergency=False``): only at zero current; while power flows it refuses with
+        ``DeviceFault(UNDER_LOAD)`` (``power_w`` says how much) and changes nothing: set 0 W
+        first. Emergency: open now, whatever the current; an opening under load counts heavy
+        wear on the contactor (``ContactorResult.under_load``). Either way welded contacts
+        cannot open: ``DeviceFault(DEVICE_FAULT)`` with code ``contactor_welded``.
+        Idempotent: contactors already open are held open and ``changed`` is False.
+        """
+        ...
+
+    async def close_contactors(self) -> ContactorResult:
+        """Release the hold of ``open_contactors``: the inverter closes its contactors again
+        when it has power to deliver, as it does by itself otherwise. Idempotent. The
+        setpoint stays 0 until the next ``set_power`` (an open never resumes a setpoint).
         """
         ...
 

@@ -11,6 +11,11 @@ when opened through ``hardware.connect``) and does one request per call on the h
                          ``WSetEna``/``WSetMod`` are written once per connection
     Inverter.status, ThermalSensor.read, TamperSwitch.read, VehicleLink.read
                          one read of our model 64900 (the part each needs)
+    Inverter.open_contactors / close_contactors
+                         one write of 64900 ``CtrCmd`` + ``CtrReq`` (a new sequence
+                         number), then reads of ``Ctr``..``CtrBrkW`` until ``CtrAck``
+                         echoes it (one read for a device that acts at once); the
+                         sequence number is learnt from ``CtrAck`` once per connection
 
 Every value goes through the interface's range checks; a float register holding NaN is
 SunSpec's "not implemented" and decodes to ``None``, which the checks refuse. A sample
@@ -28,6 +33,7 @@ import trio
 
 from hardware.interfaces import (
     ClearResult,
+    ContactorResult,
     ContactorState,
     DeviceFault,
     FaultKind,
@@ -45,6 +51,14 @@ from hardware.modbus.registers import (
     CLEAR_NOTHING,
     CLEAR_REFUSED,
     CONTACTOR_STATES,
+    CTR_CMD_CLOSE,
+    CTR_CMD_EMERGENCY_OPEN,
+    CTR_CMD_OPEN,
+    CTR_DONE,
+    CTR_DONE_UNDER_LOAD,
+    CTR_NOTHING,
+    CTR_REFUSED_UNDER_LOAD,
+    CTR_REFUSED_WELDED,
     FAULT_BITS,
     INVERTER_STATES,
     METER_TIMING_MODEL_ID,
@@ -128,6 +142,8 @@ class ModbusSiteMeter(_ModbusDevice):
 class ModbusInverter(_ModbusDevice):
     _limits: InverterLimits | None = attrs.field(init=False, default=None)
     _enabled_on_connect: int = attrs.field(init=False, default=-1)
+    _ctr_seq: int = attrs.field(init=False, default=0)
+    _ctr_seq_on_connect: int = attrs.field(init=False, default=-1)
 
     async def status(self) -> InverterStatus:
         b, taken_at = await self._charger("Age", "WRmp")
@@ -141,7 +157,8 @@ class ModbusInverter(_ModbusDevice):
             state=InverterState(INVERTER_STATES[st]), setpoint_w=b.get("WSetAct"), actual_power_w=b.get("W"),  # type: ignore[arg-type]
             limits=limits, contactor=ContactorState(CONTACTOR_STATES[ctr]),
             contactor_cycles=b.get("CtrCyc"), contactor_cycle_budget=b.get("CtrBudget"),  # type: ignore[arg-type]
-            faults=_bits(b.get("Flt")), taken_at_s=taken_at, device=self.url,
+            faults=_bits(b.get("Flt")), taken_at_s=taken_at, contactors_held_open=b.get("CtrHold") == 1,
+            device=self.url,
         )
         self._limits = status.limits
         return status
@@ -167,6 +184,9 @@ class ModbusInverter(_ModbusDevice):
                 if status.state in (InverterState.FAULT, InverterState.SAFE_MODE):
                     why = f"latched faults {', '.join(status.faults)}" if status.faults else "inverter is in safe mode"
                     raise self._fault(FaultKind.DEVICE_FAULT, f"refused: {why}", codes=status.faults) from None
+                if status.contactors_held_open:
+                    raise self._fault(FaultKind.DEVICE_FAULT,
+                                      "refused: contactors held open (close_contactors first)") from None
             raise
         return applied
 
@@ -194,6 +214,47 @@ class ModbusInverter(_ModbusDevice):
         if result == CLEAR_NOTHING:
             return ClearResult(())
         return ClearResult(_bits(before.get("Flt")))
+
+    async def open_contactors(self, *, emergency: bool = False) -> ContactorResult:
+        return await self._contactor_command(CTR_CMD_EMERGENCY_OPEN if emergency else CTR_CMD_OPEN)
+
+    async def close_contactors(self) -> ContactorResult:
+        return await self._contactor_command(CTR_CMD_CLOSE)
+
+    async def _contactor_command(self, command: int) -> ContactorResult:
+        if self._ctr_seq_on_connect != self.unit.link.statistics().connects:
+            ack = (await self.unit.read_block(CHARGER, "CtrAck", "CtrAck")).get("CtrAck")
+            self._ctr_seq = ack if isinstance(ack, int) else 0
+            self._ctr_seq_on_connect = self.unit.link.statistics().connects
+        seq = self._ctr_seq % 0xFFFF + 1  # nonzero, and never the one the device last acknowledged
+        self._ctr_seq = seq
+        await self.unit.write_run(CHARGER, [("CtrCmd", command), ("CtrReq", seq)])
+        b: Block | None = None
+        with trio.move_on_after(self.unit.link.timeout_s):
+            while True:
+                b = await self.unit.read_block(CHARGER, "Ctr", "CtrBrkW")
+                if b.get("CtrAck") == seq:
+                    break
+                await trio.sleep(0.005)  # a real contactor takes a few ms to move
+        if b is None or b.get("CtrAck") != seq:
+            raise self._fault(FaultKind.TIMEOUT, "contactor command not acknowledged")
+        result, ctr, power_w = b.get("CtrRslt"), b.get("Ctr"), b.get("CtrBrkW")
+        if not isinstance(ctr, int) or not 0 <= ctr < len(CONTACTOR_STATES):
+            raise self._fault(FaultKind.OUT_OF_RANGE, f"contactor state {ctr!r}")
+        if not isinstance(power_w, float) or not math.isfinite(power_w):
+            power_w = 0.0 if result in (CTR_DONE, CTR_NOTHING) else math.nan
+        if result == CTR_REFUSED_UNDER_LOAD:
+            raise self._fault(FaultKind.UNDER_LOAD, f"refused: {power_w:.1f} W flowing; open at zero current "
+                              "(set 0 W first)", power_w=power_w)
+        if result == CTR_REFUSED_WELDED:
+            raise self._fault(FaultKind.DEVICE_FAULT, "refused: contactor contacts are welded",
+                              codes=("contactor_welded",))
+        if result not in (CTR_DONE, CTR_NOTHING, CTR_DONE_UNDER_LOAD) or not math.isfinite(power_w):
+            raise self._fault(FaultKind.OUT_OF_RANGE, f"contactor command result {result!r} ({power_w!r} W)")
+        under_load = result == CTR_DONE_UNDER_LOAD
+        return ContactorResult(ContactorState(CONTACTOR_STATES[ctr]), b.get("CtrHold") == 1,
+                               changed=result != CTR_NOTHING, under_load=under_load,
+                               broken_power_w=round(power_w, 1) + 0.0 if under_load else 0.0)
 
 
 @attrs.define(eq=False)

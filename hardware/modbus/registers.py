@@ -393,6 +393,9 @@ FAULT_BITS = ("contactor_welded", "over_temperature", "tamper", "bms_fault")  # 
 INVERTER_STATES = ("idle", "charging", "discharging", "safe_mode", "fault")  # St values 0..4
 CONTACTOR_STATES = ("open", "closed", "welded")  # Ctr values 0..2
 CLEAR_CLEARED, CLEAR_NOTHING, CLEAR_REFUSED = 0, 1, 2
+# contactor commands (CtrCmd) and their results (CtrRslt)
+CTR_CMD_NONE, CTR_CMD_OPEN, CTR_CMD_EMERGENCY_OPEN, CTR_CMD_CLOSE = 0, 1, 2, 3
+CTR_DONE, CTR_NOTHING, CTR_DONE_UNDER_LOAD, CTR_REFUSED_UNDER_LOAD, CTR_REFUSED_WELDED = 0, 1, 2, 3, 4
 
 _VENDOR: dict[int, tuple[str, str, tuple[tuple[str, str, int, str, str, str, str], ...]]] = {
     CHARGER_MODEL_ID: ("meshagent_charger", "meshagent charger: power stage, contactor, thermal, tamper, vehicle link", (
@@ -406,7 +409,7 @@ _VENDOR: dict[int, tuple[str, str, tuple[tuple[str, str, int, str, str, str, str
         ("Flt", "bitfield32", 2, "", "", "R", "Latched faults: bit 0 contactor_welded, 1 over_temperature, 2 tamper, 3 bms_fault"),
         ("FltCause", "bitfield32", 2, "", "", "R", "Causes present now (same bits); clearing is refused while one is set"),
         ("Ctr", "enum16", 1, "", "", "R", "Contactor: 0 open, 1 closed, 2 welded"),
-        ("Pad2", "pad", 1, "", "", "R", ""),
+        ("CtrHold", "enum16", 1, "", "", "R", "1 if an open command holds the contactors open (power 0) until a close command"),
         ("CtrCyc", "uint32", 2, "", "", "R", "Contactor close cycles so far"),
         ("CtrBudget", "uint32", 2, "", "", "R", "Rated contactor cycles (wear budget)"),
         ("WSetAct", "float32", 2, "W", "", "R", "Setpoint in force after limits, + charge / - discharge"),
@@ -427,6 +430,15 @@ _VENDOR: dict[int, tuple[str, str, tuple[tuple[str, str, int, str, str, str, str
         ("TgtSoC", "float32", 2, "Pct", "", "R", "ISO 15118-20 TargetSOC"),
         ("BatWh", "float32", 2, "Wh", "", "R", "ISO 15118-20 BatteryEnergyCapacity"),
         ("EVId", "string", 16, "", "", "R", "Vehicle id (EVCCID or emulator model), ASCII, NUL padded"),
+        ("CtrCmd", "enum16", 1, "", "", "RW", "Contactor command: 1 open at zero current, 2 emergency open (now, under load), "
+         "3 close (release the hold); carried out when CtrReq is written"),
+        ("CtrReq", "uint16", 1, "", "", "RW", "Contactor command request: write a new nonzero sequence number (with CtrCmd, "
+         "in one write)"),
+        ("CtrAck", "uint16", 1, "", "", "R", "Sequence number of the last contactor command processed"),
+        ("CtrRslt", "enum16", 1, "", "", "R", "Its result: 0 done, 1 nothing to do, 2 opened under load (heavy wear), "
+         "3 refused: current flowing, 4 refused: contacts welded"),
+        ("CtrBrkW", "float32", 2, "W", "", "R", "AC power at that command: broken by an opening under load, "
+         "or flowing when refused; + charge / - discharge"),
     )),
     METER_TIMING_MODEL_ID: ("meshagent_meter_timing", "meshagent meter sample timing", (
         ("Age", "uint32", 2, "ms", "", "R", "Age of the meter sample when read (stale detection)"),
@@ -550,7 +562,8 @@ def register_map_markdown() -> str:
         "What the drivers use: meter `read` = one read of 64901 `Age` through 213 `W`;",
         "inverter `set_power` = write of 704 `WSet` (int32, `WSet_SF`, sign flipped);",
         "status/thermal/tamper/vehicle = one read of 64900; safe mode = write `SafeMode`;",
-        "clear faults = write `ClrReq`, read back `ClrAck`/`ClrRslt`.",
+        "clear faults = write `ClrReq`, read back `ClrAck`/`ClrRslt`;",
+        "contactor commands = one write of `CtrCmd` and `CtrReq`, read back `Ctr` to `CtrBrkW`.",
     ]
     for layout in (METER_LAYOUT, CHARGER_LAYOUT):
         out += ["", f"## {layout.name} unit", "",

@@ -165,6 +165,24 @@ class SunSpecUnit:
             raise DeviceFault(FaultKind.OUT_OF_RANGE, str(exc), self.url) from None
         await self.link.write_registers(start + p.offset, regs, self.unit_id)
 
+    async def write_run(self, model_id: int, values: Sequence[tuple[str, object]]) -> None:
+        """Write adjacent points in one request, in order (a command and its trigger arrive
+        together, so the device never sees one without the other)."""
+        model = MODELS[model_id]
+        start = await self.require(model_id, model.label)
+        first = model.point(values[0][0]).offset
+        scale = await self.scale_factors(model_id) if any(model.point(n).sf for n, _ in values) else {}
+        regs: list[int] = []
+        for name, value in values:
+            p = model.point(name)
+            if p.offset != first + len(regs):
+                raise ValueError(f"model {model_id}: point {name} does not follow the one before it")
+            try:
+                regs += encode(p, value, scale.get(p.sf, 0) if p.sf else 0)
+            except RegisterError as exc:
+                raise DeviceFault(FaultKind.OUT_OF_RANGE, str(exc), self.url) from None
+        await self.link.write_registers(start + first, regs, self.unit_id)
+
     async def write_points(self, model_id: int, values: Sequence[tuple[str, object]]) -> None:
         for name, value in values:
             await self.write_point(model_id, name, value)

@@ -17,9 +17,12 @@ Models
                  ISO 15118-20 limits (a discharge under EVMinimumDischargePower becomes 0).
     contactor    closes when power is wanted, opens after ``contactor_open_delay_s`` at zero
                  power. Each close is a cycle; wear counts 1 per normal close, 10 for a close
-                 within ``rapid_reclose_s`` of the last opening, 10 for an emergency open
-                 under load. Wear past ``contactor_cycle_budget`` welds the contacts: a
-                 latched fault that ``clear_faults`` refuses while the contacts stay welded.
+                 within ``rapid_reclose_s`` of the last opening, 10 for an opening under load
+                 (an emergency ``open_contactors`` or a trip while power flows). "Under load"
+                 is more than ``ZERO_CURRENT_FRACTION`` of the rating. Wear past
+                 ``contactor_cycle_budget`` welds the contacts: a latched fault that
+                 ``clear_faults`` refuses while the contacts stay welded. ``open_contactors``
+                 holds them open (target 0 W) until ``close_contactors`` releases the hold.
     heat         dT/dt = (T_ambient + R_th * loss_fraction * |P| - T) / tau; above
                  ``trip_c`` the stage trips (fault ``over_temperature``), clearable below
                  ``clear_c``. Ambient is rated -25..+50 deg C.
@@ -41,6 +44,7 @@ import attrs
 from hardware.interfaces import (
     TEMPERATURE_RATED_C,
     ClearResult,
+    ContactorResult,
     ContactorState,
     DeviceFault,
     FaultKind,
@@ -50,6 +54,8 @@ from hardware.interfaces import (
 from hardware.simulated.vehicles import EVBattery, VehicleConfig
 
 MAX_STEPS = 2000
+ZERO_CURRENT_FRACTION = 0.01  # at most 1 % of the rating flowing counts as zero current
+UNDER_LOAD_WEAR = 10  # wear units of one opening under load (a normal close is 1)
 FAULT_CODES = ("contactor_welded", "over_temperature", "tamper", "bms_fault")
 
 
@@ -85,6 +91,8 @@ class SimulatedCharger:
     tamper_open: bool = attrs.field(init=False, default=False)
     tamper_latched: bool = attrs.field(init=False, default=False)
     safe_mode: bool = attrs.field(init=False, default=False)
+    contactors_held_open: bool = attrs.field(init=False, default=False)  # by open_contactors()
+    broken_power_w: float = attrs.field(init=False, default=0.0)  # AC power the last opening broke
     faults: set[str] = attrs.field(init=False, factory=set)
     vehicle: EVBattery | None = attrs.field(init=False, default=None)
     energy_in_wh: float = attrs.field(init=False, default=0.0)  # absorbed (charging)
@@ -121,19 +129,24 @@ class SimulatedCharger:
         return InverterLimits(charge, discharge, self.ramp_w_per_s)
 
     def _target_w(self) -> float:
-        if self.faults or self.safe_mode or self.vehicle is None:
+        if self.faults or self.safe_mode or self.contactors_held_open or self.vehicle is None:
             return 0.0
         target = self.limits().clamp(self.setpoint_w)
         if target < 0 and -target < self.vehicle.config.min_discharge_w:
             return 0.0
         return target
 
+    def _under_load(self) -> bool:
+        return abs(self.power_w) > ZERO_CURRENT_FRACTION * max(self.max_charge_w, self.max_discharge_w)
+
     def _open_contactor(self, now: float, *, under_load: bool) -> None:
         if self.contactor is ContactorState.CLOSED:
             self.contactor = ContactorState.OPEN
             self._opened_at = now
+            self.broken_power_w = self.power_w
+            self.power_w = 0.0  # no current through open contacts
             if under_load:
-                self._wear(10, now)
+                self._wear(UNDER_LOAD_WEAR, now)
 
     def _close_contactor(self, now: float) -> None:
         self.contactor = ContactorState.CLOSED
@@ -148,10 +161,10 @@ class SimulatedCharger:
             self.power_w = 0.0  # the stage stops switching; the contacts stay shut
 
     def _trip(self, code: str, now: float) -> None:
-        under_load = abs(self.power_w) > 0.01 * max(self.max_charge_w, self.max_discharge_w)
+        under_load = self._under_load()
         self.faults.add(code)
-        self.power_w = 0.0
         self._open_contactor(now, under_load=under_load)
+        self.power_w = 0.0
 
     def _advance(self, now: float) -> None:
         t = self._t
@@ -239,7 +252,11 @@ class SimulatedCharger:
                                   self.name, codes=tuple(sorted(self.faults)))
             if self.safe_mode:
                 raise DeviceFault(FaultKind.DEVICE_FAULT, "refused: inverter is in safe mode", self.name)
-            self.setpoint_w = round(self.limits().clamp(float(setpoint_w)), 1)
+            setpoint_w = round(self.limits().clamp(float(setpoint_w)), 1)
+            if self.contactors_held_open and setpoint_w != 0:
+                raise DeviceFault(FaultKind.DEVICE_FAULT, "refused: contactors held open (close_contactors first)",
+                                  self.name)
+            self.setpoint_w = setpoint_w
             return self._target_w()
 
     def set_safe_mode(self, on: bool) -> None:
@@ -247,6 +264,36 @@ class SimulatedCharger:
             self.advance()
             self.safe_mode = bool(on)
             self.setpoint_w = 0.0
+
+    def open_contactors(self, *, emergency: bool = False) -> ContactorResult:
+        """Open and hold open; normally only at zero current, in an emergency at once."""
+        with self.lock:
+            now = self.advance()
+            if self.contactor is ContactorState.WELDED:
+                raise DeviceFault(FaultKind.DEVICE_FAULT, "refused: contactor contacts are welded", self.name,
+                                  codes=("contactor_welded",))
+            if self.contactor is ContactorState.CLOSED and self._under_load() and not emergency:
+                raise DeviceFault(FaultKind.UNDER_LOAD,
+                                  f"refused: {self.power_w:.1f} W flowing; open at zero current (set 0 W first)",
+                                  self.name, power_w=self.power_w)
+            was_held = self.contactors_held_open
+            self.contactors_held_open = True
+            self.setpoint_w = 0.0  # an open never resumes a setpoint
+            if self.contactor is ContactorState.OPEN:
+                return ContactorResult(ContactorState.OPEN, True, changed=not was_held)
+            under_load = self._under_load()
+            self._open_contactor(now, under_load=under_load)
+            # wear past the budget welds the contacts in this very opening
+            return ContactorResult(self.contactor, True, changed=True, under_load=under_load,
+                                   broken_power_w=round(self.broken_power_w, 1) + 0.0 if under_load else 0.0)
+
+    def close_contactors(self) -> ContactorResult:
+        """Release the hold: the contactors close again when there is power to deliver."""
+        with self.lock:
+            self.advance()
+            was_held = self.contactors_held_open
+            self.contactors_held_open = False
+            return ContactorResult(self.contactor, False, changed=was_held)
 
     def latched(self) -> tuple[str, ...]:
         codes = set(self.faults)
@@ -362,6 +409,8 @@ class SimulatedCharger:
                 contactor=self.contactor.value,
                 contactor_cycles=self.contactor_cycles,
                 contactor_cycle_budget=self.contactor_cycle_budget,
+                contactors_held_open=self.contactors_held_open,
+                broken_power_w=self.broken_power_w,
                 faults=self.latched(),
                 causes_present=self.causes_present(),
                 temperature_c=self.temperature_c,
@@ -407,6 +456,8 @@ class ChargerSnapshot:
     contactor: str
     contactor_cycles: int
     contactor_cycle_budget: int
+    contactors_held_open: bool
+    broken_power_w: float  # AC power the last opening broke (under load or not)
     faults: tuple[str, ...]
     causes_present: tuple[str, ...]
     temperature_c: float

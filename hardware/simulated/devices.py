@@ -23,6 +23,7 @@ import trio
 
 from hardware.interfaces import (
     ClearResult,
+    ContactorResult,
     ContactorState,
     DeviceFault,
     FaultKind,
@@ -56,7 +57,7 @@ def inverter_status_from(s: ChargerSnapshot, device: str) -> InverterStatus:
         limits=InverterLimits(s.max_charge_w, s.max_discharge_w, s.ramp_w_per_s),
         contactor=_enum(ContactorState, s.contactor, "contactor state", device),
         contactor_cycles=s.contactor_cycles, contactor_cycle_budget=s.contactor_cycle_budget,
-        faults=s.faults, taken_at_s=s.taken_at_s, device=device,
+        faults=s.faults, taken_at_s=s.taken_at_s, contactors_held_open=s.contactors_held_open, device=device,
     )
 
 
@@ -139,6 +140,17 @@ class SimInverter(_SimChargerDevice):
             return self.charger.clear_faults()
         except DeviceFault as fault:
             raise attrs.evolve(fault, device=self.url) from None
+
+    async def open_contactors(self, *, emergency: bool = False) -> ContactorResult:
+        await self._enter()
+        try:
+            return self.charger.open_contactors(emergency=emergency)
+        except DeviceFault as fault:
+            raise attrs.evolve(fault, device=self.url) from None
+
+    async def close_contactors(self) -> ContactorResult:
+        await self._enter()
+        return self.charger.close_contactors()
 
 
 @attrs.define(eq=False)

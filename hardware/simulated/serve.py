@@ -5,7 +5,8 @@ Theory of operation
 A ``MeterUnit`` (a ``SimulatedSite``) or ``ChargerUnit`` (a ``SimulatedCharger``) renders
 its register image from the physics' snapshot on every read, through the same register
 data and codec the drivers use (``hardware.modbus.registers``), and turns writes into
-commands (``WSet`` -> ``set_power``, ``SafeMode``, ``ClrReq`` -> ``clear_faults``). It
+commands (``WSet`` -> ``set_power``, ``SafeMode``, ``ClrReq`` -> ``clear_faults``,
+``CtrCmd`` + ``CtrReq`` -> ``open_contactors`` / ``close_contactors``). It
 plugs into pymodbus as a ``SimDevice`` whose ``action`` hook runs on every request.
 
 ``SimServer`` runs one pymodbus server (TCP or serial, several units on it like an RS-485
@@ -42,7 +43,7 @@ from pymodbus.constants import ExcCodes
 from pymodbus.simulator import DataType, SimData, SimDevice
 
 from hardware import __version__ as HW_VERSION
-from hardware.interfaces import DeviceFault
+from hardware.interfaces import DeviceFault, FaultKind
 from hardware.modbus.registers import (
     CHARGER_LAYOUT,
     CHARGER_MODEL_ID,
@@ -50,6 +51,15 @@ from hardware.modbus.registers import (
     CLEAR_NOTHING,
     CLEAR_REFUSED,
     CONTACTOR_STATES,
+    CTR_CMD_CLOSE,
+    CTR_CMD_EMERGENCY_OPEN,
+    CTR_CMD_NONE,
+    CTR_CMD_OPEN,
+    CTR_DONE,
+    CTR_DONE_UNDER_LOAD,
+    CTR_NOTHING,
+    CTR_REFUSED_UNDER_LOAD,
+    CTR_REFUSED_WELDED,
     FAULT_BITS,
     INVERTER_STATES,
     METER_LAYOUT,
@@ -182,6 +192,10 @@ class ChargerUnit(_Unit):
     wset_mod: int = 1
     clear_ack: int = 0
     clear_result: int = CLEAR_NOTHING
+    ctr_cmd: int = CTR_CMD_NONE
+    ctr_ack: int = 0
+    ctr_result: int = CTR_NOTHING
+    ctr_power_w: float = 0.0
 
     @classmethod
     def of(cls, charger: SimulatedCharger, unit_id: int = 1, site: SimulatedSite | None = None) -> ChargerUnit:
@@ -228,7 +242,8 @@ class ChargerUnit(_Unit):
             "Age": min(age_ms, 0xFFFFFFFE), "St": INVERTER_STATES.index(s.state), "SafeMode": int(c.safe_mode),
             "ClrReq": 0, "ClrAck": self.clear_ack, "ClrRslt": self.clear_result,
             "Flt": _bits(s.faults), "FltCause": _bits(s.causes_present),
-            "Ctr": CONTACTOR_STATES.index(s.contactor), "CtrCyc": s.contactor_cycles,
+            "Ctr": CONTACTOR_STATES.index(s.contactor), "CtrHold": int(s.contactors_held_open),
+            "CtrCyc": s.contactor_cycles,
             "CtrBudget": s.contactor_cycle_budget, "WSetAct": s.setpoint_w, "W": s.actual_power_w,
             "WMaxCha": s.max_charge_w, "WMaxDis": s.max_discharge_w, "WRmp": s.ramp_w_per_s,
             "Tmp": s.temperature_c, "Tmpr": int(s.tamper_open), "TmprLatch": int(s.tamper_latched),
@@ -236,7 +251,29 @@ class ChargerUnit(_Unit):
             "EVMaxChaW": s.ev_maximum_charge_power_w, "EVMaxDisW": s.ev_maximum_discharge_power_w,
             "EVMinDisW": s.ev_minimum_discharge_power_w, "SoC": s.present_soc_pct, "MinSoC": s.minimum_soc_pct,
             "TgtSoC": s.target_soc_pct, "BatWh": s.battery_energy_capacity_wh, "EVId": s.vehicle_id,
+            "CtrCmd": self.ctr_cmd, "CtrReq": 0, "CtrAck": self.ctr_ack, "CtrRslt": self.ctr_result,
+            "CtrBrkW": self.ctr_power_w,
         }
+
+    def _contactor_command(self, seq: int) -> None:
+        """Carry out ``CtrCmd``; the outcome goes to ``CtrRslt`` (never an exception reply)."""
+        c = self.charger
+        self.ctr_power_w = 0.0
+        try:
+            if self.ctr_cmd == CTR_CMD_CLOSE:
+                result = c.close_contactors()
+            else:
+                result = c.open_contactors(emergency=self.ctr_cmd == CTR_CMD_EMERGENCY_OPEN)
+            if result.under_load:
+                self.ctr_result, self.ctr_power_w = CTR_DONE_UNDER_LOAD, result.broken_power_w
+            else:
+                self.ctr_result = CTR_DONE if result.changed else CTR_NOTHING
+        except DeviceFault as fault:
+            if fault.kind is FaultKind.UNDER_LOAD:
+                self.ctr_result, self.ctr_power_w = CTR_REFUSED_UNDER_LOAD, fault.power_w or 0.0
+            else:
+                self.ctr_result = CTR_REFUSED_WELDED
+        self.ctr_ack = seq
 
     def write(self, model_id: int, point: str, value: object) -> ExcCodes | None:
         c = self.charger
@@ -264,6 +301,14 @@ class ChargerUnit(_Unit):
                 except DeviceFault:
                     self.clear_result = CLEAR_REFUSED
                 self.clear_ack = value
+            elif (model_id, point) == (CHARGER_MODEL_ID, "CtrCmd"):
+                if value not in (CTR_CMD_OPEN, CTR_CMD_EMERGENCY_OPEN, CTR_CMD_CLOSE):
+                    return ExcCodes.ILLEGAL_VALUE
+                self.ctr_cmd = int(value)
+            elif (model_id, point) == (CHARGER_MODEL_ID, "CtrReq"):
+                if not isinstance(value, int) or value == 0 or self.ctr_cmd == CTR_CMD_NONE:
+                    return ExcCodes.ILLEGAL_VALUE
+                self._contactor_command(value)
             else:
                 return ExcCodes.ILLEGAL_ADDRESS
         except DeviceFault:

@@ -13,9 +13,10 @@ cycle:
    replaced by its last good reading while that is younger than its period plus
    ``sensor_timeout``; after that the cycle has no device state and the setpoint is 0;
 2. calls ``ControlLogic.step`` (the sans-IO core: every decision is there);
-3. carries out the decision: safe mode on the inverter when asked (it refuses setpoints
-   there and opens its contactors at zero power), otherwise ``set_power`` when the setpoint
-   changed or once a second to re-assert it;
+3. carries out the decision: an emergency opening of the contactors first, then safe mode
+   on the inverter when asked (it refuses setpoints there) and a normal opening at zero
+   current, otherwise ``set_power`` when the setpoint changed or once a second to re-assert
+   it (releasing contactors held open first);
 4. hands spikes to ``on_spike`` (the allocation; until it exists, tests read them), writes
    fault events to ``errors.jsonl``, and every ``telemetry_period`` one line to
    ``telemetry.jsonl``;
@@ -30,12 +31,20 @@ Operator commands reach it two ways: ``request_clear_faults()`` in process, or t
 looks for every telemetry period. Either way it first asks the inverter to clear its own
 latched faults (the tamper latch lives there), then the logic's.
 
-Adapter notes (``hardware.interfaces`` as it stands): the inverter has no contactor
-command; it closes them itself when it has power to deliver and opens them after a delay at
-zero power. So the loop opens contactors by holding the inverter in safe mode (0 W, then the
-inverter's own zero-current opening), and keeps them from closing by holding the setpoint at
-0. An emergency opening under load (tamper) is not available: the loop gets 0 W within the
-inverter's ramp time (80 ms) and the contactors open at zero current after that.
+Adapter notes (``hardware.interfaces``): the inverter closes its contactors itself when it
+has power to deliver and opens them after an idle delay at zero power; the loop overrides
+that with ``Inverter.open_contactors`` / ``close_contactors``. ``ERR_TAMPER`` opens them
+at once with ``open_contactors(emergency=True)``, under load if need be (the inverter counts
+the heavy wear), in the cycle whose reads show the tamper: the inverter's status carries its
+tamper latch and is read every cycle, so that is within one period (10 ms) of the enclosure
+opening. Safe mode (grid sync lost, welded contacts) holds 0 W, and once the AC power is at
+most ``contactor_open_below`` and the ``ContactorGuard``'s dwell allows, opens them with a
+normal ``open_contactors()`` at zero current. Contactors held open are released with
+``close_contactors()`` only when the logic lets a nonzero setpoint through, which it does
+only when the guard allows a closing (dwell, cycles per hour); until then the setpoint
+stays 0 so the inverter does not close them itself either. No command is sent to contacts
+the inverter reports welded. ``contactor_open_below`` is AC power: the inverter reports no
+DC current.
 """
 
 from __future__ import annotations
@@ -51,6 +60,7 @@ import attrs
 import trio
 
 from hardware.interfaces import (
+    ContactorResult,
     ContactorState,
     DeviceFault,
     Inverter,
@@ -65,10 +75,10 @@ from hardware.interfaces import (
     VehicleStatus,
 )
 from meshagent.control import journal
-from meshagent.control.codes import FaultEvent
+from meshagent.control.codes import Action, Code, FaultEvent
 from meshagent.control.detect import Phase, Spike
 from meshagent.control.limits import DeviceState
-from meshagent.control.logic import ControlLogic, Decision, Inputs, MeterSample
+from meshagent.control.logic import ContactorCommand, ControlLogic, Decision, Inputs, MeterSample
 
 SETPOINT_REFRESH_S = 1.0  # re-send an unchanged setpoint this often (a restarted inverter forgets)
 SAMPLES_KEPT = 20_000  # cycle-time and jitter samples kept for the percentiles
@@ -87,7 +97,12 @@ class Devices:
 
 def device_state(inv: InverterStatus, vehicle: VehicleStatus, thermal: ThermalReading,
                  tamper: TamperReading) -> DeviceState:
-    """The clamp's view of the devices (the one place that knows both shapes)."""
+    """The clamp's view of the devices (the one place that knows both shapes).
+
+    Tamper is the switch's reading or the inverter's own tamper latch: the inverter is read
+    every cycle, the switch every ``device_period``, so an opened enclosure is seen within
+    one cycle when the inverter reports it.
+    """
     p = vehicle.parameters
     faults = set(inv.faults)
     return DeviceState(
@@ -106,7 +121,7 @@ def device_state(inv: InverterStatus, vehicle: VehicleStatus, thermal: ThermalRe
         inverter_fault=bool(faults - {"tamper", "contactor_welded"}),
         actual_power_w=inv.actual_power_w,
         vehicle_connected=vehicle.connected,
-        tamper=tamper.open or tamper.latched,
+        tamper=tamper.open or tamper.latched or "tamper" in faults,
     )
 
 
@@ -129,6 +144,8 @@ class LoopStatistics:
     telemetry_lines: int
     error_lines: int
     last_device_fault: str
+    contactor_commands: int = 0  # open/close commands the inverter carried out
+    emergency_openings: int = 0  # of which emergency openings under load (heavy wear)
 
 
 def _pct(samples: collections.deque[float], q: float) -> float:
@@ -189,6 +206,8 @@ class ControlLoop:
         self._cycles = self._missed = self._over_budget = 0
         self._spikes = self._meter_faults = self._device_faults = self._writes = 0
         self._last_device_fault = ""
+        self._contactor_commands = self._emergency_openings = 0
+        self.last_contactor_result: ContactorResult | None = None
         self.events: list[FaultEvent] = []  # every fault event, also in errors.jsonl (tests read it)
 
     # --- inputs from the rest of the agent -------------------------------------------------
@@ -222,6 +241,7 @@ class ControlLoop:
             meter_faults=self._meter_faults, device_faults=self._device_faults, setpoint_writes=self._writes,
             telemetry_lines=self._telemetry.lines if self._telemetry else 0,
             error_lines=self._errors.lines if self._errors else 0, last_device_fault=self._last_device_fault,
+            contactor_commands=self._contactor_commands, emergency_openings=self._emergency_openings,
         )
 
     # --- the loop ----------------------------------------------------------------------------
@@ -288,8 +308,10 @@ class ControlLoop:
         self.last_decision = decision
         for spike in decision.spikes:
             self._hand_on(spike, t_meter)
-        await self._actuate(decision, now)
+        opened = await self._actuate(decision, now)
         for event in decision.events:
+            if opened is not None and event.code is Code.ERR_TAMPER and event.action is Action.RAISED:
+                event = attrs.evolve(event, figures={**event.figures, **opened})
             self._log(event)
         self._save_latched()
         elapsed = self._perf() - t0
@@ -342,30 +364,59 @@ class ControlLoop:
         for event in self.logic.clear_faults(now):
             self._log(attrs.evolve(event, figures={**event.figures, **figures}))
 
-    async def _actuate(self, decision: Decision, now: float) -> None:
+    async def _actuate(self, decision: Decision, now: float) -> dict[str, Any] | None:
+        """Carry out the decision; returns the figures of an emergency opening it made."""
         inv = self.devices.inverter
         status = self.last_status
+        opened: dict[str, Any] | None = None
+        welded = status is not None and status.contactor is ContactorState.WELDED
+        if decision.contactor is ContactorCommand.EMERGENCY_OPEN and not welded:
+            # before anything else, and on its own: a failure here must not keep safe mode off
+            try:
+                result = self._record(await inv.open_contactors(emergency=True))
+                opened = {"contactor": result.contactor.value, "under_load": result.under_load,
+                          "broken_power_w": result.broken_power_w}
+            except DeviceFault as fault:
+                self._device_fault(fault)
         try:
             if decision.safe_mode:
                 if status is None or status.state not in (InverterState.SAFE_MODE, InverterState.FAULT):
                     await inv.set_safe_mode(True)
                     self._last_written_w = None
-                return
+                if decision.contactor is ContactorCommand.OPEN and not welded:
+                    self._record(await inv.open_contactors())  # the logic saw zero current
+                return opened
             if status is not None and status.state is InverterState.SAFE_MODE:
                 await inv.set_safe_mode(False)
                 self._last_written_w = None
             if status is not None and status.state is InverterState.FAULT:
-                return  # it refuses setpoints until its own faults are cleared
+                return opened  # it refuses setpoints until its own faults are cleared
             w = decision.setpoint_w
+            if w != 0 and status is not None and status.contactors_held_open:
+                # the logic lets power through only when the contactor guard allows a closing
+                self._record(await inv.close_contactors())
+                self._last_written_w = None
             if (self._last_written_w is None or abs(w - self._last_written_w) >= 0.1
                     or now - self._last_write_s >= SETPOINT_REFRESH_S):
                 await inv.set_power(w)
                 self._last_written_w, self._last_write_s = w, now
                 self._writes += 1
         except DeviceFault as fault:
-            self._device_faults += 1
-            self._last_device_fault = str(fault)
+            self._device_fault(fault)
             self._last_written_w = None
+        return opened
+
+    def _device_fault(self, fault: DeviceFault) -> None:
+        self._device_faults += 1
+        self._last_device_fault = str(fault)
+
+    def _record(self, result: ContactorResult) -> ContactorResult:
+        self.last_contactor_result = result
+        if result.changed:
+            self._contactor_commands += 1
+        if result.under_load:
+            self._emergency_openings += 1
+        return result
 
     # --- outputs ---------------------------------------------------------------------------
 

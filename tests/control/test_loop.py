@@ -28,6 +28,7 @@ from hardware.simulated import (
     SimVehicleLink,
     VehicleConfig,
 )
+from hardware.simulated.charger import UNDER_LOAD_WEAR
 from meshagent.control import journal
 from meshagent.control.codes import Action, Code
 from meshagent.control.detect import Phase, Spike
@@ -331,6 +332,78 @@ async def test_tamper_latches_until_closed_and_cleared(bench: Bench, autojump_cl
     assert bench.charger.power_w == pytest.approx(-9_000)
 
 
+async def test_tamper_under_load_opens_the_contactors_within_one_cycle(bench: Bench, autojump_clock: Any):
+    ch = bench.charger
+    bench.loop.set_share(9_000)
+    await trio.sleep(6.0)  # past the contactor guard's dwell: the emergency must not need it anyway
+    assert ch.power_w == pytest.approx(-9_000) and ch.contactor is ContactorState.CLOSED
+    wear = ch.contactor_wear
+    await trio.sleep(0.001)  # just after a cycle: the next one is 9 ms away
+    t_open = trio.current_time()
+    ch.open_enclosure()
+    took = await wait_until(lambda: ch.contactor is ContactorState.OPEN, step_s=0.001, within_s=1.0)
+    assert took <= 0.010  # one control cycle, not the 80 ms ramp to 0 W
+    assert ch.broken_power_w == pytest.approx(-9_000)  # opened under load...
+    assert ch.contactor_wear == wear + UNDER_LOAD_WEAR  # ...at the price of heavy wear
+    assert ch.contactors_held_open and ch.safe_mode and ch.power_w == 0
+    raised = [e for e in bench.loop.events if e.code is Code.ERR_TAMPER]
+    assert [e.action for e in raised] == [Action.RAISED] and raised[0].at_s - t_open <= 0.010
+    assert raised[0].figures["under_load"] is True
+    assert raised[0].figures["broken_power_w"] == pytest.approx(-9_000)
+    line = bench.error_lines()[0]
+    assert line["code"] == "ERR_TAMPER" and line["contactor"] == "open" and line["under_load"] is True
+    stats = bench.loop.statistics()
+    assert (stats.emergency_openings, stats.contactor_commands) == (1, 1)
+    # latched: they stay open however long the share is asked for
+    await trio.sleep(10.0)
+    assert ch.contactor is ContactorState.OPEN and ch.contactor_cycles == 1
+    # shut and cleared: the hold is released and the share applied again, one more closing
+    ch.close_enclosure()
+    await bench.clear_faults()
+    await trio.sleep(0.1)
+    assert Code.ERR_TAMPER not in bench.loop.logic.latched
+    assert ch.power_w == pytest.approx(-9_000) and not ch.contactors_held_open
+    assert ch.contactor_cycles == 2 and ch.contactor_wear == wear + UNDER_LOAD_WEAR + 1
+    assert bench.loop.statistics().contactor_commands == 2  # the open, then the release
+
+
+async def test_safe_mode_opens_the_contactors_at_zero_current_after_the_dwell(tmp_path: Path, autojump_clock: Any):
+    with trio.fail_after(GUARD_S):
+        async with trio.open_nursery() as nursery:
+            b = await start_bench(tmp_path, nursery, control={"rts_delay": "1s"})
+            ch = b.charger
+            ch.contactor_open_delay_s = 600.0  # the inverter's own idle opening does not come into it
+            b.loop.set_share(5_000)
+            await trio.sleep(0.05)
+            assert ch.contactor is ContactorState.CLOSED
+            t_closed = trio.current_time()
+            await trio.sleep(0.95)
+            b.site.set_grid(frequency_hz=56.4)  # UF2: safe mode after 0.16 s
+            await trio.sleep(0.3)
+            assert Code.ERR_GRID_SYNC_LOST in b.loop.logic.latched and ch.safe_mode
+            assert ch.power_w == 0  # 0 W first...
+            # ...but the contactors stay closed until the guard's 5 s dwell since they closed
+            await trio.sleep(t_closed + 4.9 - trio.current_time())
+            assert ch.contactor is ContactorState.CLOSED
+            await trio.sleep(0.2)
+            assert ch.contactor is ContactorState.OPEN and ch.contactors_held_open  # by command
+            assert ch.broken_power_w == 0 and ch.contactor_wear == 1  # at zero current: no extra wear
+            assert b.loop.statistics().emergency_openings == 0
+            # back to normal frequency, cleared: released after the 1 s return to service, then
+            # the hold is released once the dwell since the opening has passed
+            b.site.set_grid(frequency_hz=60.0)
+            await b.clear_faults()
+            await trio.sleep(1.2)
+            assert not b.loop.logic.latched and not ch.safe_mode
+            assert ch.contactor is ContactorState.OPEN  # the dwell since they opened is not over
+            await wait_until(lambda: ch.power_w < -4_500, within_s=10.0)  # the share (and droop)
+            assert trio.current_time() >= t_closed + 9.9  # opened ~5 s after closing, closed 5 s after that
+            assert not ch.contactors_held_open and ch.contactor_cycles == 2
+            assert b.loop.statistics().contactor_commands == 2
+            assert b.loop.statistics().device_faults == 0
+            nursery.cancel_scope.cancel()
+
+
 async def test_welded_contactor_latches_until_replaced(tmp_path: Path, autojump_clock: Any):
     with trio.fail_after(GUARD_S):
         async with trio.open_nursery() as nursery:
@@ -347,6 +420,7 @@ async def test_welded_contactor_latches_until_replaced(tmp_path: Path, autojump_
             await b.clear_faults()
             assert Code.ERR_CONTACTOR_WELD in b.loop.logic.latched
             assert "welded" in b.loop.events[-1].figures["inverter_refused"]
+            assert b.loop.statistics().device_faults == 0  # no open command sent to welded contacts
             b.charger.replace_contactor()
             await b.clear_faults()
             await trio.sleep(0.05)

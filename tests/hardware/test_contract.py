@@ -11,6 +11,7 @@ import trio
 from hardware.interfaces import (
     ISO15118_20_NAMES,
     BmsStatus,
+    ContactorResult,
     ContactorState,
     DeviceFault,
     FaultKind,
@@ -22,6 +23,7 @@ from hardware.interfaces import (
     VehicleLink,
 )
 from hardware.simulated import VehicleConfig
+from hardware.simulated.charger import UNDER_LOAD_WEAR
 from tests.hardware.conftest import BASE_LOAD_W, STALE_AFTER_S, Rig
 
 
@@ -183,10 +185,69 @@ async def test_welded_contactor_is_a_fault_that_cannot_be_cleared(rig: Rig) -> N
     assert "contactor_welded" in fault.codes
     fault = await expect_fault(FaultKind.CAUSE_PRESENT, rig.inverter.clear_faults())
     assert fault.codes == ("contactor_welded",)
+    for emergency in (False, True):  # welded contacts cannot open, not even in an emergency
+        fault = await expect_fault(FaultKind.DEVICE_FAULT, rig.inverter.open_contactors(emergency=emergency))
+        assert fault.codes == ("contactor_welded",)
     rig.charger.contactor_cycle_budget = 100_000
     rig.charger.replace_contactor()
     assert (await rig.inverter.clear_faults()).cleared == ("contactor_welded",)
     assert (await rig.inverter.status()).state is InverterState.IDLE
+
+
+async def test_contactors_open_normally_only_at_zero_current(rig: Rig) -> None:
+    await rig.inverter.set_power(3000.0)
+    await rig.wait_for(rig.inverter.status, lambda s: s.actual_power_w == 3000.0)
+    fault = await expect_fault(FaultKind.UNDER_LOAD, rig.inverter.open_contactors())
+    assert fault.power_w == 3000.0 and "3000.0 W flowing" in str(fault)
+    status = await rig.inverter.status()  # refused: nothing changed
+    assert status.contactor is ContactorState.CLOSED and not status.contactors_held_open
+    assert status.actual_power_w == 3000.0
+    await rig.inverter.set_power(0.0)
+    await rig.wait_for(rig.inverter.status, lambda s: s.actual_power_w == 0.0)
+    wear = rig.charger.contactor_wear
+    assert await rig.inverter.open_contactors() == ContactorResult(ContactorState.OPEN, held_open=True, changed=True)
+    assert rig.charger.contactor_wear == wear  # no current broken: no wear
+    assert await rig.inverter.open_contactors() == ContactorResult(ContactorState.OPEN, held_open=True, changed=False)
+    # held open: the inverter does not close them to follow a setpoint; 0 W is still accepted
+    fault = await expect_fault(FaultKind.DEVICE_FAULT, rig.inverter.set_power(2000.0))
+    assert "held open" in str(fault)
+    assert await rig.inverter.set_power(0.0) == 0.0
+    status = await rig.inverter.status()
+    assert status.contactor is ContactorState.OPEN and status.contactors_held_open and status.contactor_cycles == 1
+    result = await rig.inverter.close_contactors()
+    assert (result.held_open, result.changed) == (False, True)
+    assert (await rig.inverter.close_contactors()).changed is False  # idempotent
+    assert await rig.inverter.set_power(2000.0) == 2000.0
+    status = await rig.wait_for(rig.inverter.status, lambda s: s.actual_power_w == 2000.0)
+    assert status.contactor is ContactorState.CLOSED and status.contactor_cycles == 2
+    assert not status.contactors_held_open
+
+
+async def test_emergency_open_breaks_the_current_with_heavy_wear(rig: Rig) -> None:
+    await rig.inverter.set_power(-5000.0)
+    await rig.wait_for(rig.inverter.status, lambda s: s.actual_power_w == -5000.0)
+    wear = rig.charger.contactor_wear
+    result = await rig.inverter.open_contactors(emergency=True)
+    assert result == ContactorResult(ContactorState.OPEN, held_open=True, changed=True, under_load=True,
+                                     broken_power_w=-5000.0)
+    assert rig.charger.contactor_wear == wear + UNDER_LOAD_WEAR  # breaking DC under load
+    status = await rig.inverter.status()  # at once, not after a ramp
+    assert status.contactor is ContactorState.OPEN and status.actual_power_w == 0.0
+    assert status.contactors_held_open and status.state is InverterState.IDLE
+    again = await rig.inverter.open_contactors(emergency=True)  # idempotent, no more wear
+    assert (again.changed, again.under_load) == (False, False)
+    assert rig.charger.contactor_wear == wear + UNDER_LOAD_WEAR
+
+
+async def test_emergency_open_at_zero_current_costs_no_extra_wear(rig: Rig) -> None:
+    await rig.inverter.set_power(1000.0)
+    await rig.wait_for(rig.inverter.status, lambda s: s.actual_power_w == 1000.0)
+    await rig.inverter.set_power(0.0)
+    await rig.wait_for(rig.inverter.status, lambda s: s.actual_power_w == 0.0)
+    wear = rig.charger.contactor_wear
+    result = await rig.inverter.open_contactors(emergency=True)
+    assert (result.contactor, result.changed, result.under_load) == (ContactorState.OPEN, True, False)
+    assert rig.charger.contactor_wear == wear
 
 
 async def test_inverter_status_goes_stale(rig: Rig) -> None:

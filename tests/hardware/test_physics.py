@@ -20,6 +20,7 @@ from hardware.interfaces import (
     InverterState,
 )
 from hardware.simulated import SimulatedCharger, SimulatedSite, SimWorld, VehicleConfig
+from hardware.simulated.charger import UNDER_LOAD_WEAR
 
 
 class ManualClock:
@@ -110,6 +111,25 @@ def test_contactor_opens_when_idle_and_counts_cycles() -> None:
     clock.step(0.2)
     c.advance()
     assert c.contactor is ContactorState.OPEN
+
+
+def test_emergency_openings_under_load_weld_a_worn_contactor() -> None:
+    clock, c = charger_with(contactor_cycle_budget=25)
+    for i in range(3):  # each: one close (1 unit) and one opening under load (UNDER_LOAD_WEAR)
+        clock.step(2.0)  # long after the last opening: a gentle close
+        c.close_contactors()
+        c.set_power(-5_000)
+        clock.step(0.1)
+        c.advance()
+        assert c.power_w == -5_000 and c.contactor is ContactorState.CLOSED
+        result = c.open_contactors(emergency=True)
+        assert c.contactor_wear == (i + 1) * (1 + UNDER_LOAD_WEAR)
+        if c.contactor_wear <= 25:
+            assert result.contactor is ContactorState.OPEN and result.under_load and c.power_w == 0
+            assert c.snapshot().actual_power_w == 0.0  # at once, no ramp
+    # the third opening under load took it past its budget: the contacts welded as they broke
+    assert result.contactor is ContactorState.WELDED and c.state() is InverterState.FAULT
+    assert c.faults == {"contactor_welded"} and c.power_w == 0
 
 
 def test_rapid_switching_wears_the_contactor_until_it_welds() -> None:
