@@ -49,7 +49,9 @@ class VehicleSpec:
 #        Wallbox Quasar (7.4 kW bidirectional, maker's spec).
 #  [WC]  whichcar.com.au, "Mitsubishi confirms Australia-first Vehicle-to-Grid power exports"
 #        (Outlander / Eclipse Cross PHEV V2G approval, Wallbox Quasar 1 hardware).
-#  [MAKER] the vehicle maker's published spec sheet (figure not in the articles above).
+#  [MAKER] a figure from the maker's spec sheet as we remember it; no copy of the sheet
+#        was fetched to check it (none was reachable from our build machines). Treat
+#        [MAKER] figures as unverified until someone checks them against the sheet.
 VEHICLE_SPECS: dict[str, VehicleSpec] = {
     s.model: s
     for s in (
