@@ -193,6 +193,7 @@ class MeshNode:
         self._stopped = trio.Event()
         self._spread: set[bytes] = set()  # revocations we have broadcast
         self._revocation_hook = on_revocation
+        self._handlers: dict[type, Callable[[str, Address, Any], None]] = {}
         self._leave_flushed = trio.Event()
 
     # --- life cycle ---------------------------------------------------------------------------
@@ -274,6 +275,27 @@ class MeshNode:
         sent = self.core.urgent(message, scope, trio.current_time())
         self._flush()
         return sent
+
+    def on_message(self, cls: type, handler: Callable[[str, Address, Any], None]) -> None:
+        """Route verified messages of ``cls`` (not membership ones) to ``handler``.
+
+        ``handler(sender_id, source_address, message)`` runs in the receive task: it must not
+        block; start work with ``spawn``. This is how other layers (authorization lists, the
+        allocation) get their unicast messages.
+        """
+        if cls in HANDLED_MESSAGES or cls in (Certificates, CertificateRequest, Revoke):
+            raise ValueError(f"{cls.__name__} is handled by the node itself")
+        self._handlers[cls] = handler
+
+    async def send(self, address: Address, message: Any) -> None:
+        """Sign and send one datagram to ``address`` (best effort)."""
+        await self.endpoint.send(address, message)
+
+    def spawn(self, fn: Callable[..., Any], *args: Any) -> None:
+        """Run ``fn(*args)`` as a task of the node's nursery (ends with the node)."""
+        if self._nursery is None:
+            raise RuntimeError("the node is not running")
+        self._nursery.start_soon(fn, *args)
 
     def capacity(self, scope: Scope | None = None) -> Capacity:
         return self.core.capacity(scope)
@@ -364,8 +386,11 @@ class MeshNode:
         elif isinstance(message, Revoke):
             pass  # already applied by the endpoint; spread by _on_revocation if new
         else:
-            self._ignored += 1
-            return
+            handler = self._handlers.get(type(message))
+            if handler is None:
+                self._ignored += 1
+                return
+            handler(sender_id, source, message)
         self._flush()
 
     def _certificates_learned(self) -> None:

@@ -6,6 +6,7 @@ import random
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+import pytest
 import trio
 
 from meshagent.node import MeshNode
@@ -170,3 +171,18 @@ async def test_three_nodes_on_real_udp(pki):
         nursery.cancel_scope.cancel()
     for t in transports:
         await t.aclose()
+
+
+async def test_other_layers_get_their_unicast_messages(pki, autojump_clock):
+    from protocol.authlist import AuthListRequest
+
+    async with open_memory_network(random.Random(7)) as net, mesh(pki, 2, net=net) as nodes:
+        await wait_until(lambda: all(len(statuses(n)) == 1 for n in nodes), timeout_s=30)
+        got = []
+        nodes[1].on_message(AuthListRequest, lambda sender, source, msg: got.append((sender, source, msg)))
+        request = AuthListRequest(have_version=3, have_hash=b"\x00" * 32)
+        await nodes[0].send(nodes[1].address, request)
+        await wait_until(lambda: got, timeout_s=5)
+        assert got == [("n00", nodes[0].address, request)]
+        with pytest.raises(ValueError, match="handled by the node itself"):
+            nodes[1].on_message(Revoke, lambda *a: None)
