@@ -22,8 +22,11 @@ DEFAULT_API_PORT = 7947
 Address = tuple[str, int]
 
 
-def parse_host_port(text: str, default_port: int = DEFAULT_PORT) -> Address:
-    """``10.0.0.2``, ``10.0.0.2:7946``, ``[::1]:7946`` or ``::1`` -> (host, port)."""
+def parse_host_port(text: str, default_port: int = DEFAULT_PORT, *, allow_any_port: bool = False) -> Address:
+    """``10.0.0.2``, ``10.0.0.2:7946``, ``[::1]:7946`` or ``::1`` -> (host, port).
+
+    ``allow_any_port``: port 0 ("any free port") is accepted, for addresses we bind.
+    """
     if not isinstance(text, str) or not text.strip():
         raise ValueError(f"expected HOST or HOST:PORT, got {text!r}")
     text = text.strip()
@@ -45,8 +48,9 @@ def parse_host_port(text: str, default_port: int = DEFAULT_PORT) -> Address:
         raise ValueError(f"{host!r} is not a numeric IPv4 or IPv6 address") from None
     if not port_text:
         return host, default_port
-    if not port_text.isdigit() or not 0 < int(port_text) < 65536:
-        raise ValueError(f"port must be 1 to 65535 in {text!r}")
+    lowest = 0 if allow_any_port else 1
+    if not port_text.isdigit() or not lowest <= int(port_text) < 65536:
+        raise ValueError(f"port must be {lowest} to 65535 in {text!r}")
     return host, int(port_text)
 
 
@@ -54,6 +58,12 @@ def _address(value: object) -> Address:
     if not isinstance(value, str):
         raise ValueError(f"expected HOST:PORT, got {value!r}")
     return parse_host_port(value)
+
+
+def _bind_address(value: object) -> Address:
+    if not isinstance(value, str):
+        raise ValueError(f"expected HOST:PORT, got {value!r}")
+    return parse_host_port(value, allow_any_port=True)
 
 
 def _addresses(value: object) -> tuple[Address, ...]:
@@ -93,15 +103,15 @@ _KNOBS = {
 class MeshSection:
     preset: str = setting("lan", choices=("lan", "local"), shown='"lan"',
                           doc="Membership timers: `lan` (memberlist's LAN defaults) or `local` (5x faster, one host).")
-    bind: Address = setting(("0.0.0.0", DEFAULT_PORT), parse=_address, shown='"0.0.0.0:7946"',
-                            doc="UDP and TCP address to bind (IPv4 or IPv6, e.g. `[::]:7946`).")
+    bind: Address = setting(("0.0.0.0", DEFAULT_PORT), parse=_bind_address, shown='"0.0.0.0:7946"',
+                            doc="UDP and TCP address to bind (IPv4 or IPv6, e.g. `[::]:7946`; port 0: any free port).")
     advertise: Address | None = setting(None, parse=_optional_address, shown='""',
                                         doc="Address peers use to reach this node; required when `bind` is a wildcard.")
     seeds: tuple[Address, ...] = setting((), parse=_addresses, shown="[]",
                                          doc="Members to join through, `HOST[:PORT]`; retried while this node is isolated.")
     zeroconf: bool = setting(False, shown="false", doc="Advertise and discover peers on the LAN (`_meshagent._udp.local.`).")
-    api: Address = setting(("127.0.0.1", DEFAULT_API_PORT), parse=_address, shown='"127.0.0.1:7947"',
-                           doc="HTTP API for `meshagent members/join/leave` and utilities; unauthenticated, keep it local.")
+    api: Address = setting(("127.0.0.1", DEFAULT_API_PORT), parse=_bind_address, shown='"127.0.0.1:7947"',
+                           doc="HTTP API for `meshagent members/join/leave` and utilities; unauthenticated, keep it local (port 0: any free port).")
     max_packet: int = setting(1400, parse=parse_size_bytes, min_value=512, max_value=65507, shown="1400",
                               doc="Largest gossip datagram.")
     probe_interval: float | None = setting(None, parse=_duration, shown="preset", doc="Time between probes (`lan`: 1s).")

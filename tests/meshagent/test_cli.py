@@ -86,8 +86,10 @@ def test_bench_wire_json_is_last_line():
     assert data["sign_encode_us"] > 0 and data["verify_decode_us"] > 0
 
 
-def test_demo_runs_over_real_udp():
+def test_demo_runs_five_agents_over_real_udp():
     r = run("demo")
     assert r.returncode == 0, r.stdout + r.stderr
-    assert "demo passed" in r.stdout
-    assert "REFUSED (replay)" in r.stdout and "REFUSED (signer_revoked)" in r.stdout
+    assert "demo passed" in r.stdout and "BAD" not in r.stdout
+    for line in ("every node sees every other", "35 kW from 5 nodes", "declared dead by all four",
+                 "removed everywhere", "refused: replay", "refused: bad_signature", "refused: bad_certificate"):
+        assert line in r.stdout, line
