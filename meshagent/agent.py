@@ -11,14 +11,24 @@ What must outlive a restart lives in the state directory: the boot epoch, seeds 
 ``meshagent join`` (``seeds``), and revocations learned from the mesh (``revocations/``),
 which are loaded at start so a revoked node stays out even before the mesh repeats them.
 
+The CSMS side (billing and authorization, never the spike path): the SQLite file
+``[csms].queue`` is opened at every start. With a ``[csms].url``, the CSMS client runs in the
+agent's nursery; before it connects, transactions a crash left open are ended (PowerLoss).
+Without one, the file holds only the local authorization list. Either way ``AuthSync``
+replicates that list over the mesh (``meshagent.authsync``), and ``GET /v1/authorize``
+answers from it. The state record is published by one ``RecordPublisher``, which merges the
+control loop's offer and the list's summary.
+
 SIGINT and SIGTERM leave the mesh gracefully (peers see ``left``, not ``dead``); a second
 signal stops at once.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import signal
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +36,14 @@ import trio
 
 from meshagent import keystore
 from meshagent.api import Api
+from meshagent.authsync import (
+    AuthListKeeper,
+    AuthSync,
+    ClientAuthList,
+    RecordPublisher,
+    StoredAuthList,
+    local_decision,
+)
 from meshagent.config import NodeConfig
 from meshagent.errors import MeshagentError
 from meshagent.mesh_config import MeshSection, parse_host_port
@@ -107,8 +125,28 @@ def parse_scope(text: str) -> Scope:
     raise ValueError(f"scope must be 'all', 'site:ID' or 'transformer:ID', not {text!r}")
 
 
-def build_api(node: MeshNode, on_join: Any, on_leave: Any) -> Api:
+def build_api(node: MeshNode, on_join: Any, on_leave: Any, auth: AuthListKeeper | None = None) -> Api:
     api = Api()
+
+    if auth is not None:
+
+        @api.route("GET", "/v1/authorize")
+        def authorize(params: dict[str, str]) -> tuple[int, Any]:
+            # The decision from the local list alone: what the charger does with the CSMS
+            # unreachable (a token not on the list is refused). It never waits on the CSMS.
+            from urllib.parse import unquote
+
+            token = unquote(params.get("id_token", ""))
+            token_type = unquote(params.get("type", "ISO14443"))
+            if not token:
+                raise ValueError("give id_token=TOKEN (and type=, default ISO14443)")
+            auth_list = auth.auth_list
+            decision = local_decision(auth_list, token, token_type, node.endpoint.wall_clock_ms())
+            return 200, {
+                "id_token": token, "type": token_type, "accepted": decision.accepted,
+                "status": decision.status, "source": decision.source,
+                "list_version": auth_list.version, "answered_by": node.node_id,
+            }
 
     @api.route("GET", "/v1/members")
     def members(_params: dict[str, str]) -> tuple[int, Any]:
@@ -263,7 +301,26 @@ async def run_agent(config: NodeConfig, *, task_status: trio.TaskStatus[MeshNode
         on_revocation=persist_revocations,
     )
 
-    async with transport, trio.open_nursery() as nursery:
+    csms_cfg = config.section("csms")
+    client, store = None, None
+    try:
+        store = await trio.to_thread.run_sync(_open_store, csms_cfg)
+        keeper: AuthListKeeper
+        if csms_cfg.url:
+            from meshagent.csms.client import ClientSettings, CsmsClient
+
+            client = CsmsClient(ClientSettings.from_section(csms_cfg, node_cfg.id), store)
+            keeper = ClientAuthList(client)
+        else:
+            keeper = StoredAuthList(store)
+    except BaseException:
+        if store is not None:
+            store.close()
+        await transport.aclose()
+        raise
+    publisher = RecordPublisher(node)
+
+    async with transport, _closing(store), trio.open_nursery() as nursery:
 
         def on_join(new: list[tuple[str, int]]) -> None:
             merged = list(dict.fromkeys([*load_seeds(state_dir), *new]))
@@ -280,8 +337,12 @@ async def run_agent(config: NodeConfig, *, task_status: trio.TaskStatus[MeshNode
         await nursery.start(run_node)
         devices_cfg = config.section("devices")
         if devices_cfg.configured:
-            await nursery.start(_run_control, config, node, state_dir)
-        api = build_api(node, on_join, on_leave)
+            await nursery.start(_run_control, config, node, state_dir, publisher)
+        await nursery.start(AuthSync(node, keeper, publisher).run)
+        if client is not None:
+            await client.end_interrupted_transactions()
+            await nursery.start(client.run)
+        api = build_api(node, on_join, on_leave, keeper)
         api_address = await nursery.start(api.serve, mesh.api[0], mesh.api[1])
         nursery.start_soon(_log_events(node))
         nursery.start_soon(_signals, node, nursery)
@@ -295,7 +356,22 @@ async def run_agent(config: NodeConfig, *, task_status: trio.TaskStatus[MeshNode
         task_status.started(node)
 
 
-async def _run_control(config: NodeConfig, node: MeshNode, state_dir: Path, *,
+def _open_store(csms_cfg: Any) -> Any:
+    from meshagent.csms.store import CsmsStore
+
+    return CsmsStore(csms_cfg.queue, max_bytes=csms_cfg.max_queue_bytes)
+
+
+@contextlib.asynccontextmanager
+async def _closing(store: Any) -> AsyncIterator[None]:
+    """Close the store once every task that used it (the nursery inside) has ended."""
+    try:
+        yield
+    finally:
+        store.close()
+
+
+async def _run_control(config: NodeConfig, node: MeshNode, state_dir: Path, publisher: RecordPublisher, *,
                        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
     """The control loop on this charger's devices, and its offer published as the state record."""
     from hardware.connect import open_charger, open_site_meter
@@ -338,7 +414,7 @@ async def _run_control(config: NodeConfig, node: MeshNode, state_dir: Path, *,
                 offer = offer_from_loop(loop, limits)
                 now = trio.current_time()
                 if offer.differs(last) or now - last_at >= devices_cfg.record_heartbeat_s:
-                    node.publish_record(
+                    publisher.set_offer(
                         discharge_available_w=offer.discharge_available_w,
                         energy_above_min_soc_wh=offer.energy_above_min_soc_wh,
                         soc=offer.soc,

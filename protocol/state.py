@@ -34,6 +34,18 @@ Wire layout (a msgpack array, fields in this order; see ``protocol.codec``):
     9 faults                   [str <= 64] <= 16
     10 updated_at_ms           int, the author's wall clock (ms since the Unix epoch)
     11 signature               bytes <= 64 (empty when the mesh runs without item signatures)
+    12 auth_list_version       int in [0, 2**31 - 1] (0: no local authorization list)
+    13 auth_list_hash          bytes, 32 (SHA-256 of the list) or empty
+
+Fields 12 and 13 were appended after the signature (the codec only ever appends): an older
+decoder ignores them, a newer one reads an older record with ``0`` and ``b""``. The author's
+signature covers them (``signing_payload`` encodes the record with an empty signature), and
+``signed_fields`` leaves them out of the signed bytes while they hold their defaults, so a
+record without a list signs the same bytes under the old layout and the new one.
+
+The auth-list summary is what ``meshagent.authsync`` replicates by: a node whose list is
+older than a live peer's (``protocol.authlist.AuthListSummary.is_older_than``) pulls the
+peer's list with ``AuthListRequest``/``AuthListChunk``.
 """
 
 from __future__ import annotations
@@ -49,6 +61,13 @@ from protocol.messages import message
 
 MAX_FAULTS = 16
 U63_MAX = 2**63 - 1
+AUTH_LIST_VERSION_MAX = 2**31 - 1  # OCPP versionNumber is a 32-bit integer
+AUTH_LIST_HASH_BYTES = 32
+
+
+def _hash_or_empty(_record: object, _attribute: object, value: bytes) -> None:
+    if len(value) not in (0, AUTH_LIST_HASH_BYTES):
+        raise ValueError(f"auth_list_hash must be empty or {AUTH_LIST_HASH_BYTES} bytes")
 
 
 @message(0x30)
@@ -68,11 +87,34 @@ class StateRecord:
     faults: tuple[str, ...] = codec.items(MAX_FAULTS)
     updated_at_ms: int = codec.integer(0, U63_MAX)
     signature: bytes = codec.blob(64, default=b"")
+    auth_list_version: int = codec.integer(0, AUTH_LIST_VERSION_MAX, default=0)
+    auth_list_hash: bytes = codec.blob(AUTH_LIST_HASH_BYTES, default=b"", validator=_hash_or_empty)
 
     @property
     def order(self) -> tuple[int, int]:
         """The merge key: the highest wins."""
         return (self.incarnation, self.version)
+
+
+# Fields appended after ``signature``, with their defaults: left out of the signed bytes while
+# they hold them (``signed_fields``).
+_APPENDED_DEFAULTS: tuple[tuple[str, object], ...] = (("auth_list_version", 0), ("auth_list_hash", b""))
+
+
+def signed_fields(record: StateRecord) -> list[object]:
+    """The record's field array with an empty signature, trailing defaulted fields trimmed.
+
+    What an author signs (under a domain tag, see ``protocol.swim.messages.signing_payload``).
+    Trimming keeps a record without an auth list signed over exactly the bytes an older node
+    signs and checks, so nodes on either side of the upgrade verify each other's records.
+    """
+    fields = codec.codec_for(StateRecord).pack(attrs.evolve(record, signature=b""))
+    keep = len(fields)
+    for name, default in reversed(_APPENDED_DEFAULTS):
+        if getattr(record, name) != default:
+            break
+        keep -= 1
+    return list(fields[:keep])
 
 
 def newer(candidate: StateRecord, current: StateRecord | None) -> bool:

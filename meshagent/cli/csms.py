@@ -10,6 +10,7 @@ the command function, so the agent never imports the simulator.
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import click
@@ -22,6 +23,44 @@ DEFAULT_DB = "csms.sqlite3"
 def register(cli: click.Group) -> None:
     cli.add_command(csms)
     cli.add_command(csms_queue)
+    cli.add_command(authorize)
+
+
+@click.command("authorize")
+@click.argument("id_token")
+@click.option("--type", "token_type", default="ISO14443", show_default=True, help="The idToken's type.")
+@click.option("--api", default="127.0.0.1:7947", show_default=True, help="The running agent's API address.")
+def authorize(id_token: str, token_type: str, api: str) -> None:
+    """Ask a running agent whether its local list authorizes ID_TOKEN (as with the CSMS down).
+
+    Exit status 0 when accepted, 3 when refused (blocked, expired, unknown...).
+    """
+    import functools
+    from urllib.parse import quote
+
+    import trio
+
+    from meshagent.api import get_json
+    from meshagent.mesh_config import DEFAULT_API_PORT, parse_host_port
+
+    try:
+        host, port = parse_host_port(api, DEFAULT_API_PORT)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--api") from None
+    path = f"/v1/authorize?id_token={quote(id_token, safe='')}&type={quote(token_type, safe='')}"
+    try:
+        status, body = trio.run(functools.partial(get_json, host, port, path))
+    except (OSError, trio.TooSlowError) as exc:
+        raise MeshagentError(f"no agent API at {host}:{port} ({exc.__class__.__name__}); "
+                             "is `meshagent run` running?") from None
+    if status != 200 or not isinstance(body, dict):
+        detail = body.get("error") if isinstance(body, dict) else body
+        raise MeshagentError(f"agent at {host}:{port} refused: {detail}")
+    verdict = "accepted" if body["accepted"] else "refused"
+    click.echo(f"{body['id_token']} ({body['type']}): {verdict}, {body['status']} "
+               f"(local list version {body['list_version']} on {body['answered_by']})")
+    if not body["accepted"]:
+        sys.exit(3)  # click.Context.exit is swallowed by main (standalone_mode=False)
 
 
 @click.group("csms", invoke_without_command=True)

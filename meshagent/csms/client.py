@@ -365,6 +365,24 @@ class CsmsClient:
         return await self._record(transaction_id, payload, ends=True, energy_import_wh=energy_import_wh,
                                   energy_export_wh=energy_export_wh)
 
+    async def end_interrupted_transactions(self) -> list[str]:
+        """At start: end every transaction a previous life left open; returns their ids.
+
+        A transaction still open in the store when the agent starts was interrupted by a crash
+        or a power loss (nothing in this process started it). OCPP 2.0.1 ends it with
+        ``stoppedReason`` PowerLoss; ``PowerLoss`` is not a TriggerReasonEnumType value, so the
+        trigger is ``AbnormalCondition``. The registers are the last ones recorded.
+        """
+        ended = []
+        for tx in await self._db(self.store.open_transactions):
+            await self.end_transaction(tx.transaction_id, energy_import_wh=tx.energy_import_wh,
+                                       energy_export_wh=tx.energy_export_wh, stopped_reason="PowerLoss",
+                                       trigger="AbnormalCondition")
+            ended.append(tx.transaction_id)
+            log.warning("csms %s: transaction %s left open by a previous run ended (PowerLoss)",
+                        self.settings.station_id, tx.transaction_id)
+        return ended
+
     async def meter_values(self, evse_id: int, *, energy_import_wh: float, energy_export_wh: float) -> None:
         """Record a MeterValues message (billing registers outside a transaction)."""
         payload = {"evseId": evse_id, "meterValue": [

@@ -434,8 +434,14 @@ class Membership:
         thermal_derating: float = 0.0,
         faults: tuple[str, ...] = (),
         updated_at_ms: int,
+        auth_list_version: int = 0,
+        auth_list_hash: bytes = b"",
     ) -> StateRecord:
-        """Publish this node's new state record (``updated_at_ms``: the shell's wall clock)."""
+        """Publish this node's new state record (``updated_at_ms``: the shell's wall clock).
+
+        ``auth_list_version``/``auth_list_hash``: the summary of this node's local
+        authorization list (0 and empty: none), which peers replicate by.
+        """
         version = 1
         if self._my_record is not None:
             version = self._my_record.version + 1
@@ -453,6 +459,8 @@ class Membership:
             thermal_derating=float(thermal_derating),
             faults=tuple(faults),
             updated_at_ms=updated_at_ms,
+            auth_list_version=auth_list_version,
+            auth_list_hash=bytes(auth_list_hash),
         )
         return self._set_my_record(record)
 

@@ -38,11 +38,12 @@ from __future__ import annotations
 from typing import Any
 
 import attrs
+import msgpack
 
 from protocol import codec
 from protocol.identity import NODE_ID_MAX
 from protocol.messages import message
-from protocol.state import U63_MAX, Scope, StateRecord
+from protocol.state import U63_MAX, Scope, StateRecord, signed_fields
 
 SIGNATURE_MAX = 64
 HOST_MAX = 64  # an IPv6 literal with a zone, or a short DNS name
@@ -165,6 +166,11 @@ _DOMAINS: dict[type, bytes] = {
 
 def signing_payload(item: Any) -> bytes:
     """The bytes an author signs: a domain tag and the item encoded with no signature."""
+    if type(item) is StateRecord:
+        # without the fields appended after the signature while they hold their defaults,
+        # so that records verify across the upgrade that added them (protocol.state)
+        packed: bytes = msgpack.packb(signed_fields(item), use_bin_type=True)
+        return _DOMAINS[StateRecord] + packed
     return _DOMAINS[type(item)] + codec.encode(attrs.evolve(item, signature=b""))
 
 

@@ -41,10 +41,7 @@ async def main(args: argparse.Namespace) -> None:
                 print("generated", flush=True)
                 await trio.sleep_forever()
             await client.wait_online()
-            for tx in store.open_transactions():
-                await client.end_transaction(tx.transaction_id, energy_import_wh=tx.energy_import_wh,
-                                             energy_export_wh=tx.energy_export_wh, stopped_reason="PowerLoss",
-                                             trigger="AbnormalCondition")
+            await client.end_interrupted_transactions()  # what the agent does at start
             await client.wait_drained()
             print("drained", flush=True)
             nursery.cancel_scope.cancel()
