@@ -39,6 +39,7 @@ from protocol.wire import Envelope, Opener, Sealer, SequenceExhausted, WireLimit
 WallClockMs = Callable[[], int]
 MAX_CERTIFICATES_PER_MESSAGE = 64  # protocol.messages.Certificates' item limit
 HELD_PACKETS = 64
+ANSWERED_MEMORY = 4096
 HOLD_S = 5.0
 
 
@@ -93,6 +94,7 @@ class SecureEndpoint:
         # address -> (period start, certificates attached in that period)
         self._attached: dict[Address, tuple[float, int]] = {}
         self._requested: dict[Address, float] = {}
+        self._answered: dict[Address, float] = {}
         self._pending_requests: list[tuple[Address, str]] = []
         # datagrams from unknown signers, held while their certificate is fetched
         self._held: deque[tuple[str, bytes, Address, float]] = deque(maxlen=HELD_PACKETS)
@@ -232,6 +234,14 @@ class SecureEndpoint:
         """Certificate exchange and revocations are the endpoint's business. True if consumed."""
         msg = env.message
         if isinstance(msg, CertificateRequest):
+            # An answer is four times the request: answer each address at most once per
+            # interval, so a spoofed source cannot use us as an amplifier.
+            now = trio.current_time()
+            if now - self._answered.get(source, -1e18) < self._request_interval_s:
+                return True
+            if len(self._answered) >= ANSWERED_MEMORY:
+                self._answered.clear()
+            self._answered[source] = now
             if self.node_id in msg.node_ids:
                 await self.send(source, Certificates(certificates=(self.sealer.identity.certificate_bytes,)), attach_certificate=True)
             else:

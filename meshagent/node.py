@@ -27,6 +27,7 @@ same node runs on real UDP and on the in-memory network under ``MockClock``.
 
 from __future__ import annotations
 
+import collections
 import math
 import random
 from collections import deque
@@ -43,6 +44,7 @@ from meshagent.endpoint import (
     system_wall_clock_ms,
 )
 from meshagent.transport.base import Address, FramedStream, Transport
+from protocol.errors import BadPacket
 from protocol.identity import NodeIdentity, TrustStore
 from protocol.messages import CertificateRequest, Certificates, Revoke
 from protocol.state import Capacity, Scope, StateRecord
@@ -354,7 +356,7 @@ class MeshNode:
                 while True:
                     try:
                         packet = await framed.receive_untrusted()
-                    except Exception:  # BadPacket: the stream is out of step; close it
+                    except BadPacket:  # the stream is out of step: close it
                         return
                     if packet is None:
                         return
@@ -441,8 +443,8 @@ class MeshNode:
 
     async def _send_all(self, sends: list[Send]) -> None:
         sealed: dict[tuple[int, bool], bytes] = {}
-        shared = {id(s.message) for s in sends}
-        shared = {i for i in shared if sum(1 for s in sends if id(s.message) == i) > 1}
+        counts = collections.Counter(id(s.message) for s in sends)
+        shared = {key for key, n in counts.items() if n > 1}
         for s in sends:
             if s.reliable:
                 if self._nursery is not None:

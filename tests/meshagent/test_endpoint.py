@@ -143,3 +143,29 @@ async def test_held_packets_are_bounded_and_expire(pki, autojump_clock):
             await b.receive()  # nothing can come out
         assert len(b._held) == 64
         assert b.statistics().dropped["unknown_signer"] == 100
+
+
+async def test_certificate_requests_are_answered_once_per_interval(pki, autojump_clock):
+    """An answer is bigger than the request: a spoofed source must not make us an amplifier."""
+    a_id, b_id = pki.identity("charger-a"), pki.identity("charger-b")
+    async with open_memory_network(random.Random(10)) as net:
+        a_t = net.endpoint()
+        a = endpoint(pki, a_t, a_id, b_id)
+        b = endpoint(pki, net.endpoint(), b_id, a_id)
+
+        async def serve_b() -> None:
+            while True:
+                await b.receive()
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(serve_b)
+            with trio.fail_after(10):
+                for _ in range(5):
+                    await a.send(b.address, CertificateRequest(node_ids=("charger-b",)))
+                await trio.sleep(0.5)
+                assert a_t.statistics().datagrams_received == 1
+                await trio.sleep(1)
+                await a.send(b.address, CertificateRequest(node_ids=("charger-b",)))
+                await trio.sleep(0.5)
+                assert a_t.statistics().datagrams_received == 2
+            nursery.cancel_scope.cancel()
