@@ -67,6 +67,18 @@ EXCEPTION_NAMES = {1: "illegal function", 2: "illegal data address", 3: "illegal
                    8: "memory parity error", 10: "gateway path unavailable", 11: "gateway target failed to respond"}
 
 
+async def _receive_exactly(stream: trio.abc.ReceiveStream, buf: bytearray, n: int, eof_message: str) -> bytes:
+    """Exactly ``n`` bytes from ``stream``, keeping any surplus in ``buf`` for the next call."""
+    while len(buf) < n:
+        data = await stream.receive_some(4096)
+        if not data:
+            raise EOFError(eof_message)
+        buf += data
+    out = bytes(buf[:n])
+    del buf[:n]
+    return out
+
+
 class _BadFrame(Exception):
     """Raised only by the ``*_untrusted`` readers; becomes DeviceFault(BAD_FRAME)."""
 
@@ -231,14 +243,7 @@ class TcpLink(_LinkBase):
 
     async def _receive_exactly(self, n: int) -> bytes:
         assert self._stream is not None
-        while len(self._buf) < n:
-            data = await self._stream.receive_some(4096)
-            if not data:
-                raise EOFError("peer closed the connection")
-            self._buf += data
-        out = bytes(self._buf[:n])
-        del self._buf[:n]
-        return out
+        return await _receive_exactly(self._stream, self._buf, n, "peer closed the connection")
 
     async def _transact(self, request: Any) -> Any:
         assert self._stream is not None
@@ -303,14 +308,7 @@ class RtuLink(_LinkBase):
 
     async def _receive_exactly(self, n: int) -> bytes:
         assert self._stream is not None
-        while len(self._buf) < n:
-            data = await self._stream.receive_some(4096)
-            if not data:
-                raise EOFError("serial port closed")
-            self._buf += data
-        out = bytes(self._buf[:n])
-        del self._buf[:n]
-        return out
+        return await _receive_exactly(self._stream, self._buf, n, "serial port closed")
 
     async def _transact(self, request: Any) -> Any:
         assert self._stream is not None and self._serial is not None

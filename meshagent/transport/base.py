@@ -150,9 +150,17 @@ class Transport(abc.ABC):
         ``serve`` per transport.
         """
 
-    @abc.abstractmethod
+    # Implementations keep their counters and closed flag here; the two methods below use them.
+    _counters: Counters
+    _closed: bool
+
     def statistics(self) -> TransportStatistics:
         """A snapshot of the counters."""
+        return self._counters.snapshot()
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise trio.ClosedResourceError("transport is closed")
 
     @abc.abstractmethod
     async def aclose(self) -> None:

@@ -59,7 +59,6 @@ from meshagent.transport.base import (
     Datagram,
     StreamHandler,
     Transport,
-    TransportStatistics,
     check_datagram_size,
     run_stream_handler,
 )
@@ -385,13 +384,6 @@ class MemoryTransport(Transport):
     @property
     def bind_address(self) -> Address:
         return self._address
-
-    def statistics(self) -> TransportStatistics:
-        return self._counters.snapshot()
-
-    def _check_open(self) -> None:
-        if self._closed:
-            raise trio.ClosedResourceError("transport is closed")
 
     async def send_datagram(self, destination: Address, packet: bytes) -> None:
         self._check_open()

@@ -36,7 +36,6 @@ from meshagent.transport.base import (
     Datagram,
     StreamHandler,
     Transport,
-    TransportStatistics,
     check_datagram_size,
     run_stream_handler,
 )
@@ -150,13 +149,6 @@ class UdpTransport(Transport):
     @property
     def bind_address(self) -> Address:
         return self._bind_address
-
-    def statistics(self) -> TransportStatistics:
-        return self._counters.snapshot()
-
-    def _check_open(self) -> None:
-        if self._closed:
-            raise trio.ClosedResourceError("transport is closed")
 
     async def send_datagram(self, destination: Address, packet: bytes) -> None:
         self._check_open()
