@@ -43,7 +43,7 @@ def make_node(tmp: Path, ca, i: int, seeds: list[str]) -> tuple[Path, str, str]:
     keystore.enroll(ca, node_id, tmp / node_id, site_id="site-1", transformer_id="tx-1")
     cfg = tmp / node_id / "node.toml"
     cfg.write_text(
-        f'[node]\nid = "{node_id}"\n\n[mesh]\npreset = "local"\nbind = "{host}:7946"\n'
+        f'[node]\nid = "{node_id}"\n\n[mesh]\npreset = "local"\nbind = "{host}:7946"\ndead_member_reap = "4s"\n'
         f'api = "{host}:7947"\nseeds = {json.dumps(seeds)}\n\n'
         f'[devices]\nmeter = "sim://site-1/meter"\ncharger = "sim://site-1/charger"\n'
     )
@@ -107,6 +107,9 @@ def test_agents_join_revoke_detect_a_kill_and_see_a_leave(tmp_path):
         procs[2].wait(5)
         assert wait_for(lambda: members(hosts[0]).get("agent-2") == "dead" and members(hosts[1]).get("agent-2") == "dead", 20)
         assert "agent-3" not in members(hosts[0])  # still out, though it keeps talking
+        # dead members are reaped (mesh.dead_member_reap = 4s here), and so is their offer
+        assert wait_for(lambda: "agent-2" not in members(hosts[0]) and "agent-2" not in members(hosts[1]), 15)
+        assert wait_for(lambda: capacity(hosts[0]).get("discharge_available_w") == 2 * 7000.0, 10)
 
         procs[1].send_signal(signal.SIGTERM)  # graceful: peers see "left", not "dead"
         assert procs[1].wait(10) == 0
