@@ -40,6 +40,8 @@ WallClockMs = Callable[[], int]
 MAX_CERTIFICATES_PER_MESSAGE = 64  # protocol.messages.Certificates' item limit
 HELD_PACKETS = 64
 ANSWERED_MEMORY = 4096
+ANSWER_BURST = 16
+ANSWER_RATE_PER_S = 8.0
 HOLD_S = 5.0
 
 
@@ -94,7 +96,7 @@ class SecureEndpoint:
         # address -> (period start, certificates attached in that period)
         self._attached: dict[Address, tuple[float, int]] = {}
         self._requested: dict[Address, float] = {}
-        self._answered: dict[Address, float] = {}
+        self._answered: dict[Address, tuple[float, float]] = {}  # address -> (tokens, at)
         self._pending_requests: list[tuple[Address, str]] = []
         # datagrams from unknown signers, held while their certificate is fetched
         self._held: deque[tuple[str, bytes, Address, float]] = deque(maxlen=HELD_PACKETS)
@@ -234,14 +236,18 @@ class SecureEndpoint:
         """Certificate exchange and revocations are the endpoint's business. True if consumed."""
         msg = env.message
         if isinstance(msg, CertificateRequest):
-            # An answer is four times the request: answer each address at most once per
-            # interval, so a spoofed source cannot use us as an amplifier.
+            # An answer is several times the request: a token bucket per address (a burst
+            # of ANSWER_BURST, then ANSWER_RATE_PER_S) keeps a spoofed source from using us
+            # as an amplifier, while a joining node can still fetch many certificates.
+            # (The request itself must verify, so only a certified key can ask at all.)
             now = trio.current_time()
-            if now - self._answered.get(source, -1e18) < self._request_interval_s:
+            tokens, at = self._answered.get(source, (float(ANSWER_BURST), now))
+            tokens = min(float(ANSWER_BURST), tokens + (now - at) * ANSWER_RATE_PER_S)
+            if tokens < 1.0:
                 return True
             if len(self._answered) >= ANSWERED_MEMORY:
                 self._answered.clear()
-            self._answered[source] = now
+            self._answered[source] = (tokens - 1.0, now)
             if self.node_id in msg.node_ids:
                 await self.send(source, Certificates(certificates=(self.sealer.identity.certificate_bytes,)), attach_certificate=True)
             else:
