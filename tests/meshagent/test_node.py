@@ -186,3 +186,25 @@ async def test_other_layers_get_their_unicast_messages(pki, autojump_clock):
         assert got == [("n00", nodes[0].address, request)]
         with pytest.raises(ValueError, match="handled by the node itself"):
             nodes[1].on_message(Revoke, lambda *a: None)
+
+
+async def test_a_join_storm_converges_in_seconds_on_the_lan_preset(pki, autojump_clock):
+    """30 strangers join one seed at the same instant: certificates must not hold them up.
+
+    Before packets from unknown signers were held (and while certificate answers were
+    limited to one per second per address) this took 13 to 23 virtual seconds.
+    """
+    lan = SwimConfig.lan()
+    async with open_memory_network(random.Random(11), default=LinkConditions(delay_s=0.0005)) as net:
+        nodes: list[MeshNode] = []
+        async with trio.open_nursery() as nursery:
+            for i in range(30):
+                node = MeshNode(pki.identity(f"s{i:02d}"), pki.trust(), net.endpoint(), lan, boot_epoch=1,
+                                seeds=[nodes[0].address] if nodes else [], wall_clock_ms=wall_ms,
+                                rng=random.Random(i))
+                nodes.append(node)
+                await nursery.start(node.run)
+            t0 = trio.current_time()
+            await wait_until(lambda: all(n.core.num_live == 30 for n in nodes), timeout_s=60)
+            assert trio.current_time() - t0 < 5.0
+            nursery.cancel_scope.cancel()
