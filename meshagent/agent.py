@@ -125,7 +125,16 @@ def parse_scope(text: str) -> Scope:
     raise ValueError(f"scope must be 'all', 'site:ID' or 'transformer:ID', not {text!r}")
 
 
-def build_api(node: MeshNode, on_join: Any, on_leave: Any, auth: AuthListKeeper | None = None) -> Api:
+def build_api(
+    node: MeshNode,
+    on_join: Any,
+    on_leave: Any,
+    auth: AuthListKeeper | None = None,
+    stats_sources: dict[str, Any] | None = None,
+) -> Api:
+    """The agent's HTTP routes. ``stats_sources``: name -> ``statistics()`` of other services
+    (control loop, authorization sync, CSMS client), shown by /v1/stats and /metrics."""
+    sources: dict[str, Any] = stats_sources if stats_sources is not None else {}
     api = Api()
 
     if auth is not None:
@@ -195,7 +204,9 @@ def build_api(node: MeshNode, on_join: Any, on_leave: Any, auth: AuthListKeeper 
     def stats(_params: dict[str, str]) -> tuple[int, Any]:
         import attrs
 
-        return 200, attrs.asdict(node.statistics())
+        body = {"node": attrs.asdict(node.statistics())}
+        body.update({name: attrs.asdict(fn()) for name, fn in sorted(sources.items())})
+        return 200, body
 
     @api.route("POST", "/v1/join")
     def join(params: dict[str, str]) -> tuple[int, Any]:
@@ -233,6 +244,14 @@ def build_api(node: MeshNode, on_join: Any, on_leave: Any, auth: AuthListKeeper 
             f"meshagent_datagrams_received_total {s.datagrams_received}",
         ]
         lines += [f"meshagent_dropped_total{{reason=\"{k}\"}} {v}" for k, v in sorted(s.dropped.items())]
+        import attrs
+
+        for name, fn in sorted(sources.items()):
+            for key, value in attrs.asdict(fn()).items():
+                if isinstance(value, bool):
+                    value = int(value)
+                if isinstance(value, int | float):
+                    lines.append(f"meshagent_{name}_{key} {value}")
         return 200, "\n".join(lines) + "\n"
 
     return api
@@ -336,13 +355,17 @@ async def run_agent(config: NodeConfig, *, task_status: trio.TaskStatus[MeshNode
 
         await nursery.start(run_node)
         devices_cfg = config.section("devices")
+        stats_sources: dict[str, Any] = {}
         if devices_cfg.configured:
-            await nursery.start(_run_control, config, node, state_dir, publisher)
-        await nursery.start(AuthSync(node, keeper, publisher).run)
+            await nursery.start(_run_control, config, node, state_dir, publisher, stats_sources)
+        sync = AuthSync(node, keeper, publisher)
+        await nursery.start(sync.run)
+        stats_sources["authsync"] = sync.statistics
         if client is not None:
             await client.end_interrupted_transactions()
             await nursery.start(client.run)
-        api = build_api(node, on_join, on_leave, keeper)
+            stats_sources["csms"] = client.statistics
+        api = build_api(node, on_join, on_leave, keeper, stats_sources)
         api_address = await nursery.start(api.serve, mesh.api[0], mesh.api[1])
         nursery.start_soon(_log_events(node))
         nursery.start_soon(_signals, node, nursery)
@@ -371,7 +394,8 @@ async def _closing(store: Any) -> AsyncIterator[None]:
         store.close()
 
 
-async def _run_control(config: NodeConfig, node: MeshNode, state_dir: Path, publisher: RecordPublisher, *,
+async def _run_control(config: NodeConfig, node: MeshNode, state_dir: Path, publisher: RecordPublisher,
+                       stats_sources: dict[str, Any], *,
                        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
     """The control loop on this charger's devices, and its offer published as the state record."""
     from hardware.connect import open_charger, open_site_meter
@@ -403,6 +427,7 @@ async def _run_control(config: NodeConfig, node: MeshNode, state_dir: Path, publ
         on_spike=on_spike,
     )
     limits = Limits.from_section(control_cfg)
+    stats_sources["control"] = loop.statistics
     try:
         async with trio.open_nursery() as nursery:
             await nursery.start(loop.run)

@@ -94,6 +94,18 @@ def test_agents_join_revoke_detect_a_kill_and_see_a_leave(tmp_path):
         assert cap["discharge_available_w"] == 4 * 7000.0
         assert cap["energy_above_min_soc_wh"] == 4 * 0.40 * 39000.0
 
+        # an operator's or a scraper's view of one agent
+        import urllib.request
+
+        with urllib.request.urlopen(f"http://{hosts[0]}:7947/v1/stats", timeout=5) as resp:
+            stats = json.loads(resp.read())
+        assert stats["node"]["membership"]["alive"] == 3
+        assert stats["control"]["cycles"] > 100 and stats["authsync"]["list_version"] == 0
+        with urllib.request.urlopen(f"http://{hosts[0]}:7947/metrics", timeout=5) as resp:
+            metrics = resp.read().decode()
+        assert 'meshagent_members{status="alive"} 3' in metrics
+        assert "meshagent_control_cycles " in metrics and 'meshagent_dropped_total{reason="replay"}' in metrics
+
         # the operator revokes agent-3 through agent-1's API; the whole mesh drops it
         revoked = keystore.revoke(ca, "agent-3")
         r = subprocess.run([str(SCRIPT), "revoke", *map(str, revoked), "--api", f"{hosts[1]}:7947"],
