@@ -38,7 +38,7 @@ from protocol.wire import Envelope, Opener, Sealer, SequenceExhausted, WireLimit
 
 WallClockMs = Callable[[], int]
 MAX_CERTIFICATES_PER_MESSAGE = 64  # protocol.messages.Certificates' item limit
-HELD_PACKETS = 64
+HELD_PACKETS = 256
 ANSWERED_MEMORY = 4096
 ANSWER_BURST = 16
 ANSWER_RATE_PER_S = 8.0

@@ -50,7 +50,9 @@ class SwimConfig:
     push_pull_interval_s: float = attrs.field(default=30.0, validator=_positive)
     push_pull_max_bytes: int = attrs.field(default=3 * 1024 * 1024, validator=_positive)
     push_pull_max_inflight: int = attrs.field(default=2, validator=_positive)  # ours, waiting
-    push_pull_max_inbound: int = attrs.field(default=16, validator=_positive)  # per timeout
+    # Full states served per reliable timeout: bounds the CPU and bytes a join storm can
+    # draw from one seed (refused joiners retry with backoff).
+    push_pull_max_inbound: int = attrs.field(default=64, validator=_positive)
     reliable_timeout_s: float = attrs.field(default=10.0, validator=_positive)  # TCP exchange
     rejoin_interval_s: float = attrs.field(default=10.0, validator=_positive)  # when isolated
     # forgetting

@@ -287,6 +287,9 @@ class Membership:
             0, push_pull_scale(config.push_pull_interval_s, self._members.live_count + 1)
         )
         self._next_rejoin_at = math.inf
+        self._synced = True  # no join pending
+        self._stranger_syncs: dict[Address, float] = {}
+        self._rejoin_delay = config.rejoin_interval_s
         self._alive_item = self._sign(self._make_alive())
         known = snapshot.by_id.get(me.node_id) if snapshot is not None else None
         if known is not None and known.incarnation == incarnation:
@@ -395,7 +398,12 @@ class Membership:
         self._seeds = [(str(host), int(port)) for host, port in seeds]
         for address in self._seeds:
             self._push_pull_to(address, now, join=True, force=True)
-        self._next_rejoin_at = now + self.config.rejoin_interval_s if self._seeds else math.inf
+        # Until a full state has come back, retry soon with backoff: a seed busy with a
+        # join storm refuses push-pulls beyond its inbound limit, and waiting the whole
+        # rejoin interval would leave the refused joiners half-informed for that long.
+        self._synced = False
+        self._rejoin_delay = self.config.probe_interval_s
+        self._next_rejoin_at = self._rejoin_at(now) if self._seeds else math.inf
 
     def leave(self, now: float) -> None:
         """Leave gracefully: tell a few peers at once and gossip ``Left`` until it is spread.
@@ -844,9 +852,31 @@ class Membership:
         if dead:
             self._push_pull_to(dead[0].address, now, join=False)
 
+    def _sync_with_stranger(self, address: Address, now: float) -> None:
+        """A member probes us whom we do not know: we missed its Alive, and likely more.
+
+        Memberlist waits for the next periodic push-pull (30 s and up); a push-pull with
+        the prober now closes the gap at once. At most once per rejoin interval per address.
+        """
+        last = self._stranger_syncs.get(address)
+        if last is not None and now - last < self.config.rejoin_interval_s:
+            return
+        if len(self._stranger_syncs) > 4096:
+            self._stranger_syncs.clear()
+        self._stranger_syncs[address] = now
+        self._push_pull_to(address, now, join=False)
+
+    def _rejoin_at(self, now: float) -> float:
+        """Next join attempt: the backoff delay with jitter (half to all of it)."""
+        return now + self._rejoin_delay * self._rng.uniform(0.5, 1.0)
+
     def _rejoin_tick(self, now: float) -> None:
-        self._next_rejoin_at = now + self.config.rejoin_interval_s
-        if self._members.live_count == 0:
+        if not self._synced:
+            self._rejoin_delay = min(2 * self._rejoin_delay, self.config.rejoin_interval_s)
+        else:
+            self._rejoin_delay = self.config.rejoin_interval_s
+        self._next_rejoin_at = self._rejoin_at(now)
+        if not self._synced or self._members.live_count == 0:
             for address in self._seeds:
                 self._push_pull_to(address, now, join=True, force=True)
 
@@ -872,6 +902,8 @@ class Membership:
         if msg.target_id != self.node_id:
             return  # meant for whoever had our address before
         self._apply(msg.rumors, sender, now)
+        if self._members.get(sender) is None and not self._left:
+            self._sync_with_stranger(source, now)
         rumors = NO_RUMORS
         if not reliable:
             # Buddy system both ways: a suspect that probes us hears that we suspect it.
@@ -933,6 +965,7 @@ class Membership:
         address = known.address if known is not None else source
         if msg.reply:
             self._push_inflight.pop(address, None)
+            self._synced = True  # a full state came back: joined
             return
         window = self._inbound_push_pulls
         while window and window[0] <= now - self.config.reliable_timeout_s:

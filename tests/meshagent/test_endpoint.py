@@ -128,7 +128,7 @@ async def test_real_udp_on_loopback(pki):
 
 
 async def test_held_packets_are_bounded_and_expire(pki, autojump_clock):
-    """Packets from a signer nobody vouches for are held a few seconds at most, 64 at most."""
+    """Packets from a signer nobody vouches for are held a few seconds at most, 256 at most."""
     from tests.conftest import Pki
 
     stranger = Pki(seed=77).identity("stranger")  # another CA: its certificate never verifies
@@ -137,12 +137,12 @@ async def test_held_packets_are_bounded_and_expire(pki, autojump_clock):
         s_ep = net.endpoint()
         b = endpoint(pki, net.endpoint(), b_id)
         sealer = Sealer(stranger, 1)
-        for i in range(100):
-            await s_ep.send_datagram(b.address, sealer.seal(Revoke(revocation=bytes([i])), clock()))
+        for i in range(300):
+            await s_ep.send_datagram(b.address, sealer.seal(Revoke(revocation=i.to_bytes(2, "big")), clock()))
         with trio.move_on_after(1):
             await b.receive()  # nothing can come out
-        assert len(b._held) == 64
-        assert b.statistics().dropped["unknown_signer"] == 100
+        assert len(b._held) == 256
+        assert b.statistics().dropped["unknown_signer"] == 300
 
 
 async def test_certificate_answers_are_rate_limited_per_address(pki, autojump_clock):

@@ -22,6 +22,7 @@ from protocol.swim import (
     MemberStatus,
     MemberSuspect,
     Ping,
+    PushPull,
     RecordRemoved,
     RecordUpdated,
     Refuted,
@@ -283,9 +284,15 @@ def test_ping_for_someone_else_and_stray_acks_are_ignored():
     core.receive("x", ("10.0.0.2", 7946), Ping(5, "not-me"), 0.0)
     assert core.outgoing() == []
     core.receive("x", ("10.0.0.2", 7946), Ping(6, "me"), 0.0)
-    [send] = core.outgoing()
-    assert send.address == ("10.0.0.2", 7946) and send.message.seq == 6
-    core.receive("x", ("10.0.0.2", 7946), Ack(12345), 0.0)  # no probe with that seq: nothing
+    sends = core.outgoing()
+    [ack] = [s for s in sends if isinstance(s.message, Ack)]
+    assert ack.address == ("10.0.0.2", 7946) and ack.message.seq == 6
+    # x probes us but we never heard of x: we missed its Alive, so sync with it now
+    [sync] = [s for s in sends if isinstance(s.message, PushPull)]
+    assert sync.address == ("10.0.0.2", 7946) and sync.reliable
+    core.receive("x", ("10.0.0.2", 7946), Ping(7, "me"), 0.5)  # once per rejoin interval
+    assert not any(isinstance(s.message, PushPull) for s in core.outgoing())
+    core.receive("x", ("10.0.0.2", 7946), Ack(12345), 0.5)  # no probe with that seq: nothing
     assert core.outgoing() == [] and core.health_score == 0
 
 
