@@ -48,6 +48,7 @@ from meshagent.config import NodeConfig
 from meshagent.errors import MeshagentError
 from meshagent.mesh_config import MeshSection, parse_host_port
 from meshagent.node import MeshNode
+from meshagent.queries import serve_queries
 from meshagent.statedir import ensure_state_dir, next_boot_epoch
 from meshagent.transport.udp import UdpTransport, format_address
 from protocol.errors import BadPacket
@@ -358,6 +359,8 @@ async def run_agent(config: NodeConfig, *, task_status: trio.TaskStatus[MeshNode
         stats_sources: dict[str, Any] = {}
         if devices_cfg.configured:
             await nursery.start(_run_control, config, node, state_dir, publisher, stats_sources)
+        query_stats = serve_queries(node)
+        stats_sources["queries"] = lambda: query_stats
         sync = AuthSync(node, keeper, publisher)
         await nursery.start(sync.run)
         stats_sources["authsync"] = sync.statistics

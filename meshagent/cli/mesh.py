@@ -117,19 +117,64 @@ def register(cli: click.Group) -> None:
 
     @cli.command()
     @click.option("--scope", default="all", show_default=True, help="all, site:ID or transformer:ID.")
-    @click.option("--peer", default=None, help="Ask this peer's API instead of the local agent.")
+    @click.option("--peer", default=None,
+                  help="Ask this peer: its API (HOST[:7947]), or with --identity its mesh port (HOST[:7946]).")
+    @click.option("--identity", "identity_dir", default=None, type=click.Path(file_okay=False, path_type=Path),
+                  help="A bundle enrolled with --role utility-reader: ask over the mesh port, signed.")
     @api_option
-    def capacity(scope: str, peer: str | None, api: str) -> None:
-        """Aggregate discharge capacity of the live members in SCOPE, as one peer sees it."""
+    def capacity(scope: str, peer: str | None, identity_dir: Path | None, api: str) -> None:
+        """Aggregate discharge capacity of the live members in SCOPE, as one peer sees it.
+
+        Without --identity the peer's HTTP API answers (unauthenticated; local by default).
+        With --identity the question is a signed message to any member's mesh port; only
+        certificates with the utility-reader or operator role get an answer, and the
+        answer is signed by the node that gave it.
+        """
         import json
 
         from meshagent.agent import parse_scope
 
         try:
-            parse_scope(scope)
+            parsed = parse_scope(scope)
         except ValueError as exc:
             raise click.BadParameter(str(exc), param_hint="--scope") from None
-        click.echo(json.dumps(_call(peer or api, f"/v1/capacity?scope={scope}"), sort_keys=True))
+        if identity_dir is None:
+            click.echo(json.dumps(_call(peer or api, f"/v1/capacity?scope={scope}"), sort_keys=True))
+            return
+        import functools
+
+        import trio
+
+        from meshagent import keystore
+        from meshagent.mesh_config import parse_host_port
+        from meshagent.queries import ask_capacity, new_query_id
+        from meshagent.statedir import next_boot_epoch
+        from protocol.query import CapacityQuery, may_query
+
+        if peer is None:
+            raise click.BadParameter("give the member to ask, HOST[:7946]", param_hint="--peer")
+        try:
+            address = parse_host_port(peer)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), param_hint="--peer") from None
+        ident = keystore.load_identity(identity_dir / "node.key", identity_dir / "node.cert", identity_dir / "ca.pub")
+        ca_pub = keystore.read_public_key(identity_dir / "ca.pub")
+        if not may_query(ident.certificate.roles):  # before touching the bundle's state
+            raise MeshagentError(f"{ident.node_id}'s certificate has no utility-reader or operator role; "
+                                 "enrol it with --role utility-reader")
+        epoch = next_boot_epoch(identity_dir / "state")
+        query = CapacityQuery(query_id=new_query_id(), scope=parsed)
+        answered_by, answer = trio.run(functools.partial(ask_capacity, ident, ca_pub, address, query, boot_epoch=epoch))
+        click.echo(json.dumps({
+            "answered_by": answered_by,
+            "signed": True,
+            "scope": {"kind": answer.scope.kind.name.lower(), "id": answer.scope.id},
+            "discharge_available_w": answer.discharge_available_w,
+            "energy_above_min_soc_wh": answer.energy_above_min_soc_wh,
+            "nodes": answer.nodes,
+            "nodes_with_faults": answer.nodes_with_faults,
+            "oldest_updated_at_ms": answer.oldest_updated_at_ms or None,
+        }, sort_keys=True))
 
     @cli.command("revoke")
     @click.argument("files", nargs=-1, required=True, type=click.Path(dir_okay=False, exists=True, path_type=Path))

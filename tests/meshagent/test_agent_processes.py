@@ -94,6 +94,19 @@ def test_agents_join_revoke_detect_a_kill_and_see_a_leave(tmp_path):
         assert cap["discharge_available_w"] == 4 * 7000.0
         assert cap["energy_above_min_soc_wh"] == 4 * 0.40 * 39000.0
 
+        # a utility with a utility-reader certificate asks a member's mesh port, signed
+        keystore.enroll(ca, "grid-utility", tmp_path / "utility", site_id="grid", transformer_id="none",
+                        roles=("utility-reader",))
+        r = subprocess.run([str(SCRIPT), "capacity", "--peer", f"{hosts[3]}:7946", "--identity",
+                            str(tmp_path / "utility")], capture_output=True, text=True, timeout=20)
+        assert r.returncode == 0, r.stderr
+        answer = json.loads(r.stdout)
+        assert answer["signed"] and answer["answered_by"] == "agent-3" and answer["nodes"] == 4
+        assert answer["discharge_available_w"] == 4 * 7000.0
+        r = subprocess.run([str(SCRIPT), "capacity", "--peer", f"{hosts[3]}:7946", "--identity",
+                            str(tmp_path / "agent-0")], capture_output=True, text=True, timeout=20)
+        assert r.returncode == 1 and "no utility-reader or operator role" in r.stderr
+
         # an operator's or a scraper's view of one agent
         import urllib.request
 
