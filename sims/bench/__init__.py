@@ -22,6 +22,7 @@ BENCHMARKS: dict[str, str] = {
     "wire": "sims.bench.wire",
     "ocpp": "sims.bench.ocpp",
     "gossip": "sims.bench.gossip",
+    "urgent": "sims.bench.urgent",
     "control": "sims.bench.control",
     "modbus": "sims.bench.modbus",
 }
