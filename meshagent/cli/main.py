@@ -158,7 +158,7 @@ def demo() -> None:
 def bench(name: str, as_json: bool, quick: bool) -> None:
     """Run benchmark NAME and print a table (see BENCHMARKS.md).
 
-    Names: wire, gossip, modbus, control, ocpp.
+    Names: wire, gossip, urgent, modbus, control, ocpp.
     """
     from sims.bench import run_benchmark
 
