@@ -19,7 +19,6 @@ The allocation of a spike's deficit and the spike scenarios come with the next i
 from __future__ import annotations
 
 import logging
-import socket
 import tempfile
 import time
 from pathlib import Path
@@ -28,6 +27,7 @@ from typing import Any
 import trio
 
 from meshagent import keystore
+from meshagent.transport.udp import port_free
 
 PORT = 7946
 NODES = (
@@ -41,18 +41,6 @@ NODES = (
 
 def _say(text: str = "") -> None:
     print(text, flush=True)
-
-
-def _free(host: str, port: int) -> bool:
-    for kind in (socket.SOCK_DGRAM, socket.SOCK_STREAM):
-        s = socket.socket(socket.AF_INET, kind)
-        try:
-            s.bind((host, port))
-        except OSError:
-            return False
-        finally:
-            s.close()
-    return True
 
 
 def _write_config(directory: Path, node_id: str, host: str, port: int, seeds: list[str]) -> Path:
@@ -92,7 +80,7 @@ async def _demo(workdir: Path) -> int:
     _say(f"meshagent demo: five chargers' agents on real UDP/TCP sockets (files in {workdir})")
     ca = keystore.ca_init(workdir / "ca")
     hosts = [f"127.84.0.{i + 1}" for i in range(len(NODES))]
-    port = PORT if all(_free(h, PORT) for h in hosts) else 0
+    port = PORT if all(port_free(h, PORT) for h in hosts) else 0
     _say(f"  operator CA {ca.issuer_id.hex()}; {len(NODES)} chargers enrolled; "
          f"{'port 7946' if port else 'port 7946 busy: ephemeral ports'}")
 

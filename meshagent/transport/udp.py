@@ -31,6 +31,7 @@ import trio
 from meshagent.errors import MeshagentError
 from meshagent.transport.base import (
     DEFAULT_MAX_DATAGRAM_BYTES,
+    DEFAULT_PORT,
     Address,
     Counters,
     Datagram,
@@ -50,6 +51,23 @@ _ACCEPT_CAPACITY_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM, e
 _ACCEPT_CAPACITY_SLEEP_S = 0.1
 _EPHEMERAL_ATTEMPTS = 20
 _IP_BIND_ADDRESS_NO_PORT = getattr(stdlib_socket, "IP_BIND_ADDRESS_NO_PORT", None)  # Linux
+
+
+def port_free(host: str, port: int = DEFAULT_PORT) -> bool:
+    """Whether both UDP and TCP ``port`` can be bound on ``host`` right now (IPv4 or IPv6).
+
+    For tests, benchmarks and the demo, which prefer 7946 and fall back to another port.
+    """
+    family = _family_of(host)
+    for kind in (stdlib_socket.SOCK_DGRAM, stdlib_socket.SOCK_STREAM):
+        s = stdlib_socket.socket(family, kind)
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+        finally:
+            s.close()
+    return True
 
 
 def format_address(address: Address) -> str:

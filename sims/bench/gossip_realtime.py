@@ -15,12 +15,12 @@ Sizes grow until one fails; the largest that passed is ``realtime_max_nodes``.
 from __future__ import annotations
 
 import random
-import socket
 import time
 from typing import Any
 
 import trio
 
+from meshagent.transport.udp import port_free
 from protocol.identity import (
     Certificate,
     NodeIdentity,
@@ -37,18 +37,6 @@ LATENESS_LIMIT_FRACTION = 0.10
 
 def _address(i: int) -> tuple[str, int]:
     return (f"127.81.{1 + i // 250}.{1 + i % 250}", PORT)
-
-
-def _port_free(host: str) -> bool:
-    for kind in (socket.SOCK_DGRAM, socket.SOCK_STREAM):
-        s = socket.socket(socket.AF_INET, kind)
-        try:
-            s.bind((host, PORT))
-        except OSError:
-            return False
-        finally:
-            s.close()
-    return True
 
 
 def _identities(n: int, now_ms: int) -> tuple[list[NodeIdentity], bytes]:
@@ -117,7 +105,7 @@ async def _trial(n: int, window_s: float, converge_timeout_s: float) -> dict[str
 
 def run_realtime(sizes: list[int], window_s: float, converge_timeout_s: float = 60.0) -> dict[str, Any]:
     """Trials at growing sizes; stops at the first that is not on time."""
-    if not all(_port_free(_address(i)[0]) for i in range(max(sizes))):
+    if not all(port_free(_address(i)[0], PORT) for i in range(max(sizes))):
         return {"realtime_max_nodes": None, "realtime_trials": [], "realtime_skipped": "port 7946 busy on 127.81.x.y"}
     trials = []
     best = 0

@@ -25,24 +25,11 @@ from meshagent import keystore
 from meshagent.api import get_json
 from meshagent.csms.client import ClientSettings, CsmsClient
 from meshagent.csms.store import CsmsStore
+from meshagent.transport.udp import port_free
 from tests.csms.helpers import CsmsProcess
 
 SCRIPT = Path(sys.executable).with_name("meshagent")
 BASE = f"127.86.{os.getpid() % 250}"
-
-
-def free_7946(host: str) -> bool:
-    import socket
-
-    for kind in (socket.SOCK_DGRAM, socket.SOCK_STREAM):
-        s = socket.socket(socket.AF_INET, kind)
-        try:
-            s.bind((host, 7946))
-        except OSError:
-            return False
-        finally:
-            s.close()
-    return True
 
 
 def make_agent(tmp: Path, ca, i: int, seeds: list[str], csms_url: str | None) -> tuple[Path, str]:
@@ -81,7 +68,7 @@ async def wait_for(predicate, timeout_s: float) -> None:
 @pytest.mark.slow
 async def test_a_charger_that_got_the_list_only_from_a_peer_authorizes_with_the_csms_down(tmp_path: Path) -> None:
     hosts = [f"{BASE}.{i + 1}" for i in range(3)]
-    if not all(free_7946(h) for h in hosts):
+    if not all(port_free(h) for h in hosts):
         pytest.skip(f"port 7946 is taken on {BASE}.x")
     auth = {"version": 7, "entries": [
         {"idToken": "ALICE", "type": "ISO14443", "status": "Accepted"},

@@ -18,23 +18,10 @@ from pathlib import Path
 import pytest
 
 from meshagent import keystore
+from meshagent.transport.udp import port_free
 
 SCRIPT = Path(sys.executable).with_name("meshagent")
 BASE = f"127.79.{os.getpid() % 250}"
-
-
-def free_7946(host: str) -> bool:
-    import socket
-
-    for kind in (socket.SOCK_DGRAM, socket.SOCK_STREAM):
-        s = socket.socket(socket.AF_INET, kind)
-        try:
-            s.bind((host, 7946))
-        except OSError:
-            return False
-        finally:
-            s.close()
-    return True
 
 
 def make_node(tmp: Path, ca, i: int, seeds: list[str]) -> tuple[Path, str, str]:
@@ -75,7 +62,7 @@ def wait_for(predicate, timeout_s: float) -> bool:
 @pytest.mark.slow
 def test_agents_join_revoke_detect_a_kill_and_see_a_leave(tmp_path):
     hosts = [f"{BASE}.{i + 1}" for i in range(4)]
-    if not all(free_7946(h) for h in hosts):
+    if not all(port_free(h) for h in hosts):
         pytest.skip(f"port 7946 is taken on {BASE}.x")
     ca = keystore.ca_init(tmp_path / "ca")
     procs: list[subprocess.Popen[str]] = []

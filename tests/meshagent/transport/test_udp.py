@@ -110,3 +110,12 @@ async def test_raw_oversize_datagram_from_a_foreign_socket_is_dropped() -> None:
                 assert got.packet == b"fine"
                 assert got.source == raw.getsockname()
             assert t.statistics().dropped_oversize == 1
+
+
+async def test_port_free_sees_a_bound_port() -> None:
+    from meshagent.transport.udp import UdpTransport, port_free
+
+    t = await UdpTransport.bind(("127.0.0.1", 0))
+    async with t:
+        assert not port_free("127.0.0.1", t.address[1])
+    assert port_free("127.0.0.1", t.address[1])
