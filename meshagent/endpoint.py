@@ -2,15 +2,16 @@
 
 Theory of operation
 -------------------
-Everything a node sends goes through ``send`` (datagram) or ``exchange`` (one request and
-one answer on a stream); everything it receives comes out of ``receive`` as a verified
+Everything a node sends is sealed here (``send`` for a datagram, ``seal`` for a packet the
+node writes on a TCP stream itself); everything it receives comes out of ``receive`` (or
+``open`` for a packet read from a stream) as a verified
 ``protocol.wire.Envelope`` with the address it came from. Bad packets never get out: they
 are dropped and counted by reason (``statistics()``), and the loop goes on.
 
 Certificates: a peer can only verify us if it has our certificate. Rather than attach it
 to every packet (about 160 bytes each), the endpoint attaches it to the first few
 datagrams it sends to an address in each refresh period (default: 3 per 30 s), and to
-every stream exchange. If a peer still drops us as an unknown signer, we cannot know; but
+every packet written on a stream. If a peer still drops us as an unknown signer, we cannot know; but
 the other direction heals itself: when *we* drop a packet from an unknown signer, we send
 that address (rate-limited) a ``CertificateRequest`` with our certificate attached, and a
 peer that receives a ``CertificateRequest`` naming itself answers with ``Certificates``
@@ -30,7 +31,7 @@ from collections.abc import Callable, Iterable
 import attrs
 import trio
 
-from meshagent.transport.base import Address, FramedStream, Transport
+from meshagent.transport.base import Address, Transport
 from protocol.errors import BadPacket, DropReason
 from protocol.identity import TrustStore
 from protocol.messages import CertificateRequest, Certificates, Revoke
@@ -306,40 +307,3 @@ class SecureEndpoint:
         if self._on_revocation is not None:
             self._on_revocation(rev.node_id)
         return rev.node_id
-
-    # --- streams: one request, one answer ---------------------------------------------------
-
-    async def exchange(self, destination: Address, message: object) -> Envelope | None:
-        """Open a stream, send ``message`` (certificate attached), return the verified answer.
-
-        ``None`` if the peer closed without answering or answered with a bad packet. Network
-        failures raise ``OSError``/``trio.BrokenResourceError``; wrap in a timeout scope.
-        """
-        stream = await self.transport.open_stream(destination)
-        async with FramedStream(stream, max_frame_bytes=self.opener.limits.max_stream_bytes) as framed:
-            await framed.send(self.seal(message, attach_certificate=True))
-            self._sent += 1
-            try:
-                packet = await framed.receive_untrusted()
-            except BadPacket:
-                return None
-            if packet is None:
-                return None
-            return self.open(packet, destination, stream=True)
-
-    async def answer_stream(self, stream: trio.abc.Stream, respond: Callable[[Envelope], object | None]) -> None:
-        """Serve one incoming stream: read a request, answer with ``respond(envelope)``."""
-        async with FramedStream(stream, max_frame_bytes=self.opener.limits.max_stream_bytes) as framed:
-            try:
-                packet = await framed.receive_untrusted()
-            except BadPacket:
-                return
-            if packet is None:
-                return
-            env = self.open(packet, ("stream", 0), stream=True)
-            if env is None:
-                return
-            answer = respond(env)
-            if answer is not None:
-                await framed.send(self.seal(answer, attach_certificate=True))
-                self._sent += 1

@@ -7,7 +7,7 @@ import random
 import trio
 
 from meshagent.endpoint import SecureEndpoint
-from meshagent.transport.memory import LinkConditions, open_memory_network
+from meshagent.transport.memory import open_memory_network
 from meshagent.transport.udp import UdpTransport
 from protocol.identity import Revocation, sign_revocation
 from protocol.messages import CertificateRequest, Revoke
@@ -93,23 +93,6 @@ async def test_revocation_applied_before_the_revoked_node_speaks_again(pki, auto
             assert (await b.receive()).envelope.sender_id == "charger-a"
         assert b.statistics().dropped["signer_revoked"] == 1
         assert b.apply_revocation(rev) is None  # idempotent
-
-
-async def test_stream_exchange_over_lossy_network(pki, autojump_clock):
-    a_id, b_id = pki.identity("charger-a"), pki.identity("charger-b")
-    async with open_memory_network(random.Random(4), default=LinkConditions(loss=0.3)) as net:
-        a = endpoint(pki, net.endpoint(), a_id)
-        b = endpoint(pki, net.endpoint(), b_id)  # knows nothing of a: the stream carries the cert
-
-        def respond(env):
-            return CertificateRequest(node_ids=(env.sender_id,))
-
-        async with trio.open_nursery() as nursery:
-            await nursery.start(b.transport.serve, lambda s: b.answer_stream(s, respond))
-            with trio.fail_after(10):
-                answer = await a.exchange(b.address, CertificateRequest(node_ids=("x",)))
-            assert answer is not None and answer.message == CertificateRequest(node_ids=("charger-a",))
-            nursery.cancel_scope.cancel()
 
 
 async def test_real_udp_on_loopback(pki):
