@@ -51,6 +51,7 @@ from hardware.interfaces import (
     InverterLimits,
     InverterState,
 )
+from hardware.simulated.faults import FaultHooks
 from hardware.simulated.vehicles import EVBattery, VehicleConfig
 
 MAX_STEPS = 2000
@@ -64,7 +65,7 @@ def default_ramp_w_per_s(max_charge_w: float, max_discharge_w: float, swing_s: f
 
 
 @attrs.define(eq=False)
-class SimulatedCharger:
+class SimulatedCharger(FaultHooks):
     clock: Callable[[], float]
     name: str = "charger-1"
     max_charge_w: float = 11_000.0
@@ -368,24 +369,6 @@ class SimulatedCharger:
             self.contactor = ContactorState.OPEN
             self.contactor_wear = 0
 
-    def freeze(self) -> None:
-        """Measurements stop updating (a hung measurement board): readers see STALE."""
-        with self.lock:
-            self.frozen = None
-            self.frozen = self.snapshot()
-
-    def unfreeze(self) -> None:
-        with self.lock:
-            self.frozen = None
-
-    def inject(self, **raw: float) -> None:
-        """Report these raw values instead of the physics (NaN, -5 % SoC...); ``inject()`` resets."""
-        with self.lock:
-            unknown = set(raw) - set(attrs.fields_dict(ChargerSnapshot))
-            if unknown:
-                raise ValueError(f"unknown snapshot fields {sorted(unknown)}")
-            self.overrides = dict(raw)
-
     def snapshot(self) -> ChargerSnapshot:
         """Everything the charger measures, as raw numbers, at ``clock()`` (or when frozen)."""
         with self.lock:
@@ -429,9 +412,7 @@ class SimulatedCharger:
                 energy_in_wh=self.energy_in_wh,
                 energy_out_wh=self.energy_out_wh,
             )
-            if self.overrides:
-                snap = attrs.evolve(snap, **self.overrides)  # type: ignore[arg-type]
-            return snap
+            return self._measured(snap)
 
 
 
@@ -475,3 +456,6 @@ class ChargerSnapshot:
     vehicle_id: str
     energy_in_wh: float
     energy_out_wh: float
+
+
+SimulatedCharger.SNAPSHOT_TYPE = ChargerSnapshot  # defined after the class that returns it

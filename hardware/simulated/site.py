@@ -21,10 +21,12 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
+from typing import ClassVar
 
 import attrs
 
 from hardware.simulated.charger import SimulatedCharger
+from hardware.simulated.faults import FaultHooks
 from hardware.simulated.vehicles import VehicleConfig
 
 
@@ -42,7 +44,9 @@ class MeterSnapshot:
 
 
 @attrs.define(eq=False)
-class SimulatedSite:
+class SimulatedSite(FaultHooks):
+    SNAPSHOT_TYPE: ClassVar[type] = MeterSnapshot
+
     clock: Callable[[], float]
     name: str = "site-a"
     base_load_w: float = 40_000.0
@@ -125,9 +129,7 @@ class SimulatedSite:
             self.sample_count += 1
             snap = MeterSnapshot(now, self._power_now(now), self.frequency_hz, self.voltage_v,
                                  self.energy_import_wh, self.energy_export_wh, self.sample_count)
-            if self.overrides:
-                snap = attrs.evolve(snap, **self.overrides)  # type: ignore[arg-type]
-            return snap
+            return self._measured(snap)
 
     # --- the world acting on the site ------------------------------------------------------
 
@@ -145,22 +147,6 @@ class SimulatedSite:
             self.advance()
             self.load_steps_w += delta_w
             self._p = self._building_w(self._t)
-
-    def freeze(self) -> None:
-        with self.lock:
-            self.frozen = None
-            self.frozen = self.snapshot()
-
-    def unfreeze(self) -> None:
-        with self.lock:
-            self.frozen = None
-
-    def inject(self, **raw: float) -> None:
-        with self.lock:
-            unknown = set(raw) - set(attrs.fields_dict(MeterSnapshot))
-            if unknown:
-                raise ValueError(f"unknown meter fields {sorted(unknown)}")
-            self.overrides = dict(raw)
 
 
 @attrs.define
