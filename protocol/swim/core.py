@@ -114,6 +114,7 @@ DEAD = MemberStatus.DEAD
 LEFT = MemberStatus.LEFT
 
 PUSH_PULL_SCALE_THRESHOLD = 32
+POST_JOIN_SYNC_PERIODS = 3  # probe periods after a join until one extra full sync
 SEQ_MOD = 2**32
 MAX_SEEN_BROADCASTS = 8192
 # msgpack bytes of a message around its rumors, beyond the variable-length strings:
@@ -965,7 +966,12 @@ class Membership:
         address = known.address if known is not None else source
         if msg.reply:
             self._push_inflight.pop(address, None)
-            self._synced = True  # a full state came back: joined
+            if not self._synced:
+                # Joined. Members that join after us reach us only as gossip, which a join
+                # storm can drop; one more sync with a random member soon catches them.
+                self._synced = True
+                soon = now + POST_JOIN_SYNC_PERIODS * self.config.probe_interval_s
+                self._next_push_pull_at = min(self._next_push_pull_at, soon)
             return
         window = self._inbound_push_pulls
         while window and window[0] <= now - self.config.reliable_timeout_s:

@@ -355,3 +355,27 @@ def test_last_chance_probe_recovers_a_refutation_lost_in_gossip():
     net.run_until(lambda: net.status("n0", "n2") is ALIVE, limit_s=30)
     assert a.member("n2").incarnation == 1
     assert not net.events_of("n0", MemberDead)
+
+
+
+def test_one_extra_sync_soon_after_joining():
+    """Members that join after us reach us only as gossip; one early sync catches what it drops."""
+    from protocol.swim import Alive
+
+    cfg = SwimConfig.lan(push_pull_interval_s=1000.0)  # the periodic sync: far away
+    core = Membership(cfg, LocalNode("me", ("10.0.0.1", 7946)), random.Random(3), 0.0)
+    core.join([("10.0.0.2", 7946)], 0.0)
+    core.outgoing()
+    seed_alive = Alive("seed", 1, "10.0.0.2", 7946, "", "")
+    core.receive("seed", ("10.0.0.2", 7946), PushPull(False, True, Rumors(alive=(seed_alive,))), 0.1, reliable=True)
+    synced_at = None
+    t = 0.1
+    while t < 3.5 and synced_at is None:
+        t = max(t, core.next_deadline())
+        core.tick(t)
+        for send in core.outgoing():
+            if isinstance(send.message, Ping):  # the seed is healthy: it answers its probes
+                core.receive("seed", ("10.0.0.2", 7946), Ack(send.message.seq), t)
+            elif isinstance(send.message, PushPull):
+                synced_at = t
+    assert synced_at is not None and synced_at <= 0.1 + 3 * cfg.probe_interval_s + 1e-9
