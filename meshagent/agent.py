@@ -15,7 +15,7 @@ The CSMS side (billing and authorization, never the spike path): the SQLite file
 ``[csms].queue`` is opened at every start. With a ``[csms].url``, the CSMS client runs in the
 agent's nursery; before it connects, transactions a crash left open are ended (PowerLoss).
 Without one, the file holds only the local authorization list. Either way ``AuthSync``
-replicates that list over the mesh (``meshagent.authsync``), and ``GET /v1/authorize``
+replicates that list over the mesh (``meshagent.csms.authsync``), and ``GET /v1/authorize``
 answers from it. The state record is published by one ``RecordPublisher``, which merges the
 control loop's offer and the list's summary.
 
@@ -34,9 +34,9 @@ from typing import Any
 
 import trio
 
-from meshagent import keystore
-from meshagent.api import Api
-from meshagent.authsync import (
+from meshagent.api.http import Api
+from meshagent.config import NodeConfig
+from meshagent.csms.authsync import (
     AuthListKeeper,
     AuthSync,
     ClientAuthList,
@@ -44,13 +44,13 @@ from meshagent.authsync import (
     StoredAuthList,
     local_decision,
 )
-from meshagent.config import NodeConfig
 from meshagent.errors import MeshagentError
-from meshagent.mesh_config import MeshSection, parse_host_port
-from meshagent.node import MeshNode
-from meshagent.queries import serve_queries
+from meshagent.mesh.config import MeshSection, parse_host_port
+from meshagent.mesh.node import MeshNode
+from meshagent.mesh.queries import serve_queries
 from meshagent.statedir import ensure_state_dir, next_boot_epoch
 from meshagent.transport.udp import UdpTransport, format_address
+from meshagent.trust import keystore
 from protocol.errors import BadPacket
 from protocol.identity import TrustStore
 from protocol.state import Scope
@@ -467,7 +467,7 @@ async def _signals(node: MeshNode, nursery: trio.Nursery) -> None:
 
 
 async def _discover(node: MeshNode) -> None:
-    from meshagent.discovery import Discovery
+    from meshagent.mesh.discovery import Discovery
 
     discovery = Discovery(node.node_id, node.address)
     async with trio.open_nursery() as nursery:

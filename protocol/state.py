@@ -43,7 +43,7 @@ signature covers them (``signing_payload`` encodes the record with an empty sign
 ``signed_fields`` leaves them out of the signed bytes while they hold their defaults, so a
 record without a list signs the same bytes under the old layout and the new one.
 
-The auth-list summary is what ``meshagent.authsync`` replicates by: a node whose list is
+The auth-list summary is what ``meshagent.csms.authsync`` replicates by: a node whose list is
 older than a live peer's (``protocol.authlist.AuthListSummary.is_older_than``) pulls the
 peer's list with ``AuthListRequest``/``AuthListChunk``.
 """

@@ -26,8 +26,8 @@ from typing import Any
 
 import trio
 
-from meshagent import keystore
 from meshagent.transport.udp import port_free
+from meshagent.trust import keystore
 
 PORT = 7946
 NODES = (

@@ -40,8 +40,8 @@ def authorize(id_token: str, token_type: str, api: str) -> None:
 
     import trio
 
-    from meshagent.api import get_json
-    from meshagent.mesh_config import DEFAULT_API_PORT, parse_host_port
+    from meshagent.api.http import get_json
+    from meshagent.mesh.config import DEFAULT_API_PORT, parse_host_port
 
     try:
         host, port = parse_host_port(api, DEFAULT_API_PORT)

@@ -97,7 +97,7 @@ def register(cli: click.Group) -> None:
 
         Passes if the transition takes at most 100 ms. Exit status 0 on pass, 1 on fail.
         """
-        from meshagent.units import parse_duration_s, parse_power_w
+        from meshagent.config.units import parse_duration_s, parse_power_w
 
         try:
             rate_w = parse_power_w(rate)
@@ -177,7 +177,7 @@ def register(cli: click.Group) -> None:
 
         Unit 1 is the site meter; chargers are units 11, 12, ... (one per vehicle).
         """
-        from meshagent.units import parse_duration_s
+        from meshagent.config.units import parse_duration_s
 
         duration_s = None
         if duration is not None:

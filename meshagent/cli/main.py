@@ -38,7 +38,7 @@ def keygen(out: Path) -> None:
 
     Hand OUT.pub to whoever runs `meshagent enroll --public-key`.
     """
-    from meshagent import keystore
+    from meshagent.trust import keystore
 
     key = keystore.new_key()
     keystore.write_private_key(out, key)
@@ -57,7 +57,7 @@ def ca() -> None:
 @click.argument("directory", type=click.Path(file_okay=False, path_type=Path))
 def ca_init(directory: Path) -> None:
     """Create a new CA in DIRECTORY (keep it offline)."""
-    from meshagent import keystore
+    from meshagent.trust import keystore
 
     authority = keystore.ca_init(directory)
     click.echo(f"CA created in {directory}")
@@ -70,7 +70,7 @@ def ca_init(directory: Path) -> None:
               help="The CA directory.")
 def ca_revoke(node_id: str, ca_dir: Path) -> None:
     """Revoke every certificate issued to NODE_ID; prints the revocation files to distribute."""
-    from meshagent import keystore
+    from meshagent.trust import keystore
 
     authority = keystore.ca_load(ca_dir)
     written = keystore.revoke(authority, node_id)
@@ -96,7 +96,7 @@ def ca_revoke(node_id: str, ca_dir: Path) -> None:
 def enroll(node_id: str, ca_dir: Path, site: str, transformer: str, roles: tuple[str, ...],
            public_key_path: Path | None, out_dir: Path | None, days: int) -> None:
     """Issue a certificate for NODE_ID and write its bundle (key, certificate, CA key, node.toml)."""
-    from meshagent import keystore
+    from meshagent.trust import keystore
 
     authority = keystore.ca_load(ca_dir)
     pub = keystore.read_public_key(public_key_path) if public_key_path else None
@@ -122,8 +122,8 @@ def config() -> None:
 @click.argument("path", type=click.Path(dir_okay=False, path_type=Path))
 def config_check(path: Path) -> None:
     """Validate PATH and its key, certificate and CA files."""
-    from meshagent import keystore
     from meshagent.config import load_config
+    from meshagent.trust import keystore
 
     cfg = load_config(path)
     ident = keystore.load_identity(cfg.node.key, cfg.node.certificate, cfg.node.ca, cfg.node.id)

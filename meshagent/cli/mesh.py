@@ -19,7 +19,7 @@ DEFAULT_API = "127.0.0.1:7947"
 
 
 def _api_address(text: str) -> tuple[str, int]:
-    from meshagent.mesh_config import DEFAULT_API_PORT, parse_host_port
+    from meshagent.mesh.config import DEFAULT_API_PORT, parse_host_port
 
     try:
         return parse_host_port(text, DEFAULT_API_PORT)
@@ -32,7 +32,7 @@ def _call(api: str, path: str, method: str = "GET") -> Any:
 
     import trio
 
-    from meshagent.api import get_json
+    from meshagent.api.http import get_json
 
     host, port = _api_address(api)
     try:
@@ -75,7 +75,7 @@ def register(cli: click.Group) -> None:
     @api_option
     def join(seeds: tuple[str, ...], api: str) -> None:
         """Join the running agent to a mesh through one or more seeds (remembered across restarts)."""
-        from meshagent.mesh_config import parse_host_port
+        from meshagent.mesh.config import parse_host_port
 
         for s in seeds:
             try:
@@ -145,10 +145,10 @@ def register(cli: click.Group) -> None:
 
         import trio
 
-        from meshagent import keystore
-        from meshagent.mesh_config import parse_host_port
-        from meshagent.queries import ask_capacity, new_query_id
+        from meshagent.mesh.config import parse_host_port
+        from meshagent.mesh.queries import ask_capacity, new_query_id
         from meshagent.statedir import next_boot_epoch
+        from meshagent.trust import keystore
         from protocol.query import CapacityQuery, may_query
 
         if peer is None:
@@ -181,7 +181,7 @@ def register(cli: click.Group) -> None:
     @api_option
     def revoke(files: tuple[Path, ...], api: str) -> None:
         """Hand revocation files (from `meshagent ca revoke`) to the running agent to spread."""
-        from meshagent import keystore
+        from meshagent.trust import keystore
 
         for path in files:
             record = keystore.dearmor(keystore.REVOCATION, path.read_text(), str(path))

@@ -21,14 +21,14 @@ from typing import TYPE_CHECKING, Any
 import attrs
 
 from meshagent.config import register_section, setting
-from meshagent.errors import ConfigError
-from meshagent.units import (
+from meshagent.config.units import (
     parse_duration_s,
     parse_fraction,
     parse_frequency_hz,
     parse_power_w,
     parse_temperature_c,
 )
+from meshagent.errors import ConfigError
 
 if TYPE_CHECKING:
     from meshagent.control.frequency import FrequencyProfile

@@ -13,7 +13,7 @@ from pathlib import Path
 import attrs
 
 from meshagent.config import register_section, setting
-from meshagent.units import parse_duration_s, parse_size_bytes
+from meshagent.config.units import parse_duration_s, parse_size_bytes
 
 
 def _url(value: object) -> str:

@@ -55,7 +55,7 @@ def _identities(n: int, now_ms: int) -> tuple[list[NodeIdentity], bytes]:
 
 
 async def _trial(n: int, window_s: float, converge_timeout_s: float) -> dict[str, Any]:
-    from meshagent.node import MeshNode
+    from meshagent.mesh.node import MeshNode
     from meshagent.transport.udp import UdpTransport
 
     config = SwimConfig.lan()

@@ -54,7 +54,7 @@ def _identities(n: int, now_ms: int) -> tuple[list[NodeIdentity], bytes]:
 
 
 async def _run(n: int, trials: int) -> dict[str, Any]:
-    from meshagent.node import MeshNode
+    from meshagent.mesh.node import MeshNode
     from meshagent.transport.udp import UdpTransport
 
     idents, ca_pub = _identities(n, time.time_ns() // 1_000_000)

@@ -1,0 +1,47 @@
+"""The ``[devices]`` section: where this charger's site meter and power stage are.
+
+Both are device URLs (``hardware.interfaces.parse_device_url``): ``modbus+tcp://HOST:PORT/UNIT``,
+``modbus+rtu:///dev/ttyUSB0?baud=115200&unit=1`` or ``sim://SITE/DEVICE`` for a simulated site
+in the agent's own process. With both set, ``meshagent run`` starts the control loop and
+publishes this node's state record (its discharge offer) to the mesh; with neither, the node
+is a member without an offer (a seed or a utility-facing peer).
+"""
+
+from __future__ import annotations
+
+import attrs
+
+from meshagent.config import register_section, setting
+from meshagent.config.units import parse_duration_s
+
+
+def _url(value: object) -> str:
+    from hardware.interfaces import DeviceUrlError, parse_device_url
+
+    if not isinstance(value, str):
+        raise ValueError(f"expected a device URL string, got {value!r}")
+    if value == "":
+        return ""
+    try:
+        parse_device_url(value)
+    except DeviceUrlError as exc:
+        raise ValueError(str(exc)) from None
+    return value
+
+
+@attrs.frozen
+class DevicesSection:
+    meter: str = setting("", parse=_url, shown='""', doc="The site meter's URL, e.g. `modbus+tcp://10.20.0.5:502/1`.")
+    charger: str = setting("", parse=_url, shown='""',
+                           doc="This charger's power stage (inverter, vehicle link, thermal, tamper) URL.")
+    record_period_s: float = setting(1.0, key="record_period", parse=parse_duration_s, min_value=0.1, max_value=3600,
+                                     shown='"1s"', doc="How often the offer is checked for a change worth publishing.")
+    record_heartbeat_s: float = setting(30.0, key="record_heartbeat", parse=parse_duration_s, min_value=1, max_value=86400,
+                                        shown='"30s"', doc="Publish the offer at least this often, changed or not.")
+
+    @property
+    def configured(self) -> bool:
+        return bool(self.meter and self.charger)
+
+
+register_section("devices", DevicesSection)

@@ -1,0 +1,522 @@
+"""The mesh node: drives the membership core with the trio clock over a secure endpoint.
+
+Theory of operation
+-------------------
+``MeshNode`` owns one ``SecureEndpoint`` (transport + signatures) and one
+``protocol.swim.Membership`` (the sans-IO core), and runs three tasks in its nursery:
+
+* **receive**: each verified datagram goes to the core (``receive``), then the core's
+  outputs are flushed;
+* **timers**: sleep until the core's ``next_deadline()`` (or until an input changed it),
+  ``tick``, flush;
+* **streams**: ``transport.serve`` reads framed packets from incoming TCP streams (push-pull
+  and TCP probes) and hands them to the core as ``reliable``.
+
+Flushing sends the core's ``Send``s: datagrams through the endpoint; ``reliable`` ones each on
+a new TCP stream in a task of its own, bounded by ``reliable_timeout_s``. The same message
+object sent to many members (an urgent broadcast) is sealed once. Events go to subscribers
+(``subscribe()``), which is how the allocation will hear urgent messages (``Delivered``).
+
+Revocation: when the endpoint applies a revocation (from a ``Revoke`` message or from an
+urgent broadcast carrying one), the core forgets the node everywhere, and a revocation new
+to us is broadcast urgently to every member so the whole mesh learns it in one round.
+
+Everything takes the trio clock for ``now`` and an injected wall clock for the wire, so the
+same node runs on real UDP and on the in-memory network under ``MockClock``.
+"""
+
+from __future__ import annotations
+
+import collections
+import math
+import random
+from collections import deque
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import attrs
+import trio
+
+from meshagent.transport.base import Address, FramedStream, Transport
+from meshagent.trust.endpoint import (
+    MAX_CERTIFICATES_PER_MESSAGE,
+    SecureEndpoint,
+    WallClockMs,
+    system_wall_clock_ms,
+)
+from protocol.errors import BadPacket
+from protocol.identity import NodeIdentity, TrustStore
+from protocol.messages import CertificateRequest, Certificates, Revoke
+from protocol.state import Capacity, Scope, StateRecord
+from protocol.swim import (
+    HANDLED_MESSAGES,
+    Delivered,
+    Ed25519Items,
+    Gossip,
+    ItemAuthenticator,
+    LocalNode,
+    Member,
+    MemberDead,
+    MemberJoined,
+    MemberLeft,
+    MemberRemoved,
+    Membership,
+    MembershipStatistics,
+    PushPull,
+    Rumors,
+    Send,
+    SwimConfig,
+    Urgent,
+)
+from protocol.wire import Sealer, WireLimits
+
+RECENT_EVENTS = 256
+MAX_RELIABLE_INFLIGHT = 64
+CERTIFICATE_REQUEST_INTERVAL_S = 1.0
+PENDING_REPLAYS = 256
+
+
+def _rumors_of(message: Any) -> Rumors | None:
+    if isinstance(message, Urgent):
+        return Rumors(broadcasts=(message.broadcast,))
+    rumors = getattr(message, "rumors", None)
+    return rumors if isinstance(rumors, Rumors) else None
+
+
+class _TrackingAuthenticator:
+    """Rumor signatures with the node's key, noting authors whose certificate we lack.
+
+    A rumor by an author we have no certificate for is refused by the core; the node then
+    asks the relay for the certificate, and the rumor's next retransmission gets in.
+    """
+
+    def __init__(self, identity: NodeIdentity, trust: TrustStore) -> None:
+        self._inner = Ed25519Items(identity, trust)
+        self._trust = trust
+        self.missing: set[str] = set()
+
+    def sign(self, payload: bytes) -> bytes:
+        return self._inner.sign(payload)
+
+    def verify(self, author_id: str, payload: bytes, signature: bytes) -> bool:
+        if self._trust.certificate(author_id) is None:
+            self.missing.add(author_id)
+            return False
+        return self._inner.verify(author_id, payload, signature)
+
+
+@attrs.frozen
+class NodeStatistics:
+    membership: MembershipStatistics
+    datagrams_sent: int
+    datagrams_received: int
+    dropped: dict[str, int]
+    reliable_sent: int
+    reliable_failed: int
+    ignored_messages: int
+    late_wakeups: int
+    tick_lateness_p99_s: float
+    tick_lateness_max_s: float
+
+
+class LatenessRecorder:
+    """How late timer ticks ran behind the core's deadlines (a bounded window of samples)."""
+
+    def __init__(self, window: int = 4096) -> None:
+        self.samples: deque[float] = deque(maxlen=window)
+        self.max_s = 0.0
+
+    def add(self, late_s: float) -> None:
+        self.samples.append(late_s)
+        if late_s > self.max_s:
+            self.max_s = late_s
+
+    def reset(self) -> None:
+        self.samples.clear()
+        self.max_s = 0.0
+
+    def quantile(self, q: float) -> float:
+        if not self.samples:
+            return 0.0
+        ordered = sorted(self.samples)
+        return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+class MeshNode:
+    """One agent's membership in the mesh. Start with ``await nursery.start(node.run)``."""
+
+    def __init__(
+        self,
+        identity: NodeIdentity,
+        trust: TrustStore,
+        transport: Transport,
+        swim_config: SwimConfig,
+        *,
+        boot_epoch: int,
+        seeds: Iterable[Address] = (),
+        wall_clock_ms: WallClockMs = system_wall_clock_ms,
+        rng: random.Random | None = None,
+        limits: WireLimits | None = None,
+        authenticator: ItemAuthenticator | None = None,
+        on_revocation: Callable[[str], None] | None = None,
+    ) -> None:
+        self.identity = identity
+        self.config = swim_config
+        self.seeds = list(seeds)
+        self.rng = rng or random.Random()
+        trust.add_certificate(identity.certificate, identity.certificate_bytes)
+        self.endpoint = SecureEndpoint(
+            transport,
+            Sealer(identity, boot_epoch),
+            trust,
+            limits=limits,
+            wall_clock_ms=wall_clock_ms,
+            on_revocation=self._on_revocation,
+            on_certificates=self._certificates_learned,
+        )
+        cert = identity.certificate
+        self.local = LocalNode(cert.node_id, transport.address, cert.site_id, cert.transformer_id)
+        self._tracker = _TrackingAuthenticator(identity, trust) if authenticator is None else None
+        self._authenticator: ItemAuthenticator = authenticator or self._tracker  # type: ignore[assignment]
+        self._cert_requested: dict[str, float] = {}
+        # rumors refused for unknown authors: (authors, relay, source, Gossip to replay)
+        self._pending: deque[tuple[frozenset[str], str, Address, Gossip]] = deque(maxlen=PENDING_REPLAYS)
+        self.membership: Membership | None = None
+        self._wake = trio.Event()
+        self._nursery: trio.Nursery | None = None
+        self._subscribers: list[trio.MemorySendChannel[Any]] = []
+        self.recent_events: deque[tuple[float, Any]] = deque(maxlen=RECENT_EVENTS)
+        self._reliable_limit = trio.CapacityLimiter(MAX_RELIABLE_INFLIGHT)
+        self._reliable_sent = 0
+        self._reliable_failed = 0
+        self._ignored = 0
+        self._late_wakeups = 0
+        self.lateness = LatenessRecorder()
+        self._stopped = trio.Event()
+        self._spread: set[bytes] = set()  # revocations we have broadcast
+        self._revocation_hook = on_revocation
+        self._handlers: dict[type, Callable[[str, Address, Any], None]] = {}
+        self._leave_flushed = trio.Event()
+
+    # --- life cycle ---------------------------------------------------------------------------
+
+    @property
+    def node_id(self) -> str:
+        return self.identity.node_id
+
+    @property
+    def address(self) -> Address:
+        return self.endpoint.address
+
+    @property
+    def core(self) -> Membership:
+        if self.membership is None:
+            raise RuntimeError("the node is not running")
+        return self.membership
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Run until cancelled or until ``leave`` has finished."""
+        self.membership = Membership(
+            self.config, self.local, self.rng, trio.current_time(), authenticator=self._authenticator
+        )
+        try:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                await nursery.start(self.endpoint.transport.serve, self._serve_stream)
+                nursery.start_soon(self._receive_loop)
+                nursery.start_soon(self._timer_loop)
+                if self.seeds:
+                    self.core.join(self.seeds, trio.current_time())
+                    self._flush()
+                task_status.started()
+                await self._stopped.wait()
+                nursery.cancel_scope.cancel()
+        finally:
+            self._nursery = None
+            for ch in self._subscribers:
+                ch.close()
+
+    def join(self, seeds: Iterable[Address]) -> None:
+        """Join (more) seeds now; the core keeps retrying them while this node is isolated."""
+        self.seeds = list(dict.fromkeys([*self.seeds, *seeds]))
+        self.core.join(self.seeds, trio.current_time())
+        self._flush()
+
+    async def leave(self, timeout_s: float = 5.0) -> None:
+        """Leave gracefully: spread ``Left`` for a few gossip rounds, then stop ``run``."""
+        core = self.core
+        core.leave(trio.current_time())
+        self._flush()
+        with trio.move_on_after(timeout_s):
+            await self._leave_flushed.wait()
+        self._stopped.set()
+
+    def stop(self) -> None:
+        """Stop at once (a crash, as far as the mesh can tell)."""
+        self._stopped.set()
+        if self._nursery is not None:
+            self._nursery.cancel_scope.cancel()
+
+    def subscribe(self, buffer: int = 1024) -> trio.MemoryReceiveChannel[Any]:
+        """Membership events as they happen (``Delivered`` urgent messages among them)."""
+        send, receive = trio.open_memory_channel[Any](buffer)
+        self._subscribers.append(send)
+        return receive
+
+    # --- what the layers above use --------------------------------------------------------------
+
+    def publish_record(self, **fields: Any) -> StateRecord:
+        """Publish this node's state record (see ``Membership.publish_record``)."""
+        fields.setdefault("updated_at_ms", self.endpoint.wall_clock_ms())
+        record = self.core.publish_record(trio.current_time(), **fields)
+        self._flush()
+        return record
+
+    def urgent(self, message: Any, scope: Scope) -> int:
+        """Send ``message`` to every live member of ``scope`` now (and gossip it)."""
+        sent = self.core.urgent(message, scope, trio.current_time())
+        self._flush()
+        return sent
+
+    def on_message(self, cls: type, handler: Callable[[str, Address, Any], None]) -> None:
+        """Route verified messages of ``cls`` (not membership ones) to ``handler``.
+
+        ``handler(sender_id, source_address, message)`` runs in the receive task: it must not
+        block; start work with ``spawn``. This is how other layers (authorization lists, the
+        allocation) get their unicast messages.
+        """
+        if cls in HANDLED_MESSAGES or cls in (Certificates, CertificateRequest, Revoke):
+            raise ValueError(f"{cls.__name__} is handled by the node itself")
+        self._handlers[cls] = handler
+
+    async def send(self, address: Address, message: Any) -> None:
+        """Sign and send one datagram to ``address`` (best effort)."""
+        await self.endpoint.send(address, message)
+
+    def spawn(self, fn: Callable[..., Any], *args: Any) -> None:
+        """Run ``fn(*args)`` as a task of the node's nursery (ends with the node)."""
+        if self._nursery is None:
+            raise RuntimeError("the node is not running")
+        self._nursery.start_soon(fn, *args)
+
+    def capacity(self, scope: Scope | None = None) -> Capacity:
+        return self.core.capacity(scope)
+
+    def members(self) -> list[Member]:
+        return self.core.members()
+
+    def revoke(self, record: bytes) -> str | None:
+        """Apply a CA-signed revocation here and spread it; returns the revoked node id."""
+        return self.endpoint.apply_revocation(record)
+
+    def statistics(self) -> NodeStatistics:
+        ep = self.endpoint.statistics()
+        return NodeStatistics(
+            membership=self.core.statistics(),
+            datagrams_sent=ep.sent,
+            datagrams_received=ep.received,
+            dropped=ep.dropped,
+            reliable_sent=self._reliable_sent,
+            reliable_failed=self._reliable_failed,
+            ignored_messages=self._ignored,
+            late_wakeups=self._late_wakeups,
+            tick_lateness_p99_s=self.lateness.quantile(0.99),
+            tick_lateness_max_s=self.lateness.max_s,
+        )
+
+    # --- tasks ----------------------------------------------------------------------------------
+
+    async def _receive_loop(self) -> None:
+        while True:
+            try:
+                got = await self.endpoint.receive()
+            except trio.ClosedResourceError:  # the transport was closed under us: stop
+                self._stopped.set()
+                return
+            self._deliver(got.envelope.sender_id, got.source, got.envelope.message, reliable=False)
+
+    async def _timer_loop(self) -> None:
+        while True:
+            deadline = self.core.next_deadline()
+            if deadline > trio.current_time():
+                with trio.move_on_at(deadline if math.isfinite(deadline) else math.inf):
+                    await self._wake.wait()
+                self._wake = trio.Event()
+            now = trio.current_time()
+            due = self.core.next_deadline()
+            if now >= due:
+                self.lateness.add(now - due)
+                self.core.tick(now)
+                self._flush()
+
+    async def _serve_stream(self, stream: trio.abc.Stream) -> None:
+        limit = self.endpoint.opener.limits.max_stream_bytes
+        async with FramedStream(stream, max_frame_bytes=limit) as framed:
+            with trio.move_on_after(self.config.reliable_timeout_s):
+                while True:
+                    try:
+                        packet = await framed.receive_untrusted()
+                    except BadPacket:  # the stream is out of step: close it
+                        return
+                    if packet is None:
+                        return
+                    env = self.endpoint.open(packet, ("", 0), stream=True)
+                    if env is not None:
+                        member = self.core.member(env.sender_id)
+                        source = member.address if member is not None else ("", 0)
+                        self._deliver(env.sender_id, source, env.message, reliable=True)
+
+    # --- plumbing -------------------------------------------------------------------------------
+
+    def _deliver(self, sender_id: str, source: Address, message: Any, *, reliable: bool) -> None:
+        core = self.core
+        if type(message) in HANDLED_MESSAGES:
+            core.receive(sender_id, source, message, trio.current_time(), reliable=reliable)
+            tracker = self._tracker
+            if tracker is not None and tracker.missing:
+                self._request_certificates(sender_id, source, tracker.missing)
+                rumors = _rumors_of(message)
+                if rumors is not None:
+                    # replay these rumors once the certificates are here, rather than wait
+                    # for a retransmission that may already have been spent
+                    self._pending.append((frozenset(tracker.missing), sender_id, source, Gossip(rumors)))
+                tracker.missing = set()
+        elif isinstance(message, Certificates):
+            self.endpoint.learn_certificates(message.certificates)
+            self._certificates_learned()
+            return
+        elif isinstance(message, Revoke):
+            pass  # already applied by the endpoint; spread by _on_revocation if new
+        else:
+            handler = self._handlers.get(type(message))
+            if handler is None:
+                self._ignored += 1
+                return
+            handler(sender_id, source, message)
+        self._flush()
+
+    def _certificates_learned(self) -> None:
+        """New certificates: replay the rumors that were refused for want of them."""
+        core = self.membership
+        if core is None or not self._pending:
+            return
+        trust = self.endpoint.trust
+        waiting = list(self._pending)
+        self._pending.clear()
+        for missing, sender_id, source, gossip in waiting:
+            if not any(trust.certificate(a) is not None for a in missing):
+                self._pending.append((missing, sender_id, source, gossip))
+                continue
+            # replay: rumors by authors we now know get in; the rest are refused again,
+            # noted again, and asked for at once (an answer holds only so many certificates)
+            self._cert_requested.clear()
+            self._deliver(sender_id, source, gossip, reliable=False)
+        self._flush()
+
+    def _request_certificates(self, relay_id: str, source: Address, missing: set[str]) -> None:
+        now = trio.current_time()
+        wanted = sorted(
+            n for n in missing if now - self._cert_requested.get(n, -math.inf) >= CERTIFICATE_REQUEST_INTERVAL_S
+        )[:64]
+        if not wanted or self._nursery is None:
+            return
+        for n in wanted:
+            self._cert_requested[n] = now
+        if not source[0]:
+            member = self.core.member(relay_id)
+            if member is None:
+                return
+            source = member.address
+        self._nursery.start_soon(self._send_all, [Send(source, CertificateRequest(node_ids=tuple(wanted)))])
+
+    def _flush(self) -> None:
+        core = self.core
+        nursery = self._nursery
+        sends = core.outgoing()
+        if sends and nursery is not None:
+            nursery.start_soon(self._send_all, sends)
+        for event in core.events():
+            self._on_event(event)
+        if core.has_left and core.leave_flushed:
+            self._leave_flushed.set()
+        self._wake.set()
+
+    async def _send_all(self, sends: list[Send]) -> None:
+        sealed: dict[tuple[int, bool], bytes] = {}
+        counts = collections.Counter(id(s.message) for s in sends)
+        shared = {key for key, n in counts.items() if n > 1}
+        for s in sends:
+            if s.reliable:
+                if self._nursery is not None:
+                    self._nursery.start_soon(self._send_reliable, s)
+                continue
+            key = id(s.message)
+            if key in shared:
+                # one message to many members: seal it once, or twice when some of them
+                # are due our certificate (so a gossip round still introduces us)
+                attach = self.endpoint.should_attach(s.address)
+                packet = sealed.get((key, attach))
+                if packet is None:
+                    packet = sealed[(key, attach)] = self.endpoint.seal(s.message, attach_certificate=attach)
+                    if len(packet) > self.endpoint.transport.max_datagram_bytes:
+                        packet = sealed[(key, attach)] = self.endpoint.seal(s.message)
+                await self.endpoint.send_packet(s.address, packet)
+            else:
+                await self.endpoint.send(s.address, s.message)
+
+    async def _send_reliable(self, send: Send) -> None:
+        async with self._reliable_limit:
+            with trio.move_on_after(self.config.reliable_timeout_s):
+                try:
+                    stream = await self.endpoint.transport.open_stream(send.address)
+                    async with FramedStream(stream, max_frame_bytes=self.endpoint.opener.limits.max_stream_bytes) as framed:
+                        if isinstance(send.message, PushPull):
+                            # the full state names members the peer may never have met:
+                            # their certificates go first, so their rumors verify
+                            for chunk in self._certificate_chunks():
+                                await framed.send(self.endpoint.seal(Certificates(certificates=chunk), attach_certificate=True))
+                        await framed.send(self.endpoint.seal(send.message, attach_certificate=True))
+                        await framed.send_eof()
+                    self._reliable_sent += 1
+                    return
+                except (OSError, trio.BrokenResourceError, trio.ClosedResourceError):
+                    pass
+            self._reliable_failed += 1  # refused, broken or timed out
+
+    def _certificate_chunks(self) -> list[tuple[bytes, ...]]:
+        ids = [m.node_id for m in self.core.members()]
+        raws = [r for r in (self.endpoint.trust.raw_certificate(n) for n in ids) if r is not None]
+        return [tuple(raws[i : i + MAX_CERTIFICATES_PER_MESSAGE]) for i in range(0, len(raws), MAX_CERTIFICATES_PER_MESSAGE)]
+
+    def _on_event(self, event: Any) -> None:
+        now = trio.current_time()
+        self.recent_events.append((now, event))
+        if isinstance(event, MemberJoined):
+            self.endpoint.forget_peer(event.member.address)  # (re)introduce ourselves
+        elif isinstance(event, MemberDead | MemberLeft):
+            self.endpoint.forget_peer(event.member.address)
+        elif isinstance(event, MemberRemoved):
+            self.endpoint.opener.forget(event.node_id)
+        elif isinstance(event, Delivered) and isinstance(event.message, Revoke):
+            self.endpoint.apply_revocation(event.message.revocation)
+        for ch in list(self._subscribers):
+            try:
+                ch.send_nowait(event)
+            except trio.WouldBlock:
+                pass  # a slow subscriber loses events rather than stalling the mesh
+            except trio.ClosedResourceError:
+                self._subscribers.remove(ch)
+
+    def _on_revocation(self, node_id: str) -> None:
+        if self._revocation_hook is not None:
+            self._revocation_hook(node_id)
+        core = self.membership
+        if core is None:
+            return
+        core.revoke(node_id, trio.current_time())
+        # spread every revocation we have not spread yet
+        for record in self.endpoint.trust.revocation_records():
+            if record not in self._spread:
+                self._spread.add(record)
+                core.urgent(Revoke(revocation=record), Scope.everyone(), trio.current_time())
+        self._flush()

@@ -1,0 +1,210 @@
+"""Mesh nodes on the in-memory network in virtual time, and on real UDP sockets."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import pytest
+import trio
+
+from meshagent.mesh.node import MeshNode
+from meshagent.transport.memory import LinkConditions, MemoryNetwork, open_memory_network
+from meshagent.transport.udp import UdpTransport
+from protocol.identity import Revocation, sign_revocation
+from protocol.messages import Revoke
+from protocol.state import Scope
+from protocol.swim import Delivered, MemberStatus, SwimConfig
+from tests.conftest import NOW_MS
+
+LOCAL = SwimConfig.local()
+
+
+def wall_ms() -> int:
+    return NOW_MS + int(trio.current_time() * 1000)
+
+
+def statuses(node: MeshNode) -> dict[str, MemberStatus]:
+    return {m.node_id: m.status for m in node.members()}
+
+
+async def wait_until(predicate, *, timeout_s: float, step_s: float = 0.05) -> None:
+    with trio.fail_after(timeout_s):
+        while not predicate():  # noqa: ASYNC110 (polls state that many tasks change)
+            await trio.sleep(step_s)
+
+
+@asynccontextmanager
+async def mesh(pki, n: int, *, net: MemoryNetwork, sites=None, seed: int = 0) -> AsyncIterator[list[MeshNode]]:
+    idents = [
+        pki.identity(f"n{i:02d}", site_id=(sites[i] if sites else "site-1"), transformer_id="tx-1")
+        for i in range(n)
+    ]
+    nodes: list[MeshNode] = []
+    async with trio.open_nursery() as nursery:
+        for i, ident in enumerate(idents):
+            transport = net.endpoint()
+            seeds = [nodes[0].address] if nodes else []
+            node = MeshNode(
+                ident, pki.trust(), transport, LOCAL, boot_epoch=1, seeds=seeds,
+                wall_clock_ms=wall_ms, rng=random.Random(seed * 1000 + i),
+            )
+            nodes.append(node)
+            await nursery.start(node.run)
+        yield nodes
+        nursery.cancel_scope.cancel()
+
+
+async def test_nodes_join_through_one_seed_and_converge(pki, autojump_clock):
+    async with open_memory_network(random.Random(1)) as net, mesh(pki, 8, net=net) as nodes:
+        names = {n.node_id for n in nodes}
+        await wait_until(
+            lambda: all(set(statuses(n)) == names - {n.node_id} and set(statuses(n).values()) == {MemberStatus.ALIVE} for n in nodes),
+            timeout_s=30,
+        )
+        # strangers: every certificate was learned over the wire
+        assert all(n.endpoint.trust.statistics().certificates == 8 for n in nodes)
+
+
+async def test_a_crashed_node_is_declared_dead_everywhere(pki, autojump_clock):
+    async with open_memory_network(random.Random(2)) as net, mesh(pki, 6, net=net) as nodes:
+        await wait_until(lambda: all(len(statuses(n)) == 5 for n in nodes), timeout_s=30)
+        victim = nodes[3]
+        victim.stop()
+        await victim.endpoint.transport.aclose()
+        t0 = trio.current_time()
+        others = [n for n in nodes if n is not victim]
+        await wait_until(lambda: all(statuses(n).get(victim.node_id) is MemberStatus.DEAD for n in others), timeout_s=30)
+        # SWIM with the local preset: detection within a few probe periods plus suspicion
+        assert trio.current_time() - t0 < 10
+        assert all(set(statuses(n).values()) == {MemberStatus.ALIVE, MemberStatus.DEAD} for n in others)
+
+
+async def test_graceful_leave_is_seen_as_left(pki, autojump_clock):
+    async with open_memory_network(random.Random(3)) as net, mesh(pki, 5, net=net) as nodes:
+        await wait_until(lambda: all(len(statuses(n)) == 4 for n in nodes), timeout_s=30)
+        await nodes[2].leave()
+        await wait_until(lambda: all(statuses(n).get("n02") is MemberStatus.LEFT for n in nodes if n is not nodes[2]), timeout_s=10)
+
+
+async def test_no_false_deaths_under_20_percent_loss(pki, autojump_clock):
+    lossy = LinkConditions(loss=0.2, delay_s=0.002, jitter_s=0.002)
+    async with open_memory_network(random.Random(4), default=lossy) as net, mesh(pki, 8, net=net, seed=4) as nodes:
+        await wait_until(lambda: all(len(statuses(n)) == 7 for n in nodes), timeout_s=60)
+        deaths: list[str] = []
+        channels = [n.subscribe() for n in nodes]
+
+        async def watch(ch):
+            async for ev in ch:
+                if type(ev).__name__ == "MemberDead":
+                    deaths.append(ev.member.node_id)
+
+        async with trio.open_nursery() as watchers:
+            for ch in channels:
+                watchers.start_soon(watch, ch)
+            await trio.sleep(120)  # two virtual minutes: ~600 probe rounds
+            watchers.cancel_scope.cancel()
+        assert deaths == []
+        assert all(set(statuses(n).values()) == {MemberStatus.ALIVE} for n in nodes)
+
+
+async def test_urgent_broadcast_reaches_exactly_its_scope(pki, autojump_clock):
+    sites = ["north", "north", "north", "south", "south"]
+    async with open_memory_network(random.Random(5)) as net, mesh(pki, 5, net=net, sites=sites) as nodes:
+        await wait_until(lambda: all(len(statuses(n)) == 4 for n in nodes), timeout_s=30)
+        channels = [n.subscribe() for n in nodes]
+        sent = nodes[0].urgent(Revoke(revocation=b"not a real revocation"), Scope.site("north"))
+        assert sent == 2
+        await trio.sleep(2)
+        got = []
+        for node, ch in zip(nodes, channels, strict=True):
+            delivered = []
+            while True:
+                try:
+                    ev = ch.receive_nowait()
+                except trio.WouldBlock:
+                    break
+                if isinstance(ev, Delivered):
+                    delivered.append(ev)
+            got.append((node.node_id, len(delivered)))
+        assert got == [("n00", 0), ("n01", 1), ("n02", 1), ("n03", 0), ("n04", 0)]
+
+
+async def test_revocation_spreads_and_removes_the_member(pki, autojump_clock):
+    async with open_memory_network(random.Random(6)) as net, mesh(pki, 6, net=net) as nodes:
+        await wait_until(lambda: all(len(statuses(n)) == 5 for n in nodes), timeout_s=30)
+        victim = nodes[5]
+        record = sign_revocation(
+            Revocation(pki.issuer_id, victim.node_id, victim.identity.certificate.serial, NOW_MS), pki.ca
+        )
+        assert nodes[0].revoke(record) == victim.node_id
+        others = nodes[:5]
+        await wait_until(lambda: all(victim.node_id not in statuses(n) for n in others), timeout_s=10)
+        assert all(n.endpoint.trust.is_revoked(victim.identity.certificate) for n in others)
+        # the revoked node keeps talking; nobody lets it back in
+        await trio.sleep(10)
+        assert all(victim.node_id not in statuses(n) for n in others)
+        assert sum(n.statistics().dropped["signer_revoked"] for n in others) > 0
+
+
+async def test_three_nodes_on_real_udp(pki):
+    """Real sockets on loopback, each node on its own 127.x address (port 7946 if free)."""
+    nodes: list[MeshNode] = []
+    transports = []
+    for i in range(3):
+        try:
+            t = await UdpTransport.bind((f"127.78.0.{i + 1}", 7946))
+        except Exception:
+            t = await UdpTransport.bind((f"127.78.0.{i + 1}", 0))
+        transports.append(t)
+    async with trio.open_nursery() as nursery:
+        for i, t in enumerate(transports):
+            node = MeshNode(
+                pki.identity(f"udp-{i}"), pki.trust(), t, LOCAL, boot_epoch=1,
+                seeds=[transports[0].address] if i else [], wall_clock_ms=lambda: NOW_MS,
+            )
+            nodes.append(node)
+            await nursery.start(node.run)
+        await wait_until(lambda: all(len(statuses(n)) == 2 for n in nodes), timeout_s=10)
+        assert all(set(statuses(n).values()) == {MemberStatus.ALIVE} for n in nodes)
+        nursery.cancel_scope.cancel()
+    for t in transports:
+        await t.aclose()
+
+
+async def test_other_layers_get_their_unicast_messages(pki, autojump_clock):
+    from protocol.authlist import AuthListRequest
+
+    async with open_memory_network(random.Random(7)) as net, mesh(pki, 2, net=net) as nodes:
+        await wait_until(lambda: all(len(statuses(n)) == 1 for n in nodes), timeout_s=30)
+        got = []
+        nodes[1].on_message(AuthListRequest, lambda sender, source, msg: got.append((sender, source, msg)))
+        request = AuthListRequest(have_version=3, have_hash=b"\x00" * 32)
+        await nodes[0].send(nodes[1].address, request)
+        await wait_until(lambda: got, timeout_s=5)
+        assert got == [("n00", nodes[0].address, request)]
+        with pytest.raises(ValueError, match="handled by the node itself"):
+            nodes[1].on_message(Revoke, lambda *a: None)
+
+
+async def test_a_join_storm_converges_in_seconds_on_the_lan_preset(pki, autojump_clock):
+    """30 strangers join one seed at the same instant: certificates must not hold them up.
+
+    Before packets from unknown signers were held (and while certificate answers were
+    limited to one per second per address) this took 13 to 23 virtual seconds.
+    """
+    lan = SwimConfig.lan()
+    async with open_memory_network(random.Random(11), default=LinkConditions(delay_s=0.0005)) as net:
+        nodes: list[MeshNode] = []
+        async with trio.open_nursery() as nursery:
+            for i in range(30):
+                node = MeshNode(pki.identity(f"s{i:02d}"), pki.trust(), net.endpoint(), lan, boot_epoch=1,
+                                seeds=[nodes[0].address] if nodes else [], wall_clock_ms=wall_ms,
+                                rng=random.Random(i))
+                nodes.append(node)
+                await nursery.start(node.run)
+            t0 = trio.current_time()
+            await wait_until(lambda: all(n.core.num_live == 30 for n in nodes), timeout_s=60)
+            assert trio.current_time() - t0 < 5.0
+            nursery.cancel_scope.cancel()
