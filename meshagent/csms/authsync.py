@@ -44,7 +44,7 @@ import logging
 import math
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
 import attrs
@@ -105,11 +105,22 @@ class AuthListKeeper(Protocol):
     async def authorize(self, id_token: str, token_type: str = "ISO14443") -> AuthDecision: ...
 
 
+Offload = Callable[..., Awaitable[Any]]
+
+
+async def _in_a_thread(fn: Callable[..., Any], *args: Any, limiter: trio.CapacityLimiter) -> Any:
+    return await trio.to_thread.run_sync(fn, *args, limiter=limiter)
+
+
 class StoredAuthList:
     """The list of a node without a CSMS client: the ``auth_list`` row of its store, nothing else."""
 
-    def __init__(self, store: CsmsStore, *, wall_clock_ms: Callable[[], int] = _wall_clock_ms) -> None:
+    def __init__(self, store: CsmsStore, *, wall_clock_ms: Callable[[], int] = _wall_clock_ms,
+                 offload: Offload = _in_a_thread) -> None:
+        """``offload`` runs the store's blocking writes; a worker thread unless a test on the
+        autojump clock needs them inline (a clock that jumps while a thread works is not virtual)."""
         self.store = store
+        self._offload = offload
         self._list = store.load_auth_list()
         self._wall_clock_ms = wall_clock_ms
         self._limiter = trio.CapacityLimiter(1)
@@ -122,7 +133,7 @@ class StoredAuthList:
     async def install_auth_list(self, auth_list: LocalAuthList) -> None:
         """Adopt ``auth_list`` if it should replace ours; durable before it is used."""
         if self._list.summary().is_older_than(auth_list.summary()):
-            await trio.to_thread.run_sync(self.store.save_auth_list, auth_list, limiter=self._limiter)
+            await self._offload(self.store.save_auth_list, auth_list, limiter=self._limiter)
             self._list = auth_list
             self._changed.set()
             self._changed = trio.Event()
