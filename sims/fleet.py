@@ -84,6 +84,7 @@ def run_fleet(
     allocator: Allocator | None = None,
     progress: Callable[[float], None] | None = None,
     record: bool = True,
+    mesh_delivery_s: list[float] | None = None,
 ) -> Trace:
     if baseline not in BASELINES:
         raise ValueError(f"unknown baseline {baseline!r}")
@@ -256,7 +257,8 @@ def run_fleet(
                     if baseline == "mesh":
                         lat = (
                             lat_rng.uniform(0, cal.METER_POLL_S)
-                            + lat_rng.lognormal(cal.MESH_DELIVERY_MU, cal.MESH_DELIVERY_SIGMA, n)
+                            + (lat_rng.choice(mesh_delivery_s, n) if mesh_delivery_s
+                               else lat_rng.lognormal(cal.MESH_DELIVERY_MU, cal.MESH_DELIVERY_SIGMA, n))
                             + lat_rng.uniform(0, cal.INVERTER_MAX_S, n)
                         )
                         next_plan_at = t + max(dt, float(lat.max()) * 2)

@@ -129,13 +129,31 @@ class Scenario:
             if duration_s <= 0:
                 raise ScenarioError("--duration must be > 0")
             sc["duration_s"] = float(duration_s)
+        sections = dict(self.sections)
+        events = self.events
         if nodes is not None:
             if nodes <= 0:
                 raise ScenarioError("--nodes must be > 0")
+            # The site scales with its chargers so the scenario keeps its story: limit, base
+            # load, transformer ratings and surge sizes in proportion; the area sees the same
+            # MW of response (fleet_share inversely).
+            k = nodes / sc["nodes"]
             sc["nodes"] = nodes
+            site = dict(sections["site"])
+            for key in ("limit_kw", "base_load_kw", "transformer_kva"):
+                site[key] = site[key] * k
+            area = dict(sections["area"])
+            area["fleet_share"] = area["fleet_share"] / k
+            sections["site"], sections["area"] = site, area
+            events = tuple(
+                attrs.evolve(e, args={**e.args, "count": max(1, round(e.args["count"] * k))})
+                if e.kind == "surge" else e
+                for e in events
+            )
         if seed is not None:
             sc["seed"] = seed
-        return attrs.evolve(self, sections={**self.sections, "scenario": sc})
+        sections["scenario"] = sc
+        return attrs.evolve(self, sections=sections, events=events)
 
 
 def _type_name(types: Any) -> str:

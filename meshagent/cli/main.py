@@ -171,7 +171,9 @@ def bench(name: str, as_json: bool, quick: bool) -> None:
 # Modules that define more subcommands; each has ``register(cli: click.Group) -> None``.
 # A layer adds its module here (importing it must stay cheap: heavy imports go inside the
 # command functions).
-COMMAND_MODULES: tuple[str, ...] = ("meshagent.cli.mesh", "meshagent.cli.csms", "meshagent.cli.hardware")
+COMMAND_MODULES: tuple[str, ...] = (
+    "meshagent.cli.mesh", "meshagent.cli.csms", "meshagent.cli.hardware", "meshagent.cli.sim",
+)
 
 
 def _attach() -> None:
