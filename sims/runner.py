@@ -38,6 +38,7 @@ def run(
     nodes: int | None = None,
     seed: int | None = None,
     duration_s: float | None = None,
+    dt_s: float | None = None,
     baselines: tuple[str, ...] = BASELINES,
     allocator: Allocator | None = None,
     mesh_latency: str = "calibrated",
@@ -47,7 +48,7 @@ def run(
 ) -> dict[str, Any]:
     """Run ``scenario`` under ``baselines``; return the report (and write it under ``out``)."""
     sc = scenario if isinstance(scenario, Scenario) else load_scenario(scenario)
-    sc = sc.with_overrides(nodes=nodes, seed=seed, duration_s=duration_s)
+    sc = sc.with_overrides(nodes=nodes, seed=seed, duration_s=duration_s, dt_s=dt_s)
     for b in baselines:
         if b not in BASELINES:
             raise ScenarioError(f"unknown baseline {b!r} (known: {', '.join(BASELINES)})")

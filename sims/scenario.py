@@ -122,9 +122,14 @@ class Scenario:
         return self.sections[section]
 
     def with_overrides(
-        self, nodes: int | None = None, seed: int | None = None, duration_s: float | None = None
+        self, nodes: int | None = None, seed: int | None = None, duration_s: float | None = None,
+        dt_s: float | None = None,
     ) -> Scenario:
         sc = dict(self.sections["scenario"])
+        if dt_s is not None:
+            if dt_s <= 0:
+                raise ScenarioError("--dt must be > 0")
+            sc["dt_s"] = float(dt_s)
         if duration_s is not None:
             if duration_s <= 0:
                 raise ScenarioError("--duration must be > 0")

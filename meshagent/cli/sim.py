@@ -48,6 +48,7 @@ def sim() -> None:
 @click.option("--nodes", type=int, help="Chargers (the site scales with them).")
 @click.option("--seed", type=int, help="Seed of the world (default: the scenario's).")
 @click.option("--duration", type=float, help="Simulated seconds (default: the scenario's).")
+@click.option("--dt", type=float, help="Step length in seconds (default: the scenario's).")
 @click.option("--real-network", "real_network", is_flag=True,
               help="Measure the mesh's delivery latency with agents over real UDP on loopback.")
 @click.option("--virtual", is_flag=True,
@@ -56,7 +57,7 @@ def sim() -> None:
 @click.option("--out", type=click.Path(path_type=Path), default=Path("sim-out"), show_default=True,
               help="Directory for report.json and summary.png.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as one JSON object, last line.")
-def sim_run(scenario: str, nodes: int | None, seed: int | None, duration: float | None,
+def sim_run(scenario: str, nodes: int | None, seed: int | None, duration: float | None, dt: float | None,
             real_network: bool, virtual: bool, netns: bool, out: Path, as_json: bool) -> None:
     """Run SCENARIO under none, droop, central and mesh; print the summary; write the plots."""
     _need_sim_extra()
@@ -81,7 +82,7 @@ def sim_run(scenario: str, nodes: int | None, seed: int | None, duration: float 
                 tasks[baseline] = bar.add_task(baseline, total=1.0)
             bar.update(tasks[baseline], completed=fraction)
 
-        report = run(scenario, nodes=nodes, seed=seed, duration_s=duration, out=out,
+        report = run(scenario, nodes=nodes, seed=seed, duration_s=duration, dt_s=dt, out=out,
                      mesh_latency=latency, progress=progress)
     console.print(summary_table(report))
     console.print(f"report: {report['files']['json']}\nplots:  {report['files']['plots']}")

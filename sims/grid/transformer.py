@@ -53,6 +53,9 @@ class Transformers:
     params: ThermalParams = ThermalParams()
     top_oil_rise_k: NDArray[np.float64] = attrs.field(init=False)
     hot_spot_rise_k: NDArray[np.float64] = attrs.field(init=False)
+    _dt_s: float = attrs.field(init=False, default=-1.0)
+    _oil_f: float = attrs.field(init=False, default=0.0)
+    _winding_f: float = attrs.field(init=False, default=0.0)
 
     def __attrs_post_init__(self) -> None:
         self.rating_kw = np.asarray(self.rating_kw, dtype=np.float64)
@@ -71,9 +74,13 @@ class Transformers:
 
     def step(self, load_kw: NDArray[np.float64], dt_s: float) -> None:
         top_u, hot_u = self.ultimate(load_kw)
-        p = self.params
-        self.top_oil_rise_k += (top_u - self.top_oil_rise_k) * (1 - np.exp(-dt_s / p.oil_tau_s))
-        self.hot_spot_rise_k += (hot_u - self.hot_spot_rise_k) * (1 - np.exp(-dt_s / p.winding_tau_s))
+        if dt_s != self._dt_s:  # the decay factors of a step, cached: the runner's dt is fixed
+            p = self.params
+            self._dt_s = dt_s
+            self._oil_f = 1 - float(np.exp(-dt_s / p.oil_tau_s))
+            self._winding_f = 1 - float(np.exp(-dt_s / p.winding_tau_s))
+        self.top_oil_rise_k += (top_u - self.top_oil_rise_k) * self._oil_f
+        self.hot_spot_rise_k += (hot_u - self.hot_spot_rise_k) * self._winding_f
 
     @property
     def top_oil_c(self) -> NDArray[np.float64]:

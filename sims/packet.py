@@ -1,0 +1,195 @@
+"""Packet-level runs: complete signed agents, to measure what the fleet level draws from.
+
+Theory of operation
+-------------------
+``measure_delivery(mode, n, seed)`` starts N complete mesh agents (``MeshNode``: Ed25519 on
+every packet, certificates from the deterministic test PKI ``sims.pki``), lets them join
+through one seed, then has node 0 send ``trials`` urgent broadcasts (the primitive the PLAN
+rides on) and records, per receiver, the time from the send to its ``Delivered`` event. The
+per-receiver samples become the mesh's delivery latency in the fleet run (``sims.runner``),
+and the report names the mode:
+
+* ``virtual``: the in-memory network (one-way delay 0.2-1 ms, as ``bench gossip``'s LAN) under
+  trio's MockClock: deterministic for a seed; CPU time is free, so it measures the protocol
+  and the network model, not the host;
+* ``real-network``: real UDP sockets, each agent on its own 127.83.x.y:7946 address, in ONE
+  process on the real clock (separate processes per agent are not built yet): the receivers
+  share one core, so the figure is an upper bound for chargers with their own CPUs.
+
+``agents_sim_rate(n, window_s)`` is ``bench sim``'s packet-level figure: simulated seconds per
+wall second of N agents in steady state, virtual time.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from typing import Any
+
+import trio
+import trio.lowlevel
+import trio.testing
+
+from protocol.messages import Revoke
+from protocol.state import Scope
+from protocol.swim import Delivered, SwimConfig
+from sims.pki import NOW_MS, Pki
+
+
+async def _agents(
+    n: int, seed: int, mode: str, nursery: trio.Nursery
+) -> tuple[list[Any], list[Any]]:
+    from meshagent.mesh.node import MeshNode
+    from meshagent.transport.memory import LinkConditions, MemoryNetwork
+
+    pki = Pki(seed=seed)
+    idents = [pki.identity(f"sim-{i:05d}") for i in range(n)]
+    transports: list[Any] = []
+    if mode == "virtual":
+        net = MemoryNetwork(
+            random.Random(seed),
+            default=LinkConditions(delay_s=0.0002, jitter_s=0.0008),
+            delivery_quantum_s=0.0002 if n > 200 else 0.0,
+        )
+        await nursery.start(net.run)
+        transports = [net.endpoint() for _ in range(n)]
+        clock = lambda: NOW_MS + int(trio.current_time() * 1000)  # noqa: E731
+    elif mode == "real-network":
+        from meshagent.transport.udp import UdpTransport
+
+        for i in range(n):
+            host = f"127.83.{1 + i // 250}.{1 + i % 250}"
+            try:
+                transports.append(await UdpTransport.bind((host, 7946)))
+            except OSError:
+                transports.append(await UdpTransport.bind((host, 0)))
+        base = time.time_ns() // 1_000_000
+        idents = [
+            Pki(seed=seed).identity(
+                f"sim-{i:05d}", not_before_ms=base - 3_600_000, not_after_ms=base + 3_600_000
+            )
+            for i in range(n)
+        ]
+        clock = None
+    else:
+        raise ValueError(f"unknown packet-level mode {mode!r}")
+    nodes = []
+    for i, (ident, tr) in enumerate(zip(idents, transports, strict=True)):
+        kw: dict[str, Any] = {"wall_clock_ms": clock} if clock else {}
+        nodes.append(
+            MeshNode(
+                ident,
+                pki.trust() if mode == "virtual" else Pki(seed=seed).trust(),
+                tr,
+                SwimConfig.lan(),
+                boot_epoch=1,
+                seeds=[transports[0].address] if i else [],
+                rng=random.Random(seed * 100_003 + i),
+                **kw,
+            )
+        )
+    for node in nodes:
+        await nursery.start(node.run)
+    return nodes, transports
+
+
+async def _converge(nodes: list[Any], timeout_s: float) -> float:
+    t0 = trio.current_time()
+    with trio.fail_after(timeout_s):
+        while not all(node.core.num_live == len(nodes) for node in nodes):  # noqa: ASYNC110 (observer)
+            await trio.sleep(0.2)
+    return trio.current_time() - t0
+
+
+async def _measure(mode: str, n: int, seed: int, trials: int) -> dict[str, Any]:
+    samples: list[float] = []
+    transports: list[Any] = []
+    try:
+        async with trio.open_nursery() as nursery:
+            nodes, transports = await _agents(n, seed, mode, nursery)
+            try:
+                converged = await _converge(nodes, 600 if mode == "virtual" else 120)
+                await trio.sleep(2)
+                channels = [node.subscribe() for node in nodes[1:]]
+                for trial in range(trials):
+                    marker = Revoke(revocation=b"sim-plan-%d" % trial)
+                    t0 = trio.current_time()
+                    nodes[0].urgent(marker, Scope.everyone())
+                    remaining = set(range(len(channels)))
+                    with trio.fail_after(10):
+                        while remaining:
+                            for k in list(remaining):
+                                try:
+                                    while True:
+                                        ev = channels[k].receive_nowait()
+                                        if isinstance(ev, Delivered) and ev.message == marker:
+                                            samples.append(trio.current_time() - t0)
+                                            remaining.discard(k)
+                                            break
+                                except trio.WouldBlock:
+                                    pass
+                            if remaining:
+                                await trio.sleep(0) if mode != "virtual" else await trio.sleep(
+                                    0.0001
+                                )
+                    await trio.sleep(0.3)
+            finally:
+                nursery.cancel_scope.cancel()
+    finally:
+        for tr in transports:
+            if mode != "virtual":
+                await tr.aclose()
+    ordered = sorted(samples)
+    return {
+        "mode": mode,
+        "agents": n,
+        "broadcasts": trials,
+        "samples": len(ordered),
+        "p50_s": ordered[len(ordered) // 2],
+        "p99_s": ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))],
+        "converged_in_s": round(converged, 3),
+        "samples_s": ordered,
+        "source": f"measured in this run: {n} agents, {mode}",
+    }
+
+
+def measure_delivery(mode: str, *, n: int = 20, seed: int = 1, trials: int = 10) -> dict[str, Any]:
+    n = max(2, n)
+    if mode == "virtual":
+        return trio.run(
+            _measure, mode, n, seed, trials, clock=trio.testing.MockClock(autojump_threshold=0)
+        )
+    return trio.run(_measure, mode, n, seed, trials)
+
+
+async def _rate(n: int, window_s: float, seed: int, converge_timeout_s: float) -> dict[str, Any]:
+    async with trio.open_nursery() as nursery:
+        nodes, _ = await _agents(n, seed, "virtual", nursery)
+        wall0 = time.perf_counter()
+        converged = await _converge(nodes, converge_timeout_s)
+        join_wall = time.perf_counter() - wall0
+        wall = time.perf_counter()
+        await trio.sleep(window_s)
+        wall = time.perf_counter() - wall
+        nursery.cancel_scope.cancel()
+    return {
+        "nodes": n,
+        "sim_s_per_wall_s": round(window_s / wall, 3),
+        "window_sim_s": window_s,
+        "join_converged_sim_s": round(converged, 2),
+        "join_wall_s": round(join_wall, 1),
+    }
+
+
+def agents_sim_rate(
+    n: int, window_s: float = 10.0, seed: int = 1, converge_timeout_s: float = 600.0
+) -> dict[str, Any]:
+    """Simulated seconds per wall second of N signed agents in steady state (virtual time)."""
+    return trio.run(
+        _rate,
+        n,
+        window_s,
+        seed,
+        converge_timeout_s,
+        clock=trio.testing.MockClock(autojump_threshold=0),
+    )
