@@ -153,9 +153,19 @@ async def _measure(mode: str, n: int, seed: int, trials: int) -> dict[str, Any]:
     }
 
 
+def _seed_trio_scheduler(seed: int) -> None:
+    """Trio shuffles tasks that wake at the same instant with its module RNG (private:
+    ``trio._core._run._r``); seeding it makes a virtual-time run repeat exactly within one
+    interpreter (across interpreters, also fix PYTHONHASHSEED: member sets iterate by hash)."""
+    import trio._core._run as trio_run
+
+    trio_run._r.seed(seed)
+
+
 def measure_delivery(mode: str, *, n: int = 20, seed: int = 1, trials: int = 10) -> dict[str, Any]:
     n = max(2, n)
     if mode == "virtual":
+        _seed_trio_scheduler(seed)
         return trio.run(
             _measure, mode, n, seed, trials, clock=trio.testing.MockClock(autojump_threshold=0)
         )
