@@ -92,7 +92,7 @@ def run_fleet(
     sc, site, area_p, arr, resp = (scenario[s] for s in ("scenario", "site", "area", "arrivals", "response"))
     n = int(sc["nodes"])
     dt = float(sc["dt_s"])
-    steps = max(1, int(round(sc["duration_s"] / dt)))
+    steps = max(1, round(sc["duration_s"] / dt))
     t0 = sc["start_hour"] * 3600.0
     # Two streams: the world (arrivals, vehicles, deaths) is identical under every baseline;
     # the controller's latencies have their own stream.
@@ -181,12 +181,10 @@ def run_fleet(
         while next_event < len(timed) and timed[next_event].at_s <= t:
             ev = timed[next_event]
             next_event += 1
-            if ev.kind == "generator_trip":
-                disturbance_mw += ev.args["mw"]
-            elif ev.kind == "load_step":
+            if ev.kind == "generator_trip" or ev.kind == "load_step":
                 disturbance_mw += ev.args["mw"]
             elif ev.kind == "kill_nodes":
-                victims = world.choice(np.flatnonzero(alive), int(round(ev.args["fraction"] * alive.sum())), replace=False)
+                victims = world.choice(np.flatnonzero(alive), round(ev.args["fraction"] * int(alive.sum())), replace=False)
                 alive[victims] = False
             elif ev.kind == "partition":
                 group[:] = np.arange(n) * ev.args["groups"] // n

@@ -74,7 +74,8 @@ def sweep(
     address: str | None = None, workers: int | None = None, duration_s: float | None = None,
 ) -> list[dict[str, Any]]:
     load_scenario(scenario)  # fail early, in this process, on a bad file
-    keys = list(sets or {})
+    sets = sets or {}
+    keys = list(sets)
     combos = list(itertools.product(*(sets[k] for k in keys))) if keys else [()]
     cases = [(scenario, s, nodes, dict(zip(keys, combo, strict=True)), duration_s) for s in seeds for combo in combos]
     if address:
@@ -82,7 +83,7 @@ def sweep(
             from distributed import Client
         except ImportError:
             raise ScenarioError("--address needs Dask: pip install 'meshagent[cluster]'") from None
-        with Client(address) as client:
+        with Client(address) as client:  # type: ignore[no-untyped-call]
             futures = client.map(lambda c: run_case(*c), cases, pure=False)
             return list(client.gather(futures))
     with ProcessPoolExecutor(max_workers=workers or os.cpu_count() or 1) as pool:

@@ -18,22 +18,22 @@ import time
 
 
 def main(chargers: int = 1000, steps: int = 1440) -> None:
+    import ev2gym
     import numpy as np
     import yaml
     from ev2gym.models.ev2gym_env import EV2Gym
 
-    import ev2gym
-
     base = os.path.join(os.path.dirname(ev2gym.__file__), "example_config_files", "V2GProfitMax.yaml")
-    config = yaml.safe_load(open(base))
+    with open(base) as f:
+        config = yaml.safe_load(f)
     config.update(timescale=1, simulation_length=steps, number_of_charging_stations=chargers,
                   number_of_transformers=10, random_day=False)
-    with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as f:
-        yaml.safe_dump(config, f)
+    with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as tmp:
+        yaml.safe_dump(config, tmp)
     cwd = os.getcwd()
     os.chdir(os.path.dirname(os.path.dirname(ev2gym.__file__)))  # its data paths are relative
     try:
-        env = EV2Gym(config_file=f.name, seed=1, save_replay=False, save_plots=False)
+        env = EV2Gym(config_file=tmp.name, seed=1, save_replay=False, save_plots=False)
         env.reset()
         action = np.ones(env.action_space.shape)
         t0 = time.perf_counter()

@@ -97,7 +97,7 @@ class Area:
         phi = _expm(a * self.dt_s)
         self._phi = phi
         # Gamma = A^-1 (Phi - I) B, exact for a held input
-        self._gamma = np.linalg.solve(a, (phi - np.eye(2)) @ b)
+        self._gamma = np.asarray(np.linalg.solve(a, (phi - np.eye(2)) @ b), dtype=np.float64)
 
     @property
     def frequency_hz(self) -> float:

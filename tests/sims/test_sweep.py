@@ -28,7 +28,7 @@ def test_local_processes_and_a_local_dask_cluster_agree() -> None:
 
 
 def test_bad_set_is_one_line() -> None:
-    with pytest.raises(ScenarioError, match="expected section.key=v1,v2"):
+    with pytest.raises(ScenarioError, match=r"expected section\.key=v1,v2"):
         parse_sets(("limit=3",))
     with pytest.raises(ScenarioError, match=r"--set site.nope: no such key"):
         sweep("node-deaths", [1], sets={"site.nope": [1.0]}, workers=1, **CASE)  # type: ignore[arg-type]
