@@ -25,6 +25,8 @@ Vehicles are drawn from the hardware layer's table (``hardware.simulated.vehicle
 
 from __future__ import annotations
 
+import functools
+
 import attrs
 import numpy as np
 from numpy.typing import NDArray
@@ -79,15 +81,25 @@ class VehicleDraw:
 MODELS = tuple(VEHICLE_SPECS)
 
 
+@functools.lru_cache(maxsize=16)
+def _table(mix: tuple[tuple[str, float], ...] | None) -> tuple[NDArray[np.float64], ...]:
+    """Pick probabilities and per-model figures as arrays, built once per mix."""
+    names = [m for m, _ in mix] if mix else list(MODELS)
+    weights = np.array([w for _, w in mix] if mix else [1.0] * len(names))
+    specs = [VEHICLE_SPECS[m] for m in names]
+    return (
+        weights / weights.sum(),
+        np.array([s.battery_kwh * 1000 for s in specs]),
+        np.array([s.charge_kw * 1000 for s in specs]),
+        np.array([s.discharge_kw * 1000 for s in specs]),
+    )
+
+
 def draw_vehicles(rng: np.random.Generator, n: int, mix: dict[str, float] | None = None) -> VehicleDraw:
     """``n`` arriving vehicles: model by ``mix`` (share per model name), SoC and dwell at random."""
-    names = list(mix) if mix else list(MODELS)
-    weights = np.array([mix[m] for m in names] if mix else [1.0] * len(names))
-    pick = rng.choice(len(names), size=n, p=weights / weights.sum())
-    specs = [VEHICLE_SPECS[m] for m in names]
-    battery = np.array([s.battery_kwh * 1000 for s in specs])[pick]
-    charge = np.array([s.charge_kw * 1000 for s in specs])[pick]
-    discharge = np.array([s.discharge_kw * 1000 for s in specs])[pick]
+    p, battery_t, charge_t, discharge_t = _table(tuple(sorted(mix.items())) if mix else None)
+    pick = rng.choice(len(p), size=n, p=p)
+    battery, charge, discharge = battery_t[pick], charge_t[pick], discharge_t[pick]
     return VehicleDraw(
         battery_wh=battery,
         charge_w=charge,
