@@ -33,10 +33,12 @@ def _call(api: str, path: str, method: str = "GET") -> Any:
     import trio
 
     from meshagent.api.http import get_json
+    from meshagent.cli.api import current_token
 
     host, port = _api_address(api)
+    token = current_token()
     try:
-        status, body = trio.run(functools.partial(get_json, host, port, path, method=method))
+        status, body = trio.run(functools.partial(get_json, host, port, path, method=method, token=token))
     except (OSError, trio.TooSlowError) as exc:
         raise MeshagentError(f"no agent API at {host}:{port} ({exc.__class__.__name__}); is `meshagent run` running?") from None
     if status >= 400:
@@ -45,7 +47,14 @@ def _call(api: str, path: str, method: str = "GET") -> Any:
     return body
 
 
-api_option = click.option("--api", default=DEFAULT_API, show_default=True, help="The running agent's API address.")
+_api_address_option = click.option("--api", default=DEFAULT_API, show_default=True, help="The running agent's API address.")
+
+
+def api_option(fn: Any) -> Any:
+    """``--api`` and ``--token-file`` (the API asks for a token: ``meshagent api token``)."""
+    from meshagent.cli.api import token_file_option
+
+    return token_file_option(_api_address_option(fn))
 
 
 def register(cli: click.Group) -> None:
