@@ -41,8 +41,9 @@ def make_bundle(tmp: Path, ca: keystore.CertificateAuthority, node_id: str, host
 
 def start(cfg: Path, log: Path) -> subprocess.Popen[bytes]:
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    return subprocess.Popen([str(SCRIPT), "run", "--config", str(cfg)], stdout=subprocess.DEVNULL,
-                            stderr=log.open("wb"), env=env)
+    with log.open("wb") as out:  # the child keeps its own descriptor
+        return subprocess.Popen([str(SCRIPT), "run", "--config", str(cfg)], stdout=subprocess.DEVNULL,
+                                stderr=out, env=env)
 
 
 def wait_for(predicate, timeout_s: float) -> bool:
