@@ -138,7 +138,7 @@ def _record_age(node: Any, node_id: str) -> float | None:
     rec = node.core.record(node_id)
     if rec is None:
         return None
-    return round(max(0, node.endpoint.wall_clock_ms() - rec.updated_at_ms) / 1000, 3)
+    return float(round(max(0, node.endpoint.wall_clock_ms() - rec.updated_at_ms) / 1000, 3))
 
 
 def _member_row(node: Any, node_id: str, status: str, incarnation: int, address: Any, site_id: str,
@@ -375,7 +375,7 @@ def build_app(view: AgentView, hub: EventHub | None = None) -> Starlette:
     registry = CollectorRegistry(auto_describe=False)
     requests_total = Counter("meshagent_api_requests", "API requests by route and status", ["route", "status"], registry=registry)
     denied_total = Counter("meshagent_api_denied", "API requests refused by reason", ["reason"], registry=registry)
-    registry.register(_StatsCollector(view))  # type: ignore[arg-type]
+    registry.register(_StatsCollector(view))
     counts: dict[str, Any] = {"requests": 0, "denied": {}, "errors": 0}
     page = resources.files("meshagent.api").joinpath("static/index.html").read_text()
     openapi = openapi_document()
