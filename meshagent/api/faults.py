@@ -29,7 +29,7 @@ FAULTS: dict[str, tuple[str, str]] = {
         "Latched: restore the meter link (wiring, Modbus address), then `meshagent clear-faults`.",
     ),
     "LATENCY_OVER_BUDGET": (
-        "A control cycle took longer than its budget (a report, not a state).",
+        "A control cycle took longer than its budget, control.cycle_budget (a report, not a state).",
         "Nothing to clear: check CPU load and the Modbus link if it repeats.",
     ),
 }

@@ -134,7 +134,7 @@ def register(cli: click.Group) -> None:
     def capacity(scope: str, peer: str | None, identity_dir: Path | None, api: str) -> None:
         """Aggregate discharge capacity of the live members in SCOPE, as one peer sees it.
 
-        Without --identity the peer's HTTP API answers (unauthenticated; local by default).
+        Without --identity the peer's HTTP API answers (with --token-file: a utility-reader or operator token).
         With --identity the question is a signed message to any member's mesh port; only
         certificates with the utility-reader or operator role get an answer, and the
         answer is signed by the node that gave it.

@@ -16,7 +16,7 @@ def test_systemd_unit_verifies(tmp_path):
     unit = DEPLOY / "systemd" / "meshagent.service"
     text = unit.read_text()
     for line in ("Restart=on-failure", "StateDirectory=meshagent", "NoNewPrivileges=yes", "ProtectSystem=strict",
-                 "PrivateTmp=yes", "DynamicUser=yes", "Nice=-20",
+                 "PrivateTmp=yes", "User=meshagent", "Nice=-20",
                  "ExecStart=/usr/bin/meshagent run --config /etc/meshagent/node.toml"):
         assert line in text.splitlines(), line
     if shutil.which("systemd-analyze") is None:
