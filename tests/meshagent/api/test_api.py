@@ -138,3 +138,103 @@ def test_token_files(tmp_path):
         read_token_file(path)
     with pytest.raises(MeshagentError, match="role must be"):
         token_path(tmp_path, "admin")
+
+
+def test_api_token_command_and_token_file(tmp_path, capsys):
+    from meshagent.cli.main import main
+
+    ca = keystore.ca_init(tmp_path / "ca")
+    keystore.enroll(ca, "tok-1", tmp_path / "tok-1", site_id="s", transformer_id="t")
+    cfg = tmp_path / "tok-1" / "node.toml"
+    assert main(["api", "token", "--config", str(cfg), "--role", "utility-reader"]) == 0
+    printed = capsys.readouterr().out.strip()
+    path = tmp_path / "tok-1" / "state" / "api" / "utility-reader.token"
+    assert path.stat().st_mode & 0o777 == 0o600 and read_token_file(path) == printed
+    assert main(["api", "token", "--config", str(cfg), "--role", "utility-reader"]) == 0
+    assert capsys.readouterr().out.strip() == printed  # the same token until --rotate
+    assert main(["api", "token", "--config", str(cfg), "--role", "admin"]) == 2
+    assert "--role" in capsys.readouterr().err
+    # a token file others may read is refused in one line, before any request
+    path.chmod(0o644)
+    assert main(["members", "--token-file", str(path), "--api", "127.0.0.1:1"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "readable by others" in err
+
+
+async def test_spikes_hook_and_generic_statistics():
+    """The allocation's hook and a statistics source the API has never heard of, on a stand-in node."""
+    import attrs
+
+    from meshagent.api.app import AgentView, build_app
+    from meshagent.api.auth import Tokens
+    from meshagent.api.server import serve_app
+    from sims.bench.api import _Node, _records
+
+    @attrs.frozen
+    class SpikeSummary:  # what the allocation might keep
+        spike_id: int
+        deficit_w: float
+        applied_w: dict[str, float]
+        residual_w: float
+
+    @attrs.frozen
+    class NewStats:
+        plans_sent: int
+        drops: dict[str, int]
+
+    spikes = [SpikeSummary(7, 12000.0, {"a": 7000.0, "b": 5000.0}, 0.0)]
+    view = AgentView(_Node("stand-in", _records(10)), Tokens({"operator": OPERATOR_TOKEN}),
+                     stats_sources={"allocation": lambda: NewStats(3, {"stale_plan": 2})})
+    async with trio.open_nursery() as nursery:
+        host, port = await nursery.start(serve_app, build_app(view), "127.0.0.1", 0)
+        assert await get_json(host, port, "/v1/spikes", token=OPERATOR_TOKEN) == (200, {"allocation": False, "spikes": []})
+        view.spikes = lambda: spikes
+        status, body = await get_json(host, port, "/v1/spikes", token=OPERATOR_TOKEN)
+        assert status == 200 and body == {"allocation": True, "spikes": [
+            {"spike_id": 7, "deficit_w": 12000.0, "applied_w": {"a": 7000.0, "b": 5000.0}, "residual_w": 0.0}]}
+        status, body = await get_json(host, port, "/v1/capacity", token=OPERATOR_TOKEN)
+        assert status == 200 and body["nodes"] == 10 and body["discharge_available_w"] == 70000.0
+        nursery.cancel_scope.cancel()
+    # /metrics renders the unknown source field by field, a dict of counts as one labelled metric
+    view.node = _WithStats(view.node.node_id, view.node.records)
+    async with trio.open_nursery() as nursery:
+        host, port = await nursery.start(serve_app, build_app(view), "127.0.0.1", 0)
+        status, metrics = await get_json(host, port, "/metrics")
+        assert status == 200
+        assert "meshagent_allocation_plans_sent 3.0" in metrics
+        assert 'meshagent_allocation_drops{key="stale_plan"} 2.0' in metrics
+        assert 'meshagent_dropped_total{reason="replay"} 4.0' in metrics
+        assert 'meshagent_members{status="alive"} 9.0' in metrics
+        nursery.cancel_scope.cancel()
+
+
+def _stand_in_stats():
+    import attrs
+
+    @attrs.frozen
+    class Membership:
+        alive: int = 9
+        suspect: int = 0
+        dead: int = 1
+        left: int = 0
+        health_score: int = 0
+
+    @attrs.frozen
+    class Stats:
+        membership: Membership = Membership()
+        dropped: dict[str, int] = {"replay": 4}
+
+    return Stats()
+
+
+def _with_stats_class():
+    from sims.bench.api import _Node
+
+    class WithStats(_Node):
+        def statistics(self):
+            return _stand_in_stats()
+
+    return WithStats
+
+
+_WithStats = _with_stats_class()
