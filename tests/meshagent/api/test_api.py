@@ -221,10 +221,10 @@ def _stand_in_stats():
 
     @attrs.frozen
     class Stats:
-        membership: Membership = Membership()
-        dropped: dict[str, int] = {"replay": 4}
+        membership: Membership
+        dropped: dict[str, int]
 
-    return Stats()
+    return Stats(Membership(), {"replay": 4})
 
 
 def _with_stats_class():
