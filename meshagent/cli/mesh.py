@@ -43,6 +43,8 @@ def _call(api: str, path: str, method: str = "GET") -> Any:
         raise MeshagentError(f"no agent API at {host}:{port} ({exc.__class__.__name__}); is `meshagent run` running?") from None
     if status >= 400:
         detail = body.get("error") if isinstance(body, dict) else body
+        if status == 401:
+            detail = f"{detail} (pass --token-file FILE; `meshagent api token --config NODE.toml` prints one)"
         raise MeshagentError(f"agent at {host}:{port} refused: {detail}")
     return body
 
