@@ -231,7 +231,8 @@ async def run_agent(config: NodeConfig, *, task_status: trio.TaskStatus[MeshNode
             await client.end_interrupted_transactions()
             await nursery.start(client.run)
             stats_sources["csms"] = client.statistics
-        api_view = AgentView(node, Tokens.load(state_dir), on_join, on_leave, keeper, stats_sources)
+        api_view = AgentView(node, Tokens.load(state_dir), on_join, on_leave, keeper, stats_sources,
+                             tls=config.section("api"))
         api_address = await nursery.start(serve_api, api_view, mesh.api[0], mesh.api[1])
         nursery.start_soon(_log_events(node))
         nursery.start_soon(_signals, node, nursery)

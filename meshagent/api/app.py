@@ -15,6 +15,11 @@ Each route declares who may call it, in one table (``ROUTES``):
   ``/metrics``: probes and a local scraper);
 - ``public``: the page itself and ``/openapi.json``, which carry no data.
 
+With ``[api] tls`` configured, a second listener speaks TLS and requires a client certificate
+from the operator's X.509 CA (``api.client_ca``); its requests are the ``operator`` role
+without a token (``client_cert_app``). Hypercorn does not hand the certificate to the app, so
+the listener, not the certificate's fields, decides the role: keep that CA for operators.
+
 A missing token is a 401, a wrong one a 401, a right one of the wrong role a 403, a probe from
 afar a 403; each is JSON ``{"error": ..., "reason": ...}`` and counted by reason
 (``meshagent_api_denied_total``). A bad request is a 400 naming the field
@@ -79,6 +84,22 @@ class AgentView:
     stats_sources: dict[str, Callable[[], Any]] = attrs.field(factory=dict)
     # The allocation hook (see the module doc): None until the agent has an allocation.
     spikes: Callable[[], Sequence[Any]] | None = None
+    tls: Any = None  # ApiSection with tls set, or None: the client-certificate listener
+
+
+CERT_ROLE_KEY = "meshagent.client_cert_role"
+
+
+def client_cert_app(app: Any, role: str = "operator") -> Any:
+    """The app behind the TLS listener that requires a client certificate from the operator's
+    CA: the handshake has verified it, so the request carries ``role`` without a token."""
+
+    async def wrapped(scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] in ("http", "websocket"):
+            scope = {**scope, CERT_ROLE_KEY: role}
+        await app(scope, receive, send)
+
+    return wrapped
 
 
 # --- the event hub ------------------------------------------------------------------------------
@@ -391,15 +412,17 @@ def build_app(view: AgentView, hub: EventHub | None = None) -> Starlette:
             return None
         if access == "loopback":
             return None if _is_loopback(request) else deny(403, "not_loopback", "this path answers on loopback only")
-        header = request.headers.get("authorization", "")
-        scheme, _, presented = header.partition(" ")
-        if not header:
-            return deny(401, "missing_token", "give a token: Authorization: Bearer TOKEN")
-        if scheme.lower() != "bearer" or not presented.strip():
-            return deny(401, "bad_scheme", "the Authorization header must be 'Bearer TOKEN'")
-        role = view.tokens.role_of(presented.strip())
+        role = request.scope.get(CERT_ROLE_KEY)
         if role is None:
-            return deny(401, "wrong_token", "token not accepted")
+            header = request.headers.get("authorization", "")
+            scheme, _, presented = header.partition(" ")
+            if not header:
+                return deny(401, "missing_token", "give a token: Authorization: Bearer TOKEN")
+            if scheme.lower() != "bearer" or not presented.strip():
+                return deny(401, "bad_scheme", "the Authorization header must be 'Bearer TOKEN'")
+            role = view.tokens.role_of(presented.strip())
+            if role is None:
+                return deny(401, "wrong_token", "token not accepted")
         allowed = READERS if access == "read" else WRITERS
         if role not in allowed:
             return deny(403, "forbidden_role", f"role {role} may not do this (needs {' or '.join(sorted(allowed))})")

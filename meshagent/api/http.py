@@ -8,6 +8,7 @@ hypercorn) so a command-line call costs no extra import.
 from __future__ import annotations
 
 import json
+import ssl
 from typing import Any
 
 import h11
@@ -15,10 +16,14 @@ import trio
 
 
 async def get_json(host: str, port: int, path: str, *, method: str = "GET", timeout_s: float = 5.0,
-                   token: str | None = None) -> tuple[int, Any]:
-    """One request; ``token`` is sent as ``Authorization: Bearer``."""
+                   token: str | None = None, ssl_context: ssl.SSLContext | None = None) -> tuple[int, Any]:
+    """One request; ``token`` is sent as ``Authorization: Bearer``; with ``ssl_context`` over
+    TLS (with the client certificate loaded in it, for the API's TLS listener)."""
     with trio.fail_after(timeout_s):
-        stream = await trio.open_tcp_stream(host, port)
+        tcp = await trio.open_tcp_stream(host, port)
+        stream: trio.abc.Stream = tcp
+        if ssl_context is not None:
+            stream = trio.SSLStream(tcp, ssl_context, server_hostname=host)
         async with stream:
             conn = h11.Connection(h11.CLIENT)
             headers = [("host", host), ("content-length", "0"), ("connection", "close")]
@@ -31,7 +36,7 @@ async def get_json(host: str, port: int, path: str, *, method: str = "GET", time
             while True:
                 event = conn.next_event()
                 if event is h11.NEED_DATA:
-                    conn.receive_data(await stream.receive_some(65536))
+                    conn.receive_data(bytes(await stream.receive_some(65536)))
                 elif isinstance(event, h11.Response):
                     status = event.status_code
                 elif isinstance(event, h11.Data):

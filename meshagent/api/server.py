@@ -7,6 +7,7 @@ No thread, no second process: the handlers run on the agent's own trio loop.
 
 from __future__ import annotations
 
+import functools
 import logging
 from typing import Any
 from urllib.parse import urlsplit
@@ -15,7 +16,8 @@ import trio
 from hypercorn.config import Config
 from hypercorn.trio import serve
 
-from meshagent.api.app import AgentView, EventHub, build_app
+from meshagent.api.app import AgentView, EventHub, build_app, client_cert_app
+from meshagent.errors import MeshagentError
 
 
 def hypercorn_config(host: str, port: int) -> Config:
@@ -31,12 +33,25 @@ def hypercorn_config(host: str, port: int) -> Config:
     return config
 
 
-async def serve_app(app: Any, host: str, port: int, *,
+def tls_config(host: str, port: int, tls: Any) -> Config:
+    """TLS that requires a client certificate from ``tls.client_ca``."""
+    import ssl
+
+    config = hypercorn_config(host, port)
+    config.certfile = str(tls.tls_certificate)
+    config.keyfile = str(tls.tls_key)
+    config.ca_certs = str(tls.client_ca)
+    config.verify_mode = ssl.CERT_REQUIRED
+    config.ciphers = "ECDHE+AESGCM:ECDHE+CHACHA20"
+    return config
+
+
+async def serve_app(app: Any, host: str, port: int, *, config: Config | None = None,
                     task_status: trio.TaskStatus[tuple[str, int]] = trio.TASK_STATUS_IGNORED) -> None:
     """Serve any ASGI ``app`` on ``host:port``; reports the bound address once listening."""
 
     async with trio.open_nursery() as nursery:
-        binds: list[str] = await nursery.start(_serve, app, hypercorn_config(host, port))
+        binds: list[str] = await nursery.start(_serve, app, config or hypercorn_config(host, port))
         parts = urlsplit(binds[0])
         assert parts.hostname is not None and parts.port is not None
         task_status.started((parts.hostname, parts.port))
@@ -54,4 +69,12 @@ async def serve_api(view: AgentView, host: str, port: int, *,
     async with trio.open_nursery() as nursery:
         await nursery.start(hub.run, view)
         address = await nursery.start(serve_app, app, host, port)
+        if view.tls is not None and view.tls.tls_address is not None:
+            tls_host, tls_port = view.tls.tls_address
+            try:
+                config = tls_config(tls_host, tls_port, view.tls)
+                config.create_ssl_context()  # unreadable or mismatched files: one clear error
+            except (OSError, ValueError) as exc:
+                raise MeshagentError(f"api.tls: cannot use the certificate, key or client CA: {exc}") from None
+            await nursery.start(functools.partial(serve_app, client_cert_app(app), tls_host, tls_port, config=config))
         task_status.started(address)

@@ -43,7 +43,7 @@ def authorize(id_token: str, token_type: str, api: str) -> None:
     import trio
 
     from meshagent.api.http import get_json
-    from meshagent.cli.api import current_token
+    from meshagent.cli.api import current_ssl_context, current_token
     from meshagent.mesh.config import DEFAULT_API_PORT, parse_host_port
 
     try:
@@ -52,8 +52,9 @@ def authorize(id_token: str, token_type: str, api: str) -> None:
         raise click.BadParameter(str(exc), param_hint="--api") from None
     path = f"/v1/authorize?id_token={quote(id_token, safe='')}&type={quote(token_type, safe='')}"
     try:
-        status, body = trio.run(functools.partial(get_json, host, port, path, token=current_token()))
-    except (OSError, trio.TooSlowError) as exc:
+        status, body = trio.run(functools.partial(get_json, host, port, path, token=current_token(),
+                                                  ssl_context=current_ssl_context()))
+    except (OSError, trio.TooSlowError, trio.BrokenResourceError) as exc:
         raise MeshagentError(f"no agent API at {host}:{port} ({exc.__class__.__name__}); "
                              "is `meshagent run` running?") from None
     if status != 200 or not isinstance(body, dict):

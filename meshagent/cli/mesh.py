@@ -33,13 +33,15 @@ def _call(api: str, path: str, method: str = "GET") -> Any:
     import trio
 
     from meshagent.api.http import get_json
-    from meshagent.cli.api import current_token
+    from meshagent.cli.api import current_ssl_context, current_token
 
     host, port = _api_address(api)
     token = current_token()
+    ssl_context = current_ssl_context()
     try:
-        status, body = trio.run(functools.partial(get_json, host, port, path, method=method, token=token))
-    except (OSError, trio.TooSlowError) as exc:
+        status, body = trio.run(functools.partial(get_json, host, port, path, method=method, token=token,
+                                                  ssl_context=ssl_context))
+    except (OSError, trio.TooSlowError, trio.BrokenResourceError) as exc:
         raise MeshagentError(f"no agent API at {host}:{port} ({exc.__class__.__name__}); is `meshagent run` running?") from None
     if status >= 400:
         detail = body.get("error") if isinstance(body, dict) else body
