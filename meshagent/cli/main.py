@@ -158,7 +158,7 @@ def demo() -> None:
 def bench(name: str, as_json: bool, quick: bool) -> None:
     """Run benchmark NAME and print a table (see BENCHMARKS.md).
 
-    Names: wire, gossip, urgent, modbus, control, ocpp, api.
+    Names: wire, gossip, urgent, modbus, control, ocpp, api, sim.
     """
     from sims.bench import run_benchmark
 

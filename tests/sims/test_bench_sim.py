@@ -1,0 +1,19 @@
+"""``meshagent bench sim --quick`` runs end to end and reports its keys."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from meshagent.cli.main import main
+
+
+@pytest.mark.slow
+def test_bench_sim_quick(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("MESHAGENT_EV2GYM_PYTHON", raising=False)
+    assert main(["bench", "sim", "--quick", "--json"]) == 0
+    data = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert data["rows"][0]["nodes"] == 20 and data["rows"][0]["sim_s_per_wall_s"] > 0
+    assert data["fleet_1000_1min_sim_s_per_wall_s"] > 1000
+    assert data["ev2gym"]["run"] is False and "not installed" in data["ev2gym"]["reason"]
