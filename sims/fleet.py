@@ -124,6 +124,7 @@ def run_fleet(
     finished_dis_wh: list[float] = []
     alive = np.ones(n, dtype=bool)
     group = np.zeros(n, dtype=np.int64)
+    group_ids = [0]
     applied = np.zeros(n)
     pending = np.zeros(n)
     apply_at = np.full(n, math.inf)
@@ -188,8 +189,10 @@ def run_fleet(
                 alive[victims] = False
             elif ev.kind == "partition":
                 group[:] = np.arange(n) * ev.args["groups"] // n
+                group_ids = list(range(ev.args["groups"]))
             elif ev.kind == "heal":
                 group[:] = 0
+                group_ids = [0]
             elif ev.kind == "csms_down":
                 csms_up = False
             elif ev.kind == "csms_up":
@@ -233,7 +236,7 @@ def run_fleet(
                 next_plan_at = t + resp["central_meter_interval_s"]
             else:
                 shares = np.zeros(n)
-                groups = [alive] if baseline == "central" else [alive & (group == g) for g in np.unique(group)]
+                groups = [alive] if baseline == "central" else ([alive] if len(group_ids) == 1 else [alive & (group == g) for g in group_ids])
                 headroom = tx_want_w + rating_kw * 1000  # down to full rated export
                 for members in groups:
                     if not members.any():
