@@ -48,6 +48,7 @@ from protocol.errors import BadPacket
 from protocol.identity import NodeIdentity, TrustStore
 from protocol.messages import CertificateRequest, Certificates, Revoke
 from protocol.state import Capacity, Scope, StateRecord
+from protocol.stats import percentile
 from protocol.swim import (
     HANDLED_MESSAGES,
     Delivered,
@@ -136,10 +137,7 @@ class LatenessRecorder:
         self.max_s = 0.0
 
     def quantile(self, q: float) -> float:
-        if not self.samples:
-            return 0.0
-        ordered = sorted(self.samples)
-        return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+        return percentile(self.samples, q, default=0.0)
 
 
 class MeshNode:
