@@ -106,6 +106,12 @@ class _TrackingAuthenticator:
         return self._inner.verify(author_id, payload, signature)
 
 
+# A timer tick that runs more than this fraction of the probe timeout behind its deadline is
+# a late wake-up (counted in ``NodeStatistics.late_wakeups``): late enough that the node's
+# own probes, and its answers to others' probes, start to eat into the timeout.
+LATE_WAKEUP_FRACTION = 0.10
+
+
 @attrs.frozen
 class NodeStatistics:
     membership: MembershipStatistics
@@ -115,7 +121,9 @@ class NodeStatistics:
     reliable_sent: int
     reliable_failed: int
     ignored_messages: int
-    late_wakeups: int
+    late_wakeups: int  # timer ticks more than LATE_WAKEUP_FRACTION of the probe timeout late
+    subscriber_events_dropped: int  # events a full subscriber channel did not take
+    certificates_refused: int  # certificates from peers that did not parse or verify
     tick_lateness_p99_s: float
     tick_lateness_max_s: float
 
@@ -189,6 +197,8 @@ class MeshNode:
         self._reliable_failed = 0
         self._ignored = 0
         self._late_wakeups = 0
+        self._late_wakeup_s = swim_config.probe_timeout_s * LATE_WAKEUP_FRACTION
+        self._events_dropped = 0
         self.lateness = LatenessRecorder()
         self._stopped = trio.Event()
         self._spread: set[bytes] = set()  # revocations we have broadcast
@@ -318,6 +328,8 @@ class MeshNode:
             reliable_failed=self._reliable_failed,
             ignored_messages=self._ignored,
             late_wakeups=self._late_wakeups,
+            subscriber_events_dropped=self._events_dropped,
+            certificates_refused=ep.certificates_refused,
             tick_lateness_p99_s=self.lateness.quantile(0.99),
             tick_lateness_max_s=self.lateness.max_s,
         )
@@ -344,6 +356,8 @@ class MeshNode:
             due = self.core.next_deadline()
             if now >= due:
                 self.lateness.add(now - due)
+                if now - due > self._late_wakeup_s:
+                    self._late_wakeups += 1
                 self.core.tick(now)
                 self._flush()
 
@@ -501,7 +515,7 @@ class MeshNode:
             try:
                 ch.send_nowait(event)
             except trio.WouldBlock:
-                pass  # a slow subscriber loses events rather than stalling the mesh
+                self._events_dropped += 1  # a slow subscriber loses events rather than stalling the mesh
             except trio.ClosedResourceError:
                 self._subscribers.remove(ch)
 

@@ -23,13 +23,13 @@ from typing import Any
 
 import trio
 
+from meshagent.mesh.node import LATE_WAKEUP_FRACTION
 from meshagent.transport.udp import port_free
 from protocol.identity import NodeIdentity, TrustStore
 from protocol.swim import SwimConfig
 from sims.testpki import Pki
 
 PORT = 7946
-LATENESS_LIMIT_FRACTION = 0.10
 
 
 def _address(i: int) -> tuple[str, int]:
@@ -81,7 +81,7 @@ async def _trial(n: int, window_s: float, converge_timeout_s: float) -> dict[str
     finally:
         for t in transports:
             await t.aclose()
-    limit_ms = 1000 * config.probe_timeout_s * LATENESS_LIMIT_FRACTION
+    limit_ms = 1000 * config.probe_timeout_s * LATE_WAKEUP_FRACTION
     result["on_time"] = bool(
         result.get("converge_s") is not None
         and result.get("suspicions", 1) == 0
