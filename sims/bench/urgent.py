@@ -75,6 +75,7 @@ async def _run(n: int, trials: int) -> dict[str, Any]:
     all_ms: list[float] = []  # call -> last member delivered, one per broadcast
     each_ms: list[float] = []  # call -> one member delivered, one per (broadcast, member)
     body = random.Random(0).randbytes(PLAN_BYTES)
+    direct = 0  # deliveries straight from the origin (not relayed by gossip)
     try:
         async with trio.open_nursery() as nursery:
             for node in nodes:
@@ -98,6 +99,7 @@ async def _run(n: int, trials: int) -> dict[str, Any]:
                                     if isinstance(ev, Delivered) and ev.message == probe:
                                         remaining.discard(k)
                                         each_ms.append((time.perf_counter() - t0) * 1000)
+                                        direct += ev.direct
                                         break
                             except trio.WouldBlock:
                                 pass
@@ -118,6 +120,7 @@ async def _run(n: int, trials: int) -> dict[str, Any]:
         "all_delivered_p99_ms": round(percentile(all_ms, 0.99), 2) if trials >= enough_for(0.99) else None,
         "all_delivered_max_ms": round(max(all_ms), 2),
         "one_delivered_p99_ms": round(percentile(each_ms, 0.99), 2),
+        "direct_fraction": round(direct / len(each_ms), 4),
     }
 
 
