@@ -29,7 +29,7 @@ async def test_a_setpoint_that_never_arrives_fails_after_the_bound(monkeypatch):
         reads += 1
         return 4999.0 - 2.0  # 2 W off: more than the tolerance
 
-    with pytest.raises(MeshagentError, match="setpoint still 4997.0 W after 0.05 s"):
+    with pytest.raises(MeshagentError, match=r"setpoint still 4997\.0 W after 0\.05 s"):
         await modbus._until("setpoint", stuck, 4999.0)
     assert reads >= 2
 
