@@ -27,7 +27,12 @@ def _imports(folder: str) -> set[str]:
 
 
 def _declared(*groups: list[str]) -> set[str]:
-    return {re.split(r"[<>=!~\[; ]", req, maxsplit=1)[0].lower() for group in groups for req in group}
+    return {_normal(re.split(r"[<>=!~\[; ]", req, maxsplit=1)[0]) for group in groups for req in group}
+
+
+def _normal(name: str) -> str:
+    """A distribution name as PyPI compares them (case and - / _ / . do not matter)."""
+    return re.sub(r"[-_.]+", "-", name).lower()
 
 
 def test_every_direct_import_is_declared():
@@ -35,7 +40,7 @@ def test_every_direct_import_is_declared():
     runtime = _declared(project["dependencies"])
     test = runtime | _declared(*project["optional-dependencies"].values())
     shipped = set().union(*(_imports(d) for d in ("meshagent", "protocol", "hardware", "sims")))
-    missing = {m for m in shipped if DISTRIBUTION.get(m, m).lower() not in runtime}
+    missing = {m for m in shipped if _normal(DISTRIBUTION.get(m, m)) not in runtime}
     assert not missing, f"imported by the package but not in dependencies: {sorted(missing)}"
-    missing_test = {m for m in _imports("tests") if DISTRIBUTION.get(m, m).lower() not in test}
+    missing_test = {m for m in _imports("tests") if _normal(DISTRIBUTION.get(m, m)) not in test}
     assert not missing_test, f"imported by tests but not declared: {sorted(missing_test)}"
