@@ -261,22 +261,41 @@ async def _closing(store: Any) -> AsyncIterator[None]:
         store.close()
 
 
+def sim_world_for(*urls: Any, nominal_frequency_hz: float) -> Any:
+    """The simulated world the ``sim://`` devices among ``urls`` share, or ``None``.
+
+    Built (and ``hardware.simulated`` imported) only when a device is simulated: an agent on
+    real Modbus devices carries no simulated grid. Its sites' grids run at the nominal
+    frequency the control loop expects.
+    """
+    from hardware.interfaces import parse_device_url
+
+    if not any(parse_device_url(str(u)).scheme == "sim" for u in urls):
+        return None
+    from hardware.simulated.site import SimWorld
+
+    world = SimWorld(clock=trio.current_time)
+    for u in urls:
+        parsed = parse_device_url(str(u))
+        if parsed.scheme == "sim":
+            world.site(parsed.site).set_grid(frequency_hz=nominal_frequency_hz)
+    return world
+
+
 async def _run_control(config: NodeConfig, node: MeshNode, state_dir: Path, publisher: RecordPublisher,
                        stats_sources: dict[str, Any], *,
                        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
     """The control loop on this charger's devices, and its offer published as the state record."""
     from hardware.connect import open_charger, open_site_meter
-    from hardware.simulated.site import SimWorld
     from meshagent.control.limits import Limits
     from meshagent.control.loop import ControlLoop, Devices
     from meshagent.control.offer import offer_from_loop
 
     devices_cfg = config.section("devices")
     control_cfg = config.section("control")
-    world = SimWorld(clock=trio.current_time)  # only used by sim:// URLs
+    world = sim_world_for(devices_cfg.meter, devices_cfg.charger,
+                          nominal_frequency_hz=control_cfg.nominal_frequency_hz)
     meter = open_site_meter(devices_cfg.meter, world=world)
-    for site in world.sites.values():  # a simulated grid runs at the nominal frequency we expect
-        site.set_grid(frequency_hz=control_cfg.nominal_frequency_hz)
     charger = open_charger(devices_cfg.charger, world=world)
     cert = node.identity.certificate
 

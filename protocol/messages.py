@@ -13,6 +13,7 @@ Type byte ranges, so that each layer owns a block and a collision is a startup e
     0x40-0x4F  allocation: PLAN, ACK      (protocol.allocation)
     0x50-0x5F  authorization lists        (protocol.authlist)
     0x60-0x6F  queries (utility capacity)
+    0x7F       the urgent benchmark's probe (sims.bench.urgent)
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 Theory of operation
 -------------------
 ``measure_delivery(mode, n, seed)`` starts N complete mesh agents (``MeshNode``: Ed25519 on
-every packet, certificates from the deterministic test PKI ``sims.pki``), lets them join
+every packet, certificates from the deterministic test PKI ``sims.testpki``), lets them join
 through one seed, then has node 0 send ``trials`` urgent broadcasts (the primitive the PLAN
 rides on) and records, per receiver, the time from the send to its ``Delivered`` event. The
 per-receiver samples become the mesh's delivery latency in the fleet run (``sims.runner``),
@@ -33,7 +33,7 @@ import trio.testing
 from protocol.messages import Revoke
 from protocol.state import Scope
 from protocol.swim import Delivered, SwimConfig
-from sims.pki import NOW_MS, Pki
+from sims.testpki import NOW_MS, Pki
 
 
 async def _agents(

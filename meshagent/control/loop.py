@@ -79,6 +79,7 @@ from meshagent.control.codes import Action, Code, FaultEvent
 from meshagent.control.detect import Phase, Spike
 from meshagent.control.limits import DeviceState
 from meshagent.control.logic import ContactorCommand, ControlLogic, Decision, Inputs, MeterSample
+from protocol.stats import percentile
 
 SETPOINT_REFRESH_S = 1.0  # re-send an unchanged setpoint this often (a restarted inverter forgets)
 SAMPLES_KEPT = 20_000  # cycle-time and jitter samples kept for the percentiles
@@ -149,10 +150,7 @@ class LoopStatistics:
 
 
 def _pct(samples: collections.deque[float], q: float) -> float:
-    if not samples:
-        return 0.0
-    ordered = sorted(samples)
-    return ordered[min(len(ordered) - 1, math.ceil(q * len(ordered)) - 1)]
+    return percentile(samples, q, default=0.0)
 
 
 @attrs.define

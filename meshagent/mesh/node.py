@@ -48,6 +48,7 @@ from protocol.errors import BadPacket
 from protocol.identity import NodeIdentity, TrustStore
 from protocol.messages import CertificateRequest, Certificates, Revoke
 from protocol.state import Capacity, Scope, StateRecord
+from protocol.stats import percentile
 from protocol.swim import (
     HANDLED_MESSAGES,
     Delivered,
@@ -105,6 +106,12 @@ class _TrackingAuthenticator:
         return self._inner.verify(author_id, payload, signature)
 
 
+# A timer tick that runs more than this fraction of the probe timeout behind its deadline is
+# a late wake-up (counted in ``NodeStatistics.late_wakeups``): late enough that the node's
+# own probes, and its answers to others' probes, start to eat into the timeout.
+LATE_WAKEUP_FRACTION = 0.10
+
+
 @attrs.frozen
 class NodeStatistics:
     membership: MembershipStatistics
@@ -114,7 +121,9 @@ class NodeStatistics:
     reliable_sent: int
     reliable_failed: int
     ignored_messages: int
-    late_wakeups: int
+    late_wakeups: int  # timer ticks more than LATE_WAKEUP_FRACTION of the probe timeout late
+    subscriber_events_dropped: int  # events a full subscriber channel did not take
+    certificates_refused: int  # certificates from peers that did not parse or verify
     tick_lateness_p99_s: float
     tick_lateness_max_s: float
 
@@ -136,10 +145,7 @@ class LatenessRecorder:
         self.max_s = 0.0
 
     def quantile(self, q: float) -> float:
-        if not self.samples:
-            return 0.0
-        ordered = sorted(self.samples)
-        return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+        return percentile(self.samples, q, default=0.0)
 
 
 class MeshNode:
@@ -183,6 +189,8 @@ class MeshNode:
         self._pending: deque[tuple[frozenset[str], str, Address, Gossip]] = deque(maxlen=PENDING_REPLAYS)
         self.membership: Membership | None = None
         self._wake = trio.Event()
+        # the deadline the timer task sleeps until (-inf while it runs: it will look anyway)
+        self._sleeping_until = -math.inf
         self._nursery: trio.Nursery | None = None
         self._subscribers: list[trio.MemorySendChannel[Any]] = []
         self.recent_events: deque[tuple[float, Any]] = deque(maxlen=RECENT_EVENTS)
@@ -191,6 +199,8 @@ class MeshNode:
         self._reliable_failed = 0
         self._ignored = 0
         self._late_wakeups = 0
+        self._late_wakeup_s = swim_config.probe_timeout_s * LATE_WAKEUP_FRACTION
+        self._events_dropped = 0
         self.lateness = LatenessRecorder()
         self._stopped = trio.Event()
         self._spread: set[bytes] = set()  # revocations we have broadcast
@@ -320,6 +330,8 @@ class MeshNode:
             reliable_failed=self._reliable_failed,
             ignored_messages=self._ignored,
             late_wakeups=self._late_wakeups,
+            subscriber_events_dropped=self._events_dropped,
+            certificates_refused=ep.certificates_refused,
             tick_lateness_p99_s=self.lateness.quantile(0.99),
             tick_lateness_max_s=self.lateness.max_s,
         )
@@ -339,13 +351,17 @@ class MeshNode:
         while True:
             deadline = self.core.next_deadline()
             if deadline > trio.current_time():
+                self._sleeping_until = deadline
                 with trio.move_on_at(deadline if math.isfinite(deadline) else math.inf):
                     await self._wake.wait()
+                self._sleeping_until = -math.inf
                 self._wake = trio.Event()
             now = trio.current_time()
             due = self.core.next_deadline()
             if now >= due:
                 self.lateness.add(now - due)
+                if now - due > self._late_wakeup_s:
+                    self._late_wakeups += 1
                 self.core.tick(now)
                 self._flush()
 
@@ -439,7 +455,10 @@ class MeshNode:
             self._on_event(event)
         if core.has_left and core.leave_flushed:
             self._leave_flushed.set()
-        self._wake.set()
+        # Wake the timer task only if what happened brought its deadline forward: most packets
+        # do not, and a wake-up per packet was over half the timer task's work at 60 agents.
+        if core.next_deadline() < self._sleeping_until:
+            self._wake.set()
 
     async def _send_all(self, sends: list[Send]) -> None:
         sealed: dict[tuple[int, bool], bytes] = {}
@@ -503,7 +522,7 @@ class MeshNode:
             try:
                 ch.send_nowait(event)
             except trio.WouldBlock:
-                pass  # a slow subscriber loses events rather than stalling the mesh
+                self._events_dropped += 1  # a slow subscriber loses events rather than stalling the mesh
             except trio.ClosedResourceError:
                 self._subscribers.remove(ch)
 

@@ -91,6 +91,16 @@ class Counters:
     streams_accepted: int = 0
     stream_errors: int = 0
 
+    def sent(self, size: int) -> None:
+        """One datagram of ``size`` bytes handed to the network."""
+        self.datagrams_sent += 1
+        self.bytes_sent += size
+
+    def received(self, size: int) -> None:
+        """One datagram of ``size`` bytes delivered to ``receive_datagram``."""
+        self.datagrams_received += 1
+        self.bytes_received += size
+
     def snapshot(self) -> TransportStatistics:
         return TransportStatistics(**attrs.asdict(self))
 

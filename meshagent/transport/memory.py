@@ -391,8 +391,7 @@ class MemoryTransport(Transport):
         await trio.lowlevel.checkpoint()
         self._check_open()
         self.network._send(self._address, destination, bytes(packet))
-        self._counters.datagrams_sent += 1
-        self._counters.bytes_sent += len(packet)
+        self._counters.sent(len(packet))
 
     def _arrive(self, packet: bytes, source: Address) -> None:
         if len(packet) > self.max_datagram_bytes:
@@ -403,8 +402,7 @@ class MemoryTransport(Transport):
         except trio.WouldBlock:
             self._counters.dropped_overflow += 1
             return
-        self._counters.datagrams_received += 1
-        self._counters.bytes_received += len(packet)
+        self._counters.received(len(packet))
 
     async def receive_datagram(self) -> Datagram:
         self._check_open()

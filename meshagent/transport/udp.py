@@ -177,8 +177,7 @@ class UdpTransport(Transport):
             self._check_open()
             self._counters.send_errors += 1
             return
-        self._counters.datagrams_sent += 1
-        self._counters.bytes_sent += len(packet)
+        self._counters.sent(len(packet))
 
     async def receive_datagram(self) -> Datagram:
         self._check_open()
@@ -195,8 +194,7 @@ class UdpTransport(Transport):
             if len(packet) > limit:
                 self._counters.dropped_oversize += 1
                 continue
-            self._counters.datagrams_received += 1
-            self._counters.bytes_received += len(packet)
+            self._counters.received(len(packet))
             return Datagram(packet, (source[0], source[1]))
 
     async def open_stream(self, destination: Address) -> trio.abc.Stream:

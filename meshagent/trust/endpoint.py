@@ -58,6 +58,7 @@ class EndpointStatistics:
     certificate_requests_sent: int
     certificates_attached: int
     revocations_applied: int
+    certificates_refused: int  # passed on by peers, but did not parse or verify
     held_released: int  # packets from then-unknown signers opened once their certificate came
 
 
@@ -107,6 +108,7 @@ class SecureEndpoint:
         self._certs_attached = 0
         self._requests_sent = 0
         self._revocations = 0
+        self._certs_refused = 0
 
     @property
     def node_id(self) -> str:
@@ -125,6 +127,7 @@ class SecureEndpoint:
             certificate_requests_sent=self._requests_sent,
             certificates_attached=self._certs_attached,
             revocations_applied=self._revocations,
+            certificates_refused=self._certs_refused,
             held_released=self._held_released,
         )
 
@@ -288,7 +291,7 @@ class SecureEndpoint:
                 self.trust.add_certificate_untrusted(raw, self.wall_clock_ms())
                 learned += 1
             except BadPacket:
-                pass
+                self._certs_refused += 1
         if learned and self._held:
             self._release_held()
         return learned

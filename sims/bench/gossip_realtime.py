@@ -9,7 +9,10 @@ a measurement window starts. A size *keeps its probe rounds on time* when, over 
   stays under 10% of the probe timeout (50 ms for ``lan``), and
 * nobody was suspected (a late process makes others look dead: the failure to avoid).
 
-Sizes grow until one fails; the largest that passed is ``realtime_max_nodes``.
+Sizes grow by a fixed step until one fails or a stated cap is reached. The figure is
+``realtime_largest_on_time_nodes``: the largest size that held (0 when the first failed);
+``realtime_first_late_nodes`` is the size that failed (``None`` when the cap stopped the
+search first, so the true limit is at or above the cap: ``realtime_cap_nodes``).
 """
 
 from __future__ import annotations
@@ -20,19 +23,13 @@ from typing import Any
 
 import trio
 
+from meshagent.mesh.node import LATE_WAKEUP_FRACTION
 from meshagent.transport.udp import port_free
-from protocol.identity import (
-    Certificate,
-    NodeIdentity,
-    SigningKey,
-    TrustStore,
-    issuer_id_of,
-    sign_certificate,
-)
+from protocol.identity import NodeIdentity, TrustStore
 from protocol.swim import SwimConfig
+from sims.testpki import Pki
 
 PORT = 7946
-LATENESS_LIMIT_FRACTION = 0.10
 
 
 def _address(i: int) -> tuple[str, int]:
@@ -40,18 +37,8 @@ def _address(i: int) -> tuple[str, int]:
 
 
 def _identities(n: int, now_ms: int) -> tuple[list[NodeIdentity], bytes]:
-    rng = random.Random(7946)
-    ca = SigningKey.generate(rng.randbytes(32))
-    out = []
-    for i in range(n):
-        key = SigningKey.generate(rng.randbytes(32))
-        cert = Certificate(
-            serial=i + 1, issuer_id=issuer_id_of(ca.public_key), node_id=f"rt-{i:04d}",
-            public_key=key.public_key, site_id="site-1", transformer_id=f"tx-{i % 4}", roles=(),
-            not_before_ms=now_ms - 3_600_000, not_after_ms=now_ms + 3_600_000,
-        )
-        out.append(NodeIdentity.from_parts(key, sign_certificate(cert, ca), ca.public_key))
-    return out, ca.public_key
+    pki = Pki(seed=7946, now_ms=now_ms)
+    return pki.identities(n, "rt", transformers=4), pki.ca_public_key
 
 
 async def _trial(n: int, window_s: float, converge_timeout_s: float) -> dict[str, Any]:
@@ -94,7 +81,7 @@ async def _trial(n: int, window_s: float, converge_timeout_s: float) -> dict[str
     finally:
         for t in transports:
             await t.aclose()
-    limit_ms = 1000 * config.probe_timeout_s * LATENESS_LIMIT_FRACTION
+    limit_ms = 1000 * config.probe_timeout_s * LATE_WAKEUP_FRACTION
     result["on_time"] = bool(
         result.get("converge_s") is not None
         and result.get("suspicions", 1) == 0
@@ -103,16 +90,30 @@ async def _trial(n: int, window_s: float, converge_timeout_s: float) -> dict[str
     return result
 
 
-def run_realtime(sizes: list[int], window_s: float, converge_timeout_s: float = 60.0) -> dict[str, Any]:
-    """Trials at growing sizes; stops at the first that is not on time."""
-    if not all(port_free(_address(i)[0], PORT) for i in range(max(sizes))):
-        return {"realtime_max_nodes": None, "realtime_trials": [], "realtime_skipped": "port 7946 busy on 127.81.x.y"}
+def sizes_to_try(start: int, step: int, cap: int) -> list[int]:
+    """``start, start + step, ...`` up to and including ``cap``."""
+    if start <= 0 or step <= 0 or cap < start:
+        raise ValueError(f"bad size search: start {start}, step {step}, cap {cap}")
+    return list(range(start, cap + 1, step))
+
+
+def run_realtime(start: int, step: int, cap: int, window_s: float,
+                 converge_timeout_s: float = 60.0) -> dict[str, Any]:
+    """Trials at ``start, start + step, ...``; stops at the first size that is not on time or at ``cap``."""
+    sizes = sizes_to_try(start, step, cap)
+    base = {"realtime_cap_nodes": cap, "realtime_step_nodes": step}
+    if not all(port_free(_address(i)[0], PORT) for i in range(cap)):
+        return {**base, "realtime_largest_on_time_nodes": None, "realtime_first_late_nodes": None,
+                "realtime_trials": [], "realtime_skipped": "port 7946 busy on 127.81.x.y"}
     trials = []
-    best = 0
+    largest = 0
+    first_late = None
     for n in sizes:
         res = trio.run(_trial, n, window_s, converge_timeout_s)
         trials.append(res)
         if not res["on_time"]:
+            first_late = n
             break
-        best = n
-    return {"realtime_max_nodes": best, "realtime_trials": trials}
+        largest = n
+    return {**base, "realtime_largest_on_time_nodes": largest, "realtime_first_late_nodes": first_late,
+            "realtime_trials": trials}

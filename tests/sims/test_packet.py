@@ -6,7 +6,7 @@ import pytest
 
 import sims
 from sims.packet import measure_delivery
-from sims.pki import Pki
+from sims.testpki import Pki
 
 
 def test_virtual_delivery_is_measured_and_deterministic() -> None:

@@ -208,3 +208,46 @@ async def test_a_join_storm_converges_in_seconds_on_the_lan_preset(pki, autojump
             await wait_until(lambda: all(n.core.num_live == 30 for n in nodes), timeout_s=60)
             assert trio.current_time() - t0 < 5.0
             nursery.cancel_scope.cancel()
+
+
+async def test_a_stalled_process_counts_late_wakeups(pki, autojump_clock):
+    async with open_memory_network(random.Random(12)) as net, mesh(pki, 2, net=net) as nodes:
+        await wait_until(lambda: all(len(statuses(n)) == 1 for n in nodes), timeout_s=30)
+        await trio.sleep(1.0)
+        assert nodes[0].statistics().late_wakeups == 0  # the autojump clock wakes ticks on time
+        # the process stalls for 10 probe timeouts: the next tick runs that far behind
+        autojump_clock.jump(10 * LOCAL.probe_timeout_s)
+        await trio.sleep(0.05)
+        stats = nodes[0].statistics()
+        assert stats.late_wakeups >= 1
+        assert stats.tick_lateness_max_s >= 5 * LOCAL.probe_timeout_s
+
+
+async def test_events_a_full_subscriber_did_not_take_are_counted(pki, autojump_clock):
+    async with open_memory_network(random.Random(13)) as net, mesh(pki, 4, net=net) as nodes:
+        slow = nodes[0].subscribe(buffer=1)
+        every = nodes[0].subscribe(buffer=4096)
+        await wait_until(lambda: all(len(statuses(n)) == 3 for n in nodes), timeout_s=30)
+        seen = []
+        while True:
+            try:
+                seen.append(every.receive_nowait())
+            except trio.WouldBlock:
+                break
+        assert len(seen) >= 2  # joins (the first may have come before we subscribed)
+        assert nodes[0].statistics().subscriber_events_dropped == len(seen) - 1  # the slow one took one
+        assert slow.receive_nowait() == seen[0]
+
+
+async def test_certificates_that_do_not_parse_or_verify_are_counted(pki, autojump_clock):
+    from protocol.messages import Certificates
+
+    other_ca = type(pki)(seed=99)
+    stranger = other_ca.identity("stranger")
+    async with open_memory_network(random.Random(14)) as net, mesh(pki, 2, net=net) as nodes:
+        await wait_until(lambda: all(len(statuses(n)) == 1 for n in nodes), timeout_s=30)
+        assert nodes[1].statistics().certificates_refused == 0
+        junk = Certificates(certificates=(b"not a certificate", stranger.certificate_bytes))
+        await nodes[0].send(nodes[1].address, junk)
+        await wait_until(lambda: nodes[1].statistics().certificates_refused == 2, timeout_s=5)
+        assert nodes[1].endpoint.trust.certificate("stranger") is None
