@@ -242,11 +242,18 @@ class MeshNode:
         self.core.join(self.seeds, trio.current_time())
         self._flush()
 
-    async def leave(self, timeout_s: float = 5.0) -> None:
-        """Leave gracefully: spread ``Left`` for a few gossip rounds, then stop ``run``."""
+    async def leave(self, timeout_s: float | None = None) -> None:
+        """Leave gracefully: spread ``Left`` for a few gossip rounds, then stop ``run``.
+
+        Bounded by the core's ``leave_timeout_s`` (about 1 s on the LAN preset); the
+        ``timeout_s`` guard (default: that plus one probe interval) only covers a core that
+        is not driven.
+        """
         core = self.core
         core.leave(trio.current_time())
         self._flush()
+        if timeout_s is None:
+            timeout_s = self.config.leave_timeout_s + self.config.probe_interval_s
         with trio.move_on_after(timeout_s):
             await self._leave_flushed.wait()
         self._stopped.set()
@@ -482,6 +489,10 @@ class MeshNode:
                 except (OSError, trio.BrokenResourceError, trio.ClosedResourceError):
                     pass
             self._reliable_failed += 1  # refused, broken or timed out
+            core = self.membership
+            if core is not None:
+                core.reliable_failed(send.address, send.message, trio.current_time())
+                self._wake.set()
 
     def _certificate_chunks(self) -> list[tuple[bytes, ...]]:
         ids = [m.node_id for m in self.core.members()]

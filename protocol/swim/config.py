@@ -55,6 +55,12 @@ class SwimConfig:
     push_pull_max_inbound: int = attrs.field(default=64, validator=_positive)
     reliable_timeout_s: float = attrs.field(default=10.0, validator=_positive)  # TCP exchange
     rejoin_interval_s: float = attrs.field(default=10.0, validator=_positive)  # when isolated
+    # Until a join has been answered, retry the seeds at most this far apart (backoff from
+    # one probe interval): a node started before its seed joins this soon after it answers.
+    join_retry_max_s: float = attrs.field(default=2.0, validator=_positive)
+    # A graceful leave spreads ``Left`` for at most this long (less when the rumor is spent
+    # or no live member is left to tell), then the node may stop.
+    leave_timeout_s: float = attrs.field(default=1.0, validator=_positive)
     # forgetting
     record_reap_s: float = attrs.field(default=60.0, validator=_non_negative)
     dead_member_reap_s: float = attrs.field(default=6 * 3600.0, validator=_non_negative)
@@ -81,6 +87,8 @@ class SwimConfig:
             push_pull_interval_s=6.0,
             reliable_timeout_s=2.0,
             rejoin_interval_s=2.0,
+            join_retry_max_s=0.4,
+            leave_timeout_s=0.5,
             record_reap_s=5.0,
             dead_member_reap_s=60.0,
             left_member_reap_s=10.0,

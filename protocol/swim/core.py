@@ -280,6 +280,7 @@ class Membership:
         self._urgent_serial = 0
         self._left = False
         self._left_item: Left | None = None
+        self._leave_deadline = math.inf  # after ``leave``: stop spreading ``Left`` by then
         self._stats = _Counters()
         # Stagger the periodic work so a mesh started at once does not beat in step.
         self._next_probe_at = now + rng.uniform(0, config.probe_interval_s)
@@ -364,6 +365,9 @@ class Membership:
         if now >= self._next_gossip_at:
             self._next_gossip_at = now + cfg.gossip_interval_s
             self._gossip(now)
+        if now >= self._leave_deadline:
+            self._leave_deadline = math.inf
+            self._queue.remove(("m", self.node_id))  # spread long enough: ``leave_flushed``
 
     def next_deadline(self) -> float:
         """When ``tick`` must next run (``math.inf`` when nothing is scheduled)."""
@@ -373,6 +377,8 @@ class Membership:
         d = timers[0][0] if timers else math.inf
         if self._next_gossip_at < d:
             d = self._next_gossip_at
+        if self._leave_deadline < d:
+            d = self._leave_deadline
         if not self._left:
             d = min(d, self._next_probe_at, self._next_push_pull_at, self._next_rejoin_at)
         probe = self._probe
@@ -418,6 +424,7 @@ class Membership:
         item = self._sign(Left(self.node_id, self.incarnation))
         self._left = True
         self._left_item = item
+        self._leave_deadline = now + self.config.leave_timeout_s
         self._probe = None
         self._enqueue(("m", self.node_id), item)
         message = Gossip(Rumors(left=(item,)))
@@ -430,8 +437,23 @@ class Membership:
 
     @property
     def leave_flushed(self) -> bool:
-        """After ``leave``: the ``Left`` rumor has used up its retransmissions."""
-        return self._left and self._queue.get(("m", self.node_id)) is None
+        """After ``leave``: ``Left`` is spread, the node may stop.
+
+        True once the rumor has used up its retransmissions, or no live member is left to
+        tell (the last members leaving together), or ``leave_timeout_s`` has passed.
+        """
+        return self._left and (
+            self._queue.get(("m", self.node_id)) is None or self._members.live_count == 0
+        )
+
+    def reliable_failed(self, address: Address, message: Any, now: float) -> None:
+        """The shell could not deliver a reliable send (refused, broken or timed out).
+
+        A push-pull to ``address`` is then no longer in flight, so the next join retry
+        goes out on time instead of waiting out ``reliable_timeout_s``.
+        """
+        if isinstance(message, PushPull):
+            self._push_inflight.pop(address, None)
 
     def publish_record(
         self,
@@ -873,7 +895,8 @@ class Membership:
 
     def _rejoin_tick(self, now: float) -> None:
         if not self._synced:
-            self._rejoin_delay = min(2 * self._rejoin_delay, self.config.rejoin_interval_s)
+            cap = min(self.config.join_retry_max_s, self.config.rejoin_interval_s)
+            self._rejoin_delay = min(2 * self._rejoin_delay, cap)
         else:
             self._rejoin_delay = self.config.rejoin_interval_s
         self._next_rejoin_at = self._rejoin_at(now)

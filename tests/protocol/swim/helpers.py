@@ -61,9 +61,11 @@ class Net:
         site_id: str = "site-1",
         transformer_id: str = "tx-1",
         seeds: list[str] = (),  # type: ignore[assignment]
+        address: tuple[str, int] | None = None,
         **kw: Any,
     ) -> Membership:
-        address = (f"127.0.0.{len(self.cores) + 1}", 7946)
+        if address is None:
+            address = (f"127.0.0.{len(self.cores) + 1}", 7946)
         core = Membership(
             self.config,
             LocalNode(node_id, address, site_id, transformer_id),
@@ -118,6 +120,11 @@ class Net:
                 self.bytes_sent += len(codec.encode(send.message)) + 94
             if self.record_sends:
                 self.sent.append((self.now, node_id, dst or "?", send.message, send.reliable))
+            if send.reliable and (dst is None or dst in self.crashed):
+                # nothing listens there: the connection is refused after one round trip
+                delay = 2 * self.rng.uniform(*self.delay_s)
+                self._push(self.now + delay, "refused", (node_id, send.address, send.message))
+                continue
             if dst is None or frozenset((node_id, dst)) in self.cut:
                 continue
             if not send.reliable and self.rng.random() < self.loss:
@@ -158,6 +165,9 @@ class Net:
                 return True
             del self._wake[node_id]
             core.tick(self.now)
+        elif kind == "refused":
+            _, address, message = payload
+            core.reliable_failed(address, message, self.now)
         else:
             _, src, src_address, message, reliable = payload
             core.receive(src, src_address, message, self.now, reliable=reliable)

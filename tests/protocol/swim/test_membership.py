@@ -379,3 +379,37 @@ def test_one_extra_sync_soon_after_joining():
             elif isinstance(send.message, PushPull):
                 synced_at = t
     assert synced_at is not None and synced_at <= 0.1 + 3 * cfg.probe_interval_s + 1e-9
+
+
+def test_a_node_started_before_its_seed_joins_within_2_s_of_the_seed_answering():
+    """Issue 12: a refused join used to stay in flight for ``reliable_timeout_s`` (10 s on
+    the LAN preset), so the 1/2/4 s retries were skipped and the joiner waited 10-20 s."""
+    net = Net(seed=12, config=SwimConfig.lan())
+    seed_address = ("127.0.9.1", 7946)
+    joiner = net.add("early")
+    joiner.join([seed_address], net.now)
+    net._after("early")
+    net.run_for(7.0)  # the seed is not up yet: every join attempt is refused
+    assert joiner.num_live == 1
+    net.add("seed", address=seed_address)
+    took = net.run_until(lambda: joiner.num_live == 2, limit_s=30)
+    assert took <= 2.1
+    assert net.status("seed", "early") is ALIVE
+
+
+@pytest.mark.parametrize("n, leaving", [(3, 3), (2, 2), (8, 3)])
+def test_graceful_leave_takes_at_most_the_leave_timeout(n, leaving):
+    """Issue 12: members whose peers all leave with them used to wait out their whole leave
+    timeout (the ``Left`` rumor never drained: nobody live was left to gossip to)."""
+    net = Net(seed=20 + n, config=SwimConfig.lan())
+    cores = net.mesh(n)
+    leavers = cores[-leaving:]
+    start = net.now
+    for core in leavers:
+        core.leave(net.now)
+        net._after(core.node_id)
+    took = net.run_until(lambda: all(c.leave_flushed for c in leavers), limit_s=30)
+    assert took <= net.config.leave_timeout_s + 0.05
+    assert net.now - start == took
+    stayers = cores[: n - leaving]
+    net.run_until(lambda: all(everyone_sees(net, c.node_id, LEFT) for c in leavers) or not stayers, limit_s=5)
