@@ -259,7 +259,7 @@ def build_api(
 
 
 def _record_age(node: MeshNode, node_id: str) -> float | None:
-    rec = node.core.record(node_id)
+    rec = node.record(node_id)
     if rec is None:
         return None
     return round(max(0, node.endpoint.wall_clock_ms() - rec.updated_at_ms) / 1000, 3)

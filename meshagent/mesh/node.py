@@ -46,10 +46,11 @@ from meshagent.trust.endpoint import (
 )
 from protocol.errors import BadPacket
 from protocol.identity import NodeIdentity, TrustStore
-from protocol.messages import CertificateRequest, Certificates, Revoke
+from protocol.messages import TYPE_OF, CertificateRequest, Certificates, Revoke
 from protocol.state import Capacity, Scope, StateRecord
 from protocol.swim import (
     HANDLED_MESSAGES,
+    Delegate,
     Delivered,
     Ed25519Items,
     Gossip,
@@ -65,8 +66,10 @@ from protocol.swim import (
     PushPull,
     Rumors,
     Send,
+    StateRecords,
     SwimConfig,
     Urgent,
+    UrgentBroadcasts,
 )
 from protocol.wire import Sealer, WireLimits
 
@@ -182,6 +185,11 @@ class MeshNode:
         # rumors refused for unknown authors: (authors, relay, source, Gossip to replay)
         self._pending: deque[tuple[frozenset[str], str, Address, Gossip]] = deque(maxlen=PENDING_REPLAYS)
         self.membership: Membership | None = None
+        # the clients of the membership core's delegate seam: the chargers' state records,
+        # the urgent broadcast, and whatever the layers above add (``add_delegate``)
+        self.records = StateRecords(swim_config.record_reap_s)
+        self.urgent_broadcasts = UrgentBroadcasts(swim_config.urgent_seen_s)
+        self._delegates: list[Delegate] = [self.records, self.urgent_broadcasts]
         self._wake = trio.Event()
         self._nursery: trio.Nursery | None = None
         self._subscribers: list[trio.MemorySendChannel[Any]] = []
@@ -217,7 +225,8 @@ class MeshNode:
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Run until cancelled or until ``leave`` has finished."""
         self.membership = Membership(
-            self.config, self.local, self.rng, trio.current_time(), authenticator=self._authenticator
+            self.config, self.local, self.rng, trio.current_time(),
+            authenticator=self._authenticator, delegates=self._delegates,
         )
         try:
             async with trio.open_nursery() as nursery:
@@ -272,16 +281,41 @@ class MeshNode:
 
     # --- what the layers above use --------------------------------------------------------------
 
+    def add_delegate(self, delegate: Delegate) -> None:
+        """Let a client ride on the membership (see ``protocol.swim.delegate``).
+
+        Its ``message_types`` are then routed to it, its ``rumor_types`` merged by it, its
+        broadcasts piggybacked and its local state pushed and pulled. Before or while
+        running. Its messages are ordinary wire messages (``protocol.messages.message``);
+        the allocation's use type bytes 0x40-0x4F.
+        """
+        for cls in delegate.message_types:
+            if cls not in TYPE_OF:
+                raise ValueError(f"{cls.__name__} is not a registered message type")
+            if cls in self._handlers:
+                raise ValueError(f"{cls.__name__} already has a handler")
+        self._delegates.append(delegate)
+        if self.membership is not None:
+            self.membership.add_delegate(delegate)
+            self._flush()
+
     def publish_record(self, **fields: Any) -> StateRecord:
-        """Publish this node's state record (see ``Membership.publish_record``)."""
+        """Publish this node's state record (see ``StateRecords.publish``)."""
         fields.setdefault("updated_at_ms", self.endpoint.wall_clock_ms())
-        record = self.core.publish_record(trio.current_time(), **fields)
+        record = self.records.publish(trio.current_time(), **fields)
         self._flush()
         return record
 
+    def record(self, node_id: str) -> StateRecord | None:
+        """The newest state record of ``node_id`` (``None``: none, or reaped)."""
+        return self.records.record(node_id)
+
+    def member(self, node_id: str) -> Member | None:
+        return self.core.member(node_id)
+
     def urgent(self, message: Any, scope: Scope) -> int:
         """Send ``message`` to every live member of ``scope`` now (and gossip it)."""
-        sent = self.core.urgent(message, scope, trio.current_time())
+        sent = self.urgent_broadcasts.send(message, scope, trio.current_time())
         self._flush()
         return sent
 
@@ -292,8 +326,11 @@ class MeshNode:
         block; start work with ``spawn``. This is how other layers (authorization lists, the
         allocation) get their unicast messages.
         """
-        if cls in HANDLED_MESSAGES or cls in (Certificates, CertificateRequest, Revoke):
+        claimed = {c for d in self._delegates for c in d.message_types}
+        if cls in HANDLED_MESSAGES or cls in claimed or cls in (Certificates, CertificateRequest, Revoke):
             raise ValueError(f"{cls.__name__} is handled by the node itself")
+        if cls not in TYPE_OF:
+            raise ValueError(f"{cls.__name__} is not a registered message type")
         self._handlers[cls] = handler
 
     async def send(self, address: Address, message: Any) -> None:
@@ -307,7 +344,7 @@ class MeshNode:
         self._nursery.start_soon(fn, *args)
 
     def capacity(self, scope: Scope | None = None) -> Capacity:
-        return self.core.capacity(scope)
+        return self.records.capacity(scope)
 
     def members(self) -> list[Member]:
         return self.core.members()
@@ -377,7 +414,7 @@ class MeshNode:
 
     def _deliver(self, sender_id: str, source: Address, message: Any, *, reliable: bool) -> None:
         core = self.core
-        if type(message) in HANDLED_MESSAGES:
+        if type(message) in core.handled_messages:
             core.receive(sender_id, source, message, trio.current_time(), reliable=reliable)
             tracker = self._tracker
             if tracker is not None and tracker.missing:
@@ -529,5 +566,5 @@ class MeshNode:
         for record in self.endpoint.trust.revocation_records():
             if record not in self._spread:
                 self._spread.add(record)
-                core.urgent(Revoke(revocation=record), Scope.everyone(), trio.current_time())
+                self.urgent_broadcasts.send(Revoke(revocation=record), Scope.everyone(), trio.current_time())
         self._flush()

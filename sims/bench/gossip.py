@@ -53,7 +53,9 @@ from protocol.swim import (
     MemberSuspect,
     Ping,
     RecordUpdated,
+    StateRecords,
     SwimConfig,
+    UrgentBroadcasts,
 )
 from protocol.wire import overhead_bytes
 from sims.bench import BenchResult, machine
@@ -98,6 +100,7 @@ class Sim:
                 random.Random(self.rng.getrandbits(64)),
                 0.0,
                 snapshot=snapshot,
+                delegates=[StateRecords(config.record_reap_s), UrgentBroadcasts(config.urgent_seen_s)],
             )
             for i in range(n)
         ]
@@ -210,7 +213,8 @@ def spread(n: int, seed: int = 1) -> dict[str, Any]:
 
     sim.on_events = on_events
     t0 = sim.now
-    origin.publish_record(
+    records = next(d for d in origin.delegates if isinstance(d, StateRecords))
+    records.publish(
         t0, discharge_available_w=7000.0, energy_above_min_soc_wh=20_000.0, soc=0.8,
         updated_at_ms=1_764_000_000_000,
     )

@@ -18,7 +18,28 @@ from collections import defaultdict
 from typing import Any
 
 from protocol import codec
-from protocol.swim import LocalNode, Membership, MemberStatus, SwimConfig
+from protocol.swim import (
+    Delegate,
+    LocalNode,
+    Membership,
+    MemberStatus,
+    StateRecords,
+    SwimConfig,
+    UrgentBroadcasts,
+)
+
+
+def standard_delegates(config: SwimConfig) -> list[Delegate]:
+    """What every agent runs on the mesh: the state records and urgent broadcasts."""
+    return [StateRecords(config.record_reap_s), UrgentBroadcasts(config.urgent_seen_s)]
+
+
+def records(core: Membership) -> StateRecords:
+    return next(d for d in core.delegates if isinstance(d, StateRecords))
+
+
+def urgent(core: Membership) -> UrgentBroadcasts:
+    return next(d for d in core.delegates if isinstance(d, UrgentBroadcasts))
 
 
 class Net:
@@ -71,7 +92,7 @@ class Net:
             LocalNode(node_id, address, site_id, transformer_id),
             random.Random(self.rng.random()),
             self.now,
-            **kw,
+            **{"delegates": standard_delegates(self.config), **kw},
         )
         self.cores[node_id] = core
         self.by_address[address] = node_id
