@@ -98,6 +98,21 @@ class SwimConfig:
         return cls(**base)
 
     @classmethod
+    def memberlist(cls, **overrides: Any) -> SwimConfig:
+        """memberlist's own rules with its ``DefaultLANConfig`` (for comparison runs).
+
+        The LAN numbers are the same as ``lan()`` (ProbeInterval 1 s, ProbeTimeout 500 ms,
+        SuspicionMult 4, SuspicionMaxTimeoutMult 6, GossipInterval 200 ms, GossipNodes 3,
+        RetransmitMult 4, IndirectChecks 3, PushPullInterval 30 s, AwarenessMaxMultiplier 8,
+        GossipToTheDeadTime 30 s); where our rules differ, memberlist's apply: a suspect is
+        declared dead as soon as its suspicion times out (no last-chance probes), and a
+        refused join is retried only at the rejoin interval.
+        """
+        base: dict[str, Any] = dict(last_chance_probes=0, join_retry_max_s=30.0)
+        base.update(overrides)
+        return cls(**base)
+
+    @classmethod
     def preset(cls, name: str, **overrides: Any) -> SwimConfig:
         if name == "lan":
             return cls.lan(**overrides)
