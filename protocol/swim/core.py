@@ -41,6 +41,7 @@ from typing import Any
 import attrs
 
 from protocol.errors import LocalProtocolError
+from protocol.state import StateRecord
 from protocol.swim.auth import ItemAuthenticator, Unsigned
 from protocol.swim.awareness import Awareness
 from protocol.swim.config import SwimConfig
@@ -67,6 +68,7 @@ from protocol.swim.messages import (
     NO_RUMORS,
     Ack,
     Alive,
+    Broadcast,
     Dead,
     Gossip,
     Left,
@@ -146,6 +148,8 @@ class _Counters:
 _Handler = Callable[[str, Address, Any, float, bool], bool]
 
 _MEMBERSHIP_MESSAGES = (Ping, Ack, Nack, PingReq, Gossip, PushPull)
+# the rumor kinds a ``Rumors`` bundle carries for delegates (its last two lists)
+_DELEGATE_RUMOR_SLOTS = (StateRecord, Broadcast)
 
 
 class Membership:
@@ -239,6 +243,8 @@ class Membership:
             if cls in self._handlers:
                 raise LocalProtocolError(f"{cls.__name__} is already handled")
         for cls in delegate.rumor_types:
+            if cls not in _DELEGATE_RUMOR_SLOTS:
+                raise LocalProtocolError(f"a Rumors bundle has no slot for {cls.__name__}")
             if cls in self._rumor_delegates:
                 raise LocalProtocolError(f"{cls.__name__} rumors already have a delegate")
         delegate.attach(self)
