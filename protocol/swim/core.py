@@ -14,7 +14,8 @@ The work is split the way memberlist splits ``state.go``, one job per module:
 
 * ``protocol.swim.probing``: failure detection (probe, ping-req, nack, suspicions);
 * ``protocol.swim.sync``: push-pull, join, rejoin;
-* ``protocol.swim.transitions``: the rules, as one table, for how a rumor changes a member;
+* ``protocol.swim.transitions``: the rules, as one table, for how a rumor changes a member,
+  and ``Rules``, which carries out its moves;
 * ``protocol.swim.gossip``: what rides on each datagram, and the gossip round;
 * ``protocol.swim.timers``: the timer heap;
 * ``protocol.swim.delegate``: the seam for what rides on the mesh (state records in
@@ -23,8 +24,8 @@ The work is split the way memberlist splits ``state.go``, one job per module:
 
 This module wires them: it owns the member table, our incarnation and the outputs, routes
 each message to its handler with everything the handler needs (no per-message state is
-kept between ``receive`` and a handler), carries out the moves of the transition table, and
-offers the delegates their ``Host``.
+kept between ``receive`` and a handler), owns our identity (incarnation, refutation, leave,
+revocation), and offers the delegates their ``Host``.
 
 Rumors written by someone other than the relay must carry their author's signature
 (``protocol.swim.auth``); only a node can raise its own incarnation, leave, or publish its
@@ -48,11 +49,7 @@ from protocol.swim.config import SwimConfig
 from protocol.swim.delegate import Delegate
 from protocol.swim.events import (
     Address,
-    MemberDead,
-    MemberJoined,
-    MemberLeft,
     MemberRemoved,
-    MemberUpdated,
     Refuted,
     Send,
 )
@@ -65,7 +62,6 @@ from protocol.swim.members import (
     MemberTable,
 )
 from protocol.swim.messages import (
-    NO_RUMORS,
     Ack,
     Alive,
     Broadcast,
@@ -84,7 +80,7 @@ from protocol.swim.messages import (
 from protocol.swim.probing import T_RELAY, T_SUSPICION, Prober
 from protocol.swim.sync import Synchroniser, push_pull_scale
 from protocol.swim.timers import Entry, Timers
-from protocol.swim.transitions import Move, decide, decide_about_us
+from protocol.swim.transitions import Rules
 from protocol.wire import overhead_bytes
 
 ALIVE = MemberStatus.ALIVE
@@ -92,7 +88,6 @@ SUSPECT = MemberStatus.SUSPECT
 DEAD = MemberStatus.DEAD
 LEFT = MemberStatus.LEFT
 
-_T_REAP_MEMBER = 3
 
 __all__ = ["HANDLED_MESSAGES", "LocalNode", "Membership", "MembershipStatistics", "push_pull_scale"]
 
@@ -204,7 +199,7 @@ class Membership:
         self._out: list[Send] = []
         self._events: list[Any] = []
         self._retold: dict[Address, float] = {}
-        self._revoked: set[str] = set()
+        self.revoked: set[str] = set()
         self._left = False
         self._left_item: Left | None = None
         self._leave_deadline = math.inf  # after ``leave``: stop spreading ``Left`` by then
@@ -213,6 +208,7 @@ class Membership:
         self.probing = Prober(self, now)
         self._next_gossip_at = now + rng.uniform(0, config.gossip_interval_s)
         self.sync = Synchroniser(self, now)
+        self.rules = Rules(self)
         self._handlers: dict[type, _Handler] = {
             Ping: self.probing.handle_ping,
             Ack: self.probing.handle_ack,
@@ -221,10 +217,10 @@ class Membership:
             Gossip: self._handle_gossip,
             PushPull: self.sync.handle_push_pull,
         }
-        self._rumor_delegates: dict[type, Delegate] = {}
+        self.rumor_delegates: dict[type, Delegate] = {}
         # the message classes the shell should hand to ``receive``
         self.handled_messages: frozenset[type] = frozenset(self._handlers)
-        self.alive_item: Alive = self.sign(self._make_alive())
+        self.alive_item: Alive = self.sign(self.make_alive())
         known = snapshot.by_id.get(me.node_id) if snapshot is not None else None
         if known is not None and known.incarnation == incarnation:
             self.alive_item = known.alive  # restored: the mesh already knows us as we are
@@ -245,12 +241,12 @@ class Membership:
         for cls in delegate.rumor_types:
             if cls not in _DELEGATE_RUMOR_SLOTS:
                 raise LocalProtocolError(f"a Rumors bundle has no slot for {cls.__name__}")
-            if cls in self._rumor_delegates:
+            if cls in self.rumor_delegates:
                 raise LocalProtocolError(f"{cls.__name__} rumors already have a delegate")
         delegate.attach(self)
         self.delegates.append(delegate)
         for cls in delegate.rumor_types:
-            self._rumor_delegates[cls] = delegate
+            self.rumor_delegates[cls] = delegate
         for cls in delegate.message_types:
             self._handlers[cls] = _message_handler(self, delegate)
         self.handled_messages = frozenset(self._handlers)
@@ -275,7 +271,7 @@ class Membership:
         handler = self._handlers.get(type(message))
         if handler is None:
             raise LocalProtocolError(f"{type(message).__name__} is not a membership message")
-        if sender_id == self.node_id or sender_id in self._revoked:
+        if sender_id == self.node_id or sender_id in self.revoked:
             return
         if reliable:  # a TCP peer's source port is ephemeral: answer its advertised address
             known = self.members_table.get(sender_id)
@@ -391,9 +387,9 @@ class Membership:
 
     def revoke(self, node_id: str, now: float) -> None:
         """Forget ``node_id`` for good: its certificate was revoked."""
-        if node_id in self._revoked:
+        if node_id in self.revoked:
             return
-        self._revoked.add(node_id)
+        self.revoked.add(node_id)
         if node_id == self.node_id:
             self._left = True
             self.probing.stop()
@@ -480,7 +476,7 @@ class Membership:
 
     def authentic(self, item: Any, sender_id: str) -> bool:
         author = author_of(item)
-        if author in self._revoked:
+        if author in self.revoked:
             self.stats.rumors_rejected += 1
             return False
         if not self._signed or author == sender_id:
@@ -509,86 +505,18 @@ class Membership:
     def rumors(self, base: int, forced: list[Any] | None = None) -> Rumors:
         return self._piggyback.rumors(base, self.num_live, forced)
 
-    # --- rumors: carrying out the transition table ---------------------------------------------
+    # --- rumors: the transition table (``protocol.swim.transitions``) -------------------------
 
     def apply(self, rumors: Rumors, sender: str, now: float, *, join: bool = False) -> bool:
         """Apply a bundle relayed by ``sender``; True if it held a stale accusation of us."""
-        if rumors is NO_RUMORS:
-            return False
-        retell = False
-        for group in (rumors.alive, rumors.suspect, rumors.dead, rumors.left):
-            for item in group:
-                retell |= self.apply_one(item, sender, now)
-        for items in (rumors.records, rumors.broadcasts):
-            if items:
-                d = self._rumor_delegates.get(type(items[0]))
-                if d is not None:
-                    d.merge(list(items), sender, now, join=join)
-        return retell
+        return self.rules.apply(rumors, sender, now, join=join)
 
     def apply_one(self, item: Alive | Suspect | Dead | Left, sender: str, now: float) -> bool:
-        """Apply one membership rumor; True if it was a stale accusation of us."""
-        if item.node_id == self.node_id:
-            move = decide_about_us(item, self._incarnation, left=self._left)
-            if move is Move.REFUTE and self.authentic(item, sender):
-                accuser = item.from_id if isinstance(item, Suspect | Dead) else sender
-                self._refute(item.incarnation, accuser, now)
-            return move is Move.RETELL
-        m = self.members_table.get(item.node_id)
-        move = decide(item, None if m is None else m.status, -1 if m is None else m.incarnation)
-        if move is Move.IGNORE:
-            return False
-        if move is Move.CONFIRM:
-            assert isinstance(item, Suspect)
-            self.probing.confirm(item, sender)
-            return False
-        if item.node_id in self._revoked or not self.authentic(item, sender):
-            return False
-        if move is Move.ADOPT:
-            assert isinstance(item, Alive)
-            self._adopt(m, item, now)
-        elif move is Move.SUSPECT:
-            assert isinstance(item, Suspect) and m is not None
-            self.probing.suspect(m, item, now)
-        else:  # Move.DOWN
-            assert isinstance(item, Dead | Left) and m is not None
-            self._down(m, item, now)
-        return False
+        return self.rules.apply_one(item, sender, now)
 
-    def _adopt(self, old: Member | None, a: Alive, now: float) -> None:
-        member = Member.from_alive(a, now)
-        if old is not None and old.status is ALIVE:
-            member = attrs.evolve(member, changed_at=old.changed_at)
-        self.members_table.put(member)
-        self.probing.forget(a.node_id)
-        self.enqueue(("m", a.node_id), a)
-        if old is None or old.status in DOWN:
-            self.emit(MemberJoined(member), now)
-        elif (
-            old.status is SUSPECT
-            or old.address != member.address
-            or old.site_id != member.site_id
-            or old.transformer_id != member.transformer_id
-        ):
-            self.emit(MemberUpdated(member), now)
-
-    def _down(self, m: Member, item: Dead | Left, now: float) -> None:
-        """Dead or left: one rule, two statuses (memberlist's ``deadNode`` handles both)."""
-        status = LEFT if isinstance(item, Left) else DEAD
-        self.probing.forget(m.node_id)
-        member = attrs.evolve(m, incarnation=item.incarnation, status=status, changed_at=now, accusation=item)
-        self.members_table.put(member)
-        self.enqueue(("m", m.node_id), item)
-        reap_s = self.config.left_member_reap_s if status is LEFT else self.config.dead_member_reap_s
-        self.timers.push(now + reap_s, _T_REAP_MEMBER, m.node_id, now)
-        if isinstance(item, Left):
-            self.emit(MemberLeft(member), now)
-        else:
-            self.emit(MemberDead(member, item.from_id), now)
-
-    def _refute(self, accused_incarnation: int, accuser: str, now: float) -> None:
+    def refute(self, accused_incarnation: int, accuser: str, now: float) -> None:
         self._incarnation = max(self._incarnation, accused_incarnation) + 1
-        self.alive_item = self.sign(self._make_alive())
+        self.alive_item = self.sign(self.make_alive())
         self.enqueue(("m", self.node_id), self.alive_item)
         self.awareness.apply_delta(1)
         self.stats.refutations += 1
@@ -611,7 +539,7 @@ class Membership:
     def _handle_gossip(self, sender: str, source: Address, msg: Gossip, now: float, reliable: bool) -> bool:
         return self.apply(msg.rumors, sender, now)
 
-    def _make_alive(self) -> Alive:
+    def make_alive(self) -> Alive:
         host, port = self.me.address
         return Alive(
             self.node_id, self._incarnation, host, port, self.me.site_id, self.me.transformer_id
