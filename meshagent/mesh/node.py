@@ -289,10 +289,12 @@ class MeshNode:
         running. Its messages are ordinary wire messages (``protocol.messages.message``);
         the allocation's use type bytes 0x40-0x4F.
         """
+        claimed = {c for d in self._delegates for c in d.message_types}
         for cls in delegate.message_types:
             if cls not in TYPE_OF:
                 raise ValueError(f"{cls.__name__} is not a registered message type")
-            if cls in self._handlers:
+            if (cls in self._handlers or cls in claimed or cls in HANDLED_MESSAGES
+                    or cls in (Certificates, CertificateRequest, Revoke)):
                 raise ValueError(f"{cls.__name__} already has a handler")
         self._delegates.append(delegate)
         if self.membership is not None:

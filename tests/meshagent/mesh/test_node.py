@@ -290,3 +290,30 @@ async def test_join_before_the_seed_and_leave_together_on_real_udp(pki):
         nursery.cancel_scope.cancel()
     for t in (early_t, seed_t):
         await t.aclose()
+
+
+async def test_a_new_client_rides_on_the_mesh_through_the_delegate_seam(pki, autojump_clock):
+    """What the allocation will do: add a Delegate to a running node and hear the members."""
+    from protocol.messages import Revoke
+    from protocol.swim import Delegate, MemberLeft, Ping
+
+    class Watcher(Delegate):
+        def __init__(self) -> None:
+            self.left: set[str] = set()
+
+        def member_event(self, event, now):
+            if isinstance(event, MemberLeft):
+                self.left.add(event.member.node_id)
+
+    async with open_memory_network(random.Random(14)) as net, mesh(pki, 3, net=net) as nodes:
+        await wait_until(lambda: all(len(statuses(n)) == 2 for n in nodes), timeout_s=30)
+        watcher = Watcher()
+        nodes[0].add_delegate(watcher)
+        await nodes[2].leave()
+        await wait_until(lambda: watcher.left == {"n02"}, timeout_s=10)
+
+        for cls in (Revoke, Ping):
+            thief = Delegate()
+            thief.message_types = frozenset({cls})
+            with pytest.raises(ValueError):
+                nodes[1].add_delegate(thief)
