@@ -156,7 +156,7 @@ class EventHub:
 
 
 def _record_age(node: Any, node_id: str) -> float | None:
-    rec = node.core.record(node_id)
+    rec = node.record(node_id)
     if rec is None:
         return None
     return float(round(max(0, node.endpoint.wall_clock_ms() - rec.updated_at_ms) / 1000, 3))
@@ -166,7 +166,7 @@ def _member_row(node: Any, node_id: str, status: str, incarnation: int, address:
                 transformer_id: str, since_s: float | None) -> dict[str, Any]:
     from meshagent.transport.udp import format_address
 
-    rec = node.core.record(node_id)
+    rec = node.record(node_id)
     return {
         "node_id": node_id, "status": status, "incarnation": incarnation,
         "address": format_address(address), "site_id": site_id, "transformer_id": transformer_id,
@@ -225,7 +225,7 @@ def _faults(view: AgentView) -> dict[str, Any]:
     rows = []
     ids = [node.node_id, *sorted(m.node_id for m in node.members())]
     for node_id in ids:
-        rec = node.core.record(node_id)
+        rec = node.record(node_id)
         if rec is None:
             continue
         for code in rec.faults:

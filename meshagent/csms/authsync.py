@@ -290,7 +290,7 @@ class AuthSync:
         node.on_message(AuthListRequest, self._on_request)
         node.on_message(AuthListChunk, self._on_chunk)
         for member in node.members():  # records that arrived before we listened
-            record = node.core.record(member.node_id)
+            record = node.record(member.node_id)
             if record is not None:
                 self._note(record)
         self.publisher.set_auth_summary(self.keeper.auth_list.summary())
@@ -339,7 +339,7 @@ class AuthSync:
         peers: list[str] = []
         wake = math.inf
         for node_id, summary in sorted(self._adverts.items()):
-            member = self.node.core.member(node_id)
+            member = self.node.member(node_id)
             if member is None or not member.live or not mine.is_older_than(summary):
                 continue
             not_before = self._failed.get((node_id, summary), -math.inf)
@@ -383,7 +383,7 @@ class AuthSync:
                     break
 
     async def _pull_from(self, peer: str, target: AuthListSummary) -> LocalAuthList | None:
-        member = self.node.core.member(peer)
+        member = self.node.member(peer)
         if member is None:
             return None
         s = self.settings
@@ -456,7 +456,7 @@ class AuthSync:
             self._stats["requests_ignored"] += 1
             return
         if not source[0]:  # came over a stream: answer the member's advertised address
-            member = self.node.core.member(sender_id)
+            member = self.node.member(sender_id)
             if member is None:
                 self._stats["requests_ignored"] += 1
                 return

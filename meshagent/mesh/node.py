@@ -46,11 +46,12 @@ from meshagent.trust.endpoint import (
 )
 from protocol.errors import BadPacket
 from protocol.identity import NodeIdentity, TrustStore
-from protocol.messages import CertificateRequest, Certificates, Revoke
+from protocol.messages import TYPE_OF, CertificateRequest, Certificates, Revoke
 from protocol.state import Capacity, Scope, StateRecord
 from protocol.stats import percentile
 from protocol.swim import (
     HANDLED_MESSAGES,
+    Delegate,
     Delivered,
     Ed25519Items,
     Gossip,
@@ -66,8 +67,10 @@ from protocol.swim import (
     PushPull,
     Rumors,
     Send,
+    StateRecords,
     SwimConfig,
     Urgent,
+    UrgentBroadcasts,
 )
 from protocol.wire import Sealer, WireLimits
 
@@ -188,6 +191,11 @@ class MeshNode:
         # rumors refused for unknown authors: (authors, relay, source, Gossip to replay)
         self._pending: deque[tuple[frozenset[str], str, Address, Gossip]] = deque(maxlen=PENDING_REPLAYS)
         self.membership: Membership | None = None
+        # the clients of the membership core's delegate seam: the chargers' state records,
+        # the urgent broadcast, and whatever the layers above add (``add_delegate``)
+        self.records = StateRecords(swim_config.record_reap_s)
+        self.urgent_broadcasts = UrgentBroadcasts(swim_config.urgent_seen_s)
+        self._delegates: list[Delegate] = [self.records, self.urgent_broadcasts]
         self._wake = trio.Event()
         # the deadline the timer task sleeps until (-inf while it runs: it will look anyway)
         self._sleeping_until = -math.inf
@@ -227,7 +235,8 @@ class MeshNode:
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Run until cancelled or until ``leave`` has finished."""
         self.membership = Membership(
-            self.config, self.local, self.rng, trio.current_time(), authenticator=self._authenticator
+            self.config, self.local, self.rng, trio.current_time(),
+            authenticator=self._authenticator, delegates=self._delegates,
         )
         try:
             async with trio.open_nursery() as nursery:
@@ -252,11 +261,18 @@ class MeshNode:
         self.core.join(self.seeds, trio.current_time())
         self._flush()
 
-    async def leave(self, timeout_s: float = 5.0) -> None:
-        """Leave gracefully: spread ``Left`` for a few gossip rounds, then stop ``run``."""
+    async def leave(self, timeout_s: float | None = None) -> None:
+        """Leave gracefully: spread ``Left`` for a few gossip rounds, then stop ``run``.
+
+        Bounded by the core's ``leave_timeout_s`` (about 1 s on the LAN preset); the
+        ``timeout_s`` guard (default: that plus one probe interval) only covers a core that
+        is not driven.
+        """
         core = self.core
         core.leave(trio.current_time())
         self._flush()
+        if timeout_s is None:
+            timeout_s = self.config.leave_timeout_s + self.config.probe_interval_s
         with trio.move_on_after(timeout_s):
             await self._leave_flushed.wait()
         self._stopped.set()
@@ -275,16 +291,43 @@ class MeshNode:
 
     # --- what the layers above use --------------------------------------------------------------
 
+    def add_delegate(self, delegate: Delegate) -> None:
+        """Let a client ride on the membership (see ``protocol.swim.delegate``).
+
+        Its ``message_types`` are then routed to it, its ``rumor_types`` merged by it, its
+        broadcasts piggybacked and its local state pushed and pulled. Before or while
+        running. Its messages are ordinary wire messages (``protocol.messages.message``);
+        the allocation's use type bytes 0x40-0x4F.
+        """
+        claimed = {c for d in self._delegates for c in d.message_types}
+        for cls in delegate.message_types:
+            if cls not in TYPE_OF:
+                raise ValueError(f"{cls.__name__} is not a registered message type")
+            if (cls in self._handlers or cls in claimed or cls in HANDLED_MESSAGES
+                    or cls in (Certificates, CertificateRequest, Revoke)):
+                raise ValueError(f"{cls.__name__} already has a handler")
+        self._delegates.append(delegate)
+        if self.membership is not None:
+            self.membership.add_delegate(delegate)
+            self._flush()
+
     def publish_record(self, **fields: Any) -> StateRecord:
-        """Publish this node's state record (see ``Membership.publish_record``)."""
+        """Publish this node's state record (see ``StateRecords.publish``)."""
         fields.setdefault("updated_at_ms", self.endpoint.wall_clock_ms())
-        record = self.core.publish_record(trio.current_time(), **fields)
+        record = self.records.publish(trio.current_time(), **fields)
         self._flush()
         return record
 
+    def record(self, node_id: str) -> StateRecord | None:
+        """The newest state record of ``node_id`` (``None``: none, or reaped)."""
+        return self.records.record(node_id)
+
+    def member(self, node_id: str) -> Member | None:
+        return self.core.member(node_id)
+
     def urgent(self, message: Any, scope: Scope) -> int:
         """Send ``message`` to every live member of ``scope`` now (and gossip it)."""
-        sent = self.core.urgent(message, scope, trio.current_time())
+        sent = self.urgent_broadcasts.send(message, scope, trio.current_time())
         self._flush()
         return sent
 
@@ -295,8 +338,11 @@ class MeshNode:
         block; start work with ``spawn``. This is how other layers (authorization lists, the
         allocation) get their unicast messages.
         """
-        if cls in HANDLED_MESSAGES or cls in (Certificates, CertificateRequest, Revoke):
+        claimed = {c for d in self._delegates for c in d.message_types}
+        if cls in HANDLED_MESSAGES or cls in claimed or cls in (Certificates, CertificateRequest, Revoke):
             raise ValueError(f"{cls.__name__} is handled by the node itself")
+        if cls not in TYPE_OF:
+            raise ValueError(f"{cls.__name__} is not a registered message type")
         self._handlers[cls] = handler
 
     async def send(self, address: Address, message: Any) -> None:
@@ -310,7 +356,7 @@ class MeshNode:
         self._nursery.start_soon(fn, *args)
 
     def capacity(self, scope: Scope | None = None) -> Capacity:
-        return self.core.capacity(scope)
+        return self.records.capacity(scope)
 
     def members(self) -> list[Member]:
         return self.core.members()
@@ -386,7 +432,7 @@ class MeshNode:
 
     def _deliver(self, sender_id: str, source: Address, message: Any, *, reliable: bool) -> None:
         core = self.core
-        if type(message) in HANDLED_MESSAGES:
+        if type(message) in core.handled_messages:
             core.receive(sender_id, source, message, trio.current_time(), reliable=reliable)
             tracker = self._tracker
             if tracker is not None and tracker.missing:
@@ -501,6 +547,10 @@ class MeshNode:
                 except (OSError, trio.BrokenResourceError, trio.ClosedResourceError):
                     pass
             self._reliable_failed += 1  # refused, broken or timed out
+            core = self.membership
+            if core is not None:
+                core.reliable_failed(send.address, send.message, trio.current_time())
+                self._wake.set()
 
     def _certificate_chunks(self) -> list[tuple[bytes, ...]]:
         ids = [m.node_id for m in self.core.members()]
@@ -537,5 +587,5 @@ class MeshNode:
         for record in self.endpoint.trust.revocation_records():
             if record not in self._spread:
                 self._spread.add(record)
-                core.urgent(Revoke(revocation=record), Scope.everyone(), trio.current_time())
+                self.urgent_broadcasts.send(Revoke(revocation=record), Scope.everyone(), trio.current_time())
         self._flush()

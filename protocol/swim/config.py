@@ -55,6 +55,12 @@ class SwimConfig:
     push_pull_max_inbound: int = attrs.field(default=64, validator=_positive)
     reliable_timeout_s: float = attrs.field(default=10.0, validator=_positive)  # TCP exchange
     rejoin_interval_s: float = attrs.field(default=10.0, validator=_positive)  # when isolated
+    # Until a join has been answered, retry the seeds at most this far apart (backoff from
+    # one probe interval): a node started before its seed joins this soon after it answers.
+    join_retry_max_s: float = attrs.field(default=2.0, validator=_positive)
+    # A graceful leave spreads ``Left`` for at most this long (less when the rumor is spent
+    # or no live member is left to tell), then the node may stop.
+    leave_timeout_s: float = attrs.field(default=1.0, validator=_positive)
     # forgetting
     record_reap_s: float = attrs.field(default=60.0, validator=_non_negative)
     dead_member_reap_s: float = attrs.field(default=6 * 3600.0, validator=_non_negative)
@@ -81,11 +87,28 @@ class SwimConfig:
             push_pull_interval_s=6.0,
             reliable_timeout_s=2.0,
             rejoin_interval_s=2.0,
+            join_retry_max_s=0.4,
+            leave_timeout_s=0.5,
             record_reap_s=5.0,
             dead_member_reap_s=60.0,
             left_member_reap_s=10.0,
             urgent_seen_s=12.0,
         )
+        base.update(overrides)
+        return cls(**base)
+
+    @classmethod
+    def memberlist(cls, **overrides: Any) -> SwimConfig:
+        """memberlist's own rules with its ``DefaultLANConfig`` (for comparison runs).
+
+        The LAN numbers are the same as ``lan()`` (ProbeInterval 1 s, ProbeTimeout 500 ms,
+        SuspicionMult 4, SuspicionMaxTimeoutMult 6, GossipInterval 200 ms, GossipNodes 3,
+        RetransmitMult 4, IndirectChecks 3, PushPullInterval 30 s, AwarenessMaxMultiplier 8,
+        GossipToTheDeadTime 30 s); where our rules differ, memberlist's apply: a suspect is
+        declared dead as soon as its suspicion times out (no last-chance probes), and a
+        refused join is retried only at the rejoin interval.
+        """
+        base: dict[str, Any] = dict(last_chance_probes=0, join_retry_max_s=30.0)
         base.update(overrides)
         return cls(**base)
 

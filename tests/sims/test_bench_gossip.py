@@ -7,17 +7,18 @@ import pytest
 
 from meshagent.mesh.node import LATE_WAKEUP_FRACTION
 from protocol.swim import SwimConfig
-from sims.bench.gossip import detection, false_positives, spread
+from sims.bench.gossip import detection, false_positives, spread_side_by_side
 from sims.bench.gossip_realtime import run_realtime, sizes_to_try
 from tests.sims.conftest import within
 
-MEMBERLIST_MODEL_100_S = 1.6  # memberlist's convergence model at N=100: the spread target
-
-
-def test_spread_is_no_slower_than_memberlist():
-    r = spread(100)
-    assert r["reached"] == 99
-    assert r["p999_s"] <= MEMBERLIST_MODEL_100_S, r
+def test_spread_reports_ours_and_memberlists_rules_side_by_side():
+    row = spread_side_by_side(100, seed=5)
+    assert row["reached"] == 99 and row["memberlist_model_reached"] == 99
+    # LAN preset: 3 peers every 200 ms reach 99.9% of 100 nodes well within a second
+    assert 0.1 < row["p999_s"] < 1.0
+    assert 0.1 < row["memberlist_model_s"] < 1.0
+    # ours is no slower than memberlist's own rules on the same seed (computed, not quoted)
+    assert row["p999_s"] <= row["memberlist_model_s"] * 1.05, row
 
 
 def test_first_detection_is_near_swims_prediction():

@@ -109,13 +109,13 @@ async def test_a_list_pushed_to_one_node_reaches_every_node_durably_over_a_lossy
     lossy = LinkConditions(loss=0.1, delay_s=0.002, jitter_s=0.002)
     pushed = a_list(3, 247)  # 250 entries: 25 chunks, some of them lost on the way
     async with open_memory_network(random.Random(7), default=lossy) as net, mesh(pki, tmp_path, 4, net=net) as peers:
-        assert all(p.node.core.record(p.node.node_id) is None for p in peers)  # nothing to say yet
+        assert all(p.node.record(p.node.node_id) is None for p in peers)  # nothing to say yet
         await peers[0].keeper.install_auth_list(pushed)  # what a SendLocalList from the CSMS does
         await wait_until(lambda: same_list(peers, pushed), timeout_s=60)
 
         # then advertised in every record (signed by its author), as seen by every peer
         def advertised_everywhere() -> bool:
-            records = [p.node.core.record(q.node.node_id) for p in peers for q in peers if q is not p]
+            records = [p.node.record(q.node.node_id) for p in peers for q in peers if q is not p]
             return all(r is not None and (r.auth_list_version, r.auth_list_hash) == (3, pushed.list_hash)
                        for r in records)
 
@@ -241,7 +241,7 @@ async def test_one_record_carries_both_the_offer_and_the_list_summary(pki, autoj
             await nursery.start(node.run)
             publisher = RecordPublisher(node)
             assert publisher.set_auth_summary(LocalAuthList().summary()) is None  # no list, no offer: silent
-            assert node.core.record("solo") is None
+            assert node.record("solo") is None
             first = publisher.set_auth_summary(listed.summary())  # a list and no devices: zero offer
             assert (first.auth_list_version, first.auth_list_hash, first.discharge_available_w) == (5, listed.list_hash, 0.0)
             assert publisher.set_auth_summary(listed.summary()) is None  # unchanged: not republished

@@ -251,3 +251,112 @@ async def test_certificates_that_do_not_parse_or_verify_are_counted(pki, autojum
         await nodes[0].send(nodes[1].address, junk)
         await wait_until(lambda: nodes[1].statistics().certificates_refused == 2, timeout_s=5)
         assert nodes[1].endpoint.trust.certificate("stranger") is None
+
+
+LAN = SwimConfig.lan()
+
+
+async def test_a_node_started_before_its_seed_joins_soon_after_it_answers(pki, autojump_clock):
+    """Issue 12: the joiner's refused connections must not hold back its 1/2/4 s retries."""
+    async with open_memory_network(random.Random(12)) as net, trio.open_nursery() as nursery:
+        seed_address = ("10.9.9.1", 7946)
+        early = MeshNode(pki.identity("early"), pki.trust(), net.endpoint(), LAN, boot_epoch=1,
+                         seeds=[seed_address], wall_clock_ms=wall_ms, rng=random.Random(1))
+        await nursery.start(early.run)
+        await trio.sleep(7.0)
+        assert early.members() == []
+        seed = MeshNode(pki.identity("seed"), pki.trust(), net.endpoint(seed_address), LAN,
+                        boot_epoch=1, wall_clock_ms=wall_ms, rng=random.Random(2))
+        await nursery.start(seed.run)
+        started = trio.current_time()
+        await wait_until(lambda: len(statuses(early)) == 1 and len(statuses(seed)) == 1, timeout_s=30, step_s=0.01)
+        assert trio.current_time() - started <= 2.1
+        nursery.cancel_scope.cancel()
+
+
+async def test_nodes_leaving_together_take_about_1_s(pki, autojump_clock):
+    """Issue 12: the last members leaving at once used to wait out a 5 s leave timeout."""
+    async with open_memory_network(random.Random(13)) as net, mesh(pki, 3, net=net) as nodes:
+        await wait_until(lambda: all(len(statuses(n)) == 2 for n in nodes), timeout_s=30)
+        took: list[float] = []
+
+        async def leave(node: MeshNode) -> None:
+            start = trio.current_time()
+            await node.leave()
+            took.append(trio.current_time() - start)
+
+        async with trio.open_nursery() as leaving:
+            for node in nodes:
+                leaving.start_soon(leave, node)
+        assert len(took) == 3 and max(took) <= LOCAL.leave_timeout_s + 0.05
+
+
+async def _bind_free(host: str) -> tuple[str, int]:
+    t = await UdpTransport.bind((host, 0))
+    address = t.address
+    await t.aclose()
+    return address
+
+
+async def test_join_before_the_seed_and_leave_together_on_real_udp(pki):
+    """Both issue-12 behaviours over real sockets on loopback, with the LAN preset's timing
+    where it matters (a reliable timeout of 10 s that the old code waited out)."""
+    config = SwimConfig.local(reliable_timeout_s=10.0, join_retry_max_s=1.0, leave_timeout_s=1.0)
+    seed_address = await _bind_free("127.78.9.1")
+    early_t = await UdpTransport.bind(("127.78.9.2", 0))
+    async with trio.open_nursery() as nursery:
+        early = MeshNode(pki.identity("udp-early"), pki.trust(), early_t, config, boot_epoch=1,
+                         seeds=[seed_address], wall_clock_ms=lambda: NOW_MS)
+        await nursery.start(early.run)
+        await trio.sleep(1.5)  # several refused joins
+        assert early.members() == []
+        seed_t = await UdpTransport.bind(seed_address)
+        seed = MeshNode(pki.identity("udp-seed"), pki.trust(), seed_t, config, boot_epoch=1,
+                        wall_clock_ms=lambda: NOW_MS)
+        await nursery.start(seed.run)
+        started = trio.current_time()
+        await wait_until(lambda: len(statuses(early)) == 1 and len(statuses(seed)) == 1, timeout_s=10, step_s=0.01)
+        join_s = trio.current_time() - started
+        assert join_s <= 1.2, join_s
+        took: list[float] = []
+
+        async def leave(node: MeshNode) -> None:
+            start = trio.current_time()
+            await node.leave()
+            took.append(trio.current_time() - start)
+
+        async with trio.open_nursery() as leaving:
+            leaving.start_soon(leave, early)
+            leaving.start_soon(leave, seed)
+        assert len(took) == 2 and max(took) <= 1.2, took
+        print(f"join {join_s:.3f} s after the seed answered; leave {max(took):.3f} s")
+        nursery.cancel_scope.cancel()
+    for t in (early_t, seed_t):
+        await t.aclose()
+
+
+async def test_a_new_client_rides_on_the_mesh_through_the_delegate_seam(pki, autojump_clock):
+    """What the allocation will do: add a Delegate to a running node and hear the members."""
+    from protocol.messages import Revoke
+    from protocol.swim import Delegate, MemberLeft, Ping
+
+    class Watcher(Delegate):
+        def __init__(self) -> None:
+            self.left: set[str] = set()
+
+        def member_event(self, event, now):
+            if isinstance(event, MemberLeft):
+                self.left.add(event.member.node_id)
+
+    async with open_memory_network(random.Random(14)) as net, mesh(pki, 3, net=net) as nodes:
+        await wait_until(lambda: all(len(statuses(n)) == 2 for n in nodes), timeout_s=30)
+        watcher = Watcher()
+        nodes[0].add_delegate(watcher)
+        await nodes[2].leave()
+        await wait_until(lambda: watcher.left == {"n02"}, timeout_s=10)
+
+        for cls in (Revoke, Ping):
+            thief = Delegate()
+            thief.message_types = frozenset({cls})
+            with pytest.raises(ValueError):
+                nodes[1].add_delegate(thief)

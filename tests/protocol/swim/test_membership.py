@@ -32,7 +32,7 @@ from protocol.swim import (
     Urgent,
 )
 from protocol.wire import overhead_bytes
-from tests.protocol.swim.helpers import Net
+from tests.protocol.swim.helpers import Net, records, standard_delegates, urgent
 
 ALIVE, SUSPECT, DEAD, LEFT = (
     MemberStatus.ALIVE, MemberStatus.SUSPECT, MemberStatus.DEAD, MemberStatus.LEFT
@@ -48,7 +48,7 @@ def everyone_sees(net: Net, node_id: str, status: MemberStatus) -> bool:
 
 
 def publish(core: Membership, watts: float, now: float) -> None:
-    core.publish_record(
+    records(core).publish(
         now, discharge_available_w=watts, energy_above_min_soc_wh=10_000.0, soc=0.7,
         updated_at_ms=1_764_115_200_000,
     )
@@ -89,14 +89,14 @@ def test_records_of_dead_nodes_are_reaped():
     cores = net.mesh(5)
     for c in cores:
         publish(c, 1000.0, net.now)
-    net.run_until(lambda: all(len(c.records()) == 5 for c in cores), limit_s=10)
-    assert cores[0].capacity().discharge_available_w == 5000.0
+    net.run_until(lambda: all(len(records(c).records()) == 5 for c in cores), limit_s=10)
+    assert records(cores[0]).capacity().discharge_available_w == 5000.0
     net.crash("n2")
     net.run_until(lambda: everyone_sees(net, "n2", DEAD), limit_s=30)
-    assert cores[0].capacity().discharge_available_w == 4000.0  # dead: no longer counted
-    assert cores[0].record("n2") is not None  # but kept until reaped
+    assert records(cores[0]).capacity().discharge_available_w == 4000.0  # dead: no longer counted
+    assert records(cores[0]).record("n2") is not None  # but kept until reaped
     net.run_for(SwimConfig.local().record_reap_s + 0.5)
-    assert cores[0].record("n2") is None
+    assert records(cores[0]).record("n2") is None
     assert [ev.node_id for ev in net.events_of("n0", RecordRemoved)] == ["n2"]
 
 
@@ -146,14 +146,14 @@ def test_records_disseminate_to_everyone():
     publish(cores[17], 4200.0, net.now)
     net._after("n17")
     took = net.run_until(
-        lambda: all(c.record("n17") is not None for c in cores), limit_s=10
+        lambda: all(records(c).record("n17") is not None for c in cores), limit_s=10
     )
     assert took < 1.5
-    assert all(c.capacity().discharge_available_w == 4200.0 for c in cores)
+    assert all(records(c).capacity().discharge_available_w == 4200.0 for c in cores)
     # a newer version replaces it everywhere
     publish(cores[17], 100.0, net.now)
     net._after("n17")
-    net.run_until(lambda: all(c.record("n17").version == 2 for c in cores), limit_s=10)
+    net.run_until(lambda: all(records(c).record("n17").version == 2 for c in cores), limit_s=10)
     assert len(net.events_of("n3", RecordUpdated)) == 2
 
 
@@ -209,10 +209,10 @@ def test_push_pull_converges_a_late_joiner_without_gossip():
     cores = net.mesh(6)  # only push-pull and piggybacking spread membership here
     for c in cores:
         publish(c, 500.0, net.now)
-    net.run_until(lambda: all(len(c.records()) == 6 for c in cores), limit_s=30)
+    net.run_until(lambda: all(len(records(c).records()) == 6 for c in cores), limit_s=30)
     late = net.add("late", seeds=["n2"])
-    net.run_until(lambda: late.num_live == 7 and len(late.records()) == 6, limit_s=2)
-    assert late.capacity().discharge_available_w == 3000.0
+    net.run_until(lambda: late.num_live == 7 and len(records(late).records()) == 6, limit_s=2)
+    assert records(late).capacity().discharge_available_w == 3000.0
 
 
 def test_urgent_reaches_scope_once():
@@ -223,7 +223,7 @@ def test_urgent_reaches_scope_once():
     net.run_until(lambda: all(c.num_live == 9 for c in cores), limit_s=10)
     net.record_sends = True
     msg = Revoke(revocation=b"\x01" * 40)  # any registered message will do
-    sent = cores[1].urgent(msg, Scope.site("s1"), net.now)
+    sent = urgent(cores[1]).send(msg, Scope.site("s1"), net.now)
     net._after("a1")
     assert sent == 4  # a0, a2, a3, a4
     urgent_sends = [s for s in net.sent if isinstance(s[3], Urgent)]
@@ -238,8 +238,8 @@ def test_urgent_too_big_for_a_datagram_goes_over_tcp():
     net = Net(seed=14)
     cores = net.mesh(3)
     net.record_sends = True
-    cores[0].urgent(Certificates((b"\x02" * 1000, b"\x03" * 1000)), Scope.everyone(), net.now)
-    cores[0].urgent(Certificates((b"\x02" * 100,)), Scope.everyone(), net.now)  # control
+    urgent(cores[0]).send(Certificates((b"\x02" * 1000, b"\x03" * 1000)), Scope.everyone(), net.now)
+    urgent(cores[0]).send(Certificates((b"\x02" * 100,)), Scope.everyone(), net.now)  # control
     net._after("n0")
     big = [s for s in net.sent if isinstance(s[3], Urgent) and len(s[3].broadcast.body) > 1000]
     assert big and all(reliable for *_, reliable in big)
@@ -268,7 +268,7 @@ def test_udp_packets_fit_the_datagram_budget():
     cores = net.mesh(40)  # a join storm fills every queue
     for c in cores:
         publish(c, 1.0, net.now)
-        c.urgent(Revoke(revocation=b"\x03" * 300), Scope.everyone(), net.now)
+        urgent(c).send(Revoke(revocation=b"\x03" * 300), Scope.everyone(), net.now)
         net._after(c.node_id)
     net.run_for(3)
     datagrams = [(src, m) for _, src, _, m, reliable in net.sent if not reliable]
@@ -328,7 +328,7 @@ def test_restarted_node_rejoins_with_a_fresh_core(how):
         net.run_until(lambda: everyone_sees(net, "n2", LEFT), limit_s=5)
         net.crash("n2")
     # same id and address, new process that remembers nothing (incarnation 0)
-    fresh = Membership(net.config, old.me, random.Random(99), net.now)
+    fresh = Membership(net.config, old.me, random.Random(99), net.now, delegates=standard_delegates(net.config))
     net.cores["n2"] = fresh
     net.crashed.discard("n2")
     fresh.join([cores[0].me.address], net.now)
@@ -345,7 +345,7 @@ def test_last_chance_probe_recovers_a_refutation_lost_in_gossip():
     x.receive("n1", cores[1].me.address, Gossip(Rumors(suspect=(Suspect("n2", 0, "n1"),))), net.now)
     assert x.incarnation == 1
     x.outgoing()
-    x._queue.remove(("m", "n2"))
+    x._piggyback.queue.remove(("m", "n2"))
     # a heard the accusation only
     a.receive("n1", cores[1].me.address, Gossip(Rumors(suspect=(Suspect("n2", 0, "n1"),))), net.now)
     net._after("n0")
@@ -379,3 +379,37 @@ def test_one_extra_sync_soon_after_joining():
             elif isinstance(send.message, PushPull):
                 synced_at = t
     assert synced_at is not None and synced_at <= 0.1 + 3 * cfg.probe_interval_s + 1e-9
+
+
+def test_a_node_started_before_its_seed_joins_within_2_s_of_the_seed_answering():
+    """Issue 12: a refused join used to stay in flight for ``reliable_timeout_s`` (10 s on
+    the LAN preset), so the 1/2/4 s retries were skipped and the joiner waited 10-20 s."""
+    net = Net(seed=12, config=SwimConfig.lan())
+    seed_address = ("127.0.9.1", 7946)
+    joiner = net.add("early")
+    joiner.join([seed_address], net.now)
+    net._after("early")
+    net.run_for(7.0)  # the seed is not up yet: every join attempt is refused
+    assert joiner.num_live == 1
+    net.add("seed", address=seed_address)
+    took = net.run_until(lambda: joiner.num_live == 2, limit_s=30)
+    assert took <= 2.1
+    assert net.status("seed", "early") is ALIVE
+
+
+@pytest.mark.parametrize("n, leaving", [(3, 3), (2, 2), (8, 3)])
+def test_graceful_leave_takes_at_most_the_leave_timeout(n, leaving):
+    """Issue 12: members whose peers all leave with them used to wait out their whole leave
+    timeout (the ``Left`` rumor never drained: nobody live was left to gossip to)."""
+    net = Net(seed=20 + n, config=SwimConfig.lan())
+    cores = net.mesh(n)
+    leavers = cores[-leaving:]
+    start = net.now
+    for core in leavers:
+        core.leave(net.now)
+        net._after(core.node_id)
+    took = net.run_until(lambda: all(c.leave_flushed for c in leavers), limit_s=30)
+    assert took <= net.config.leave_timeout_s + 0.05
+    assert net.now - start == took
+    stayers = cores[: n - leaving]
+    net.run_until(lambda: all(everyone_sees(net, c.node_id, LEFT) for c in leavers) or not stayers, limit_s=5)

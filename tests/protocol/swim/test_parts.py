@@ -217,3 +217,39 @@ def test_capacity_sum_scopes_and_liveness():
     t2 = capacity_sum(records, live, Scope.transformer("t2"))
     assert (t2.discharge_available_w, t2.nodes, t2.nodes_with_faults) == (6000.0, 2, 1)
     assert capacity_sum([], live).oldest_updated_at_ms is None
+
+
+def test_a_delegate_hears_member_events_and_cannot_take_what_is_handled():
+    """The seam (protocol.swim.delegate): a new client rides on the core without editing it."""
+    from protocol.errors import LocalProtocolError
+    from protocol.state import StateRecord
+    from protocol.swim import Delegate, MemberJoined, MemberLeft, Ping
+    from tests.protocol.swim.helpers import Net
+
+    class Watcher(Delegate):
+        def __init__(self) -> None:
+            self.seen: list[type] = []
+
+        def member_event(self, event, now):
+            self.seen.append(type(event))
+
+    net = Net(seed=31)
+    cores = net.mesh(3)
+    watcher = Watcher()
+    cores[0].add_delegate(watcher)
+    cores[2].leave(net.now)
+    net.after("n2")
+    net.run_until(lambda: MemberLeft in watcher.seen, limit_s=5)
+
+    class Greedy(Delegate):
+        message_types = frozenset({Ping})
+
+    class Copycat(Delegate):
+        rumor_types = frozenset({StateRecord})
+
+    class Unslotted(Delegate):
+        rumor_types = frozenset({MemberJoined})
+
+    for d in (Greedy(), Copycat(), Unslotted()):
+        with pytest.raises(LocalProtocolError):
+            cores[1].add_delegate(d)

@@ -29,7 +29,7 @@ from protocol.swim import (
 )
 from protocol.swim.messages import signing_payload
 from tests.conftest import Pki
-from tests.protocol.swim.helpers import Net
+from tests.protocol.swim.helpers import Net, records, standard_delegates
 
 
 def signed_mesh(pki: Pki, n: int = 4) -> tuple[Net, dict, list[Membership]]:
@@ -80,7 +80,7 @@ def test_relay_cannot_leave_or_publish_for_another(pki):
     record = StateRecord("n1", 0, 9, "site-1", "tx-1", 1e6, 1e6, 1.0, 0.0, (), 1)
     relay(a, "n2", Rumors(records=(record,)))
     assert a.member("n1").status is MemberStatus.ALIVE
-    assert a.record("n1") is None
+    assert records(a).record("n1") is None
     relay(a, "n2", Rumors(left=(sign(idents["n1"], Left("n1", 1)),)))
     assert a.member("n1").status is MemberStatus.LEFT
 
@@ -112,11 +112,11 @@ def test_forged_urgent_origin_is_not_delivered(pki):
 
 def test_push_pull_state_carries_authors_signatures(pki):
     net, idents, cores = signed_mesh(pki)
-    cores[1].publish_record(
+    records(cores[1]).publish(
         net.now, discharge_available_w=7.0, energy_above_min_soc_wh=1.0, soc=0.5, updated_at_ms=1
     )
     net._after("n1")
-    net.run_until(lambda: cores[2].record("n1") is not None, limit_s=5)
+    net.run_until(lambda: records(cores[2]).record("n1") is not None, limit_s=5)
     # n2's full state, relayed to a fresh signed node, is accepted rumor by rumor
     cores[2].receive("n3", cores[3].me.address, PushPull(False, False), net.now)
     [send] = [s for s in cores[2].outgoing() if isinstance(s.message, PushPull)]
@@ -124,10 +124,11 @@ def test_push_pull_state_carries_authors_signatures(pki):
     newcomer = Membership(
         SwimConfig.local(), LocalNode("n9", ("127.0.0.99", 7946)), random.Random(1), net.now,
         authenticator=Ed25519Items(newcomer_ident, pki.trust(*idents.values())),
+        delegates=standard_delegates(SwimConfig.local()),
     )
     newcomer.receive("n2", cores[2].me.address, send.message, net.now, reliable=True)
     assert newcomer.num_live == 5
-    assert newcomer.record("n1").discharge_available_w == 7.0
+    assert records(newcomer).record("n1").discharge_available_w == 7.0
     assert newcomer.statistics().rumors_rejected == 0
 
 
