@@ -42,7 +42,7 @@ from typing import Any
 import attrs
 import trio
 
-from meshagent.transport.base import Address, FramedStream, Transport
+from meshagent.transport.base import Address, FramedStream, Transport, drop_reasons
 from meshagent.trust.endpoint import (
     MAX_CERTIFICATES_PER_MESSAGE,
     SecureEndpoint,
@@ -318,7 +318,7 @@ class MeshNode:
             membership=self.core.statistics(),
             datagrams_sent=ep.sent,
             datagrams_received=ep.received,
-            dropped=ep.dropped,
+            dropped={**ep.dropped, **drop_reasons(self.endpoint.transport.statistics())},
             reliable_sent=self._reliable_sent,
             reliable_failed=self._reliable_failed,
             ignored_messages=self._ignored,

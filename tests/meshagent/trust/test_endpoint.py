@@ -14,7 +14,6 @@ from protocol.messages import CertificateRequest, Revoke
 from protocol.wire import Sealer
 from tests.conftest import NOW_MS
 
-
 FIRST = b"first" * 60
 
 
