@@ -33,7 +33,7 @@ import trio
 
 from meshagent.transport.base import Address, Transport
 from protocol.identity import TrustStore
-from protocol.trust import MAX_CERTIFICATES_PER_MESSAGE, BoundedTable, TrustCore
+from protocol.trust import MAX_CERTIFICATES_PER_MESSAGE, TABLE_LIMIT, BoundedTable, TrustCore
 from protocol.wire import Envelope, Opener, Sealer, WireLimits
 
 __all__ = [
@@ -86,6 +86,7 @@ class SecureEndpoint:
         certificate_sends: int = 3,
         certificate_request_interval_s: float = 1.0,
         not_before_ms: int = 0,
+        table_limit: int = TABLE_LIMIT,
     ) -> None:
         self.transport = transport
         self.core = TrustCore(
@@ -95,6 +96,7 @@ class SecureEndpoint:
             max_datagram_bytes=transport.max_datagram_bytes,
             request_interval_s=certificate_request_interval_s,
             not_before_ms=not_before_ms,
+            table_limit=table_limit,
         )
         self.trust = trust
         self.wall_clock_ms = wall_clock_ms
