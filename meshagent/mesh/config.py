@@ -123,7 +123,7 @@ class MeshSection:
                                          doc="Members to join through, `HOST[:PORT]`; retried while this node is isolated.")
     zeroconf: bool = setting(False, shown="false", doc="Advertise and discover peers on the LAN (`_meshagent._udp.local.`).")
     api: Address = setting(("127.0.0.1", DEFAULT_API_PORT), parse=_bind_address, shown='"127.0.0.1:7947"',
-                           doc="HTTP API for `meshagent members/join/leave` and utilities; unauthenticated, keep it local (port 0: any free port).")
+                           doc="HTTP API, operator page and metrics; bearer token per role (`meshagent api token`), probes and /metrics on loopback only (port 0: any free port).")
     allow: tuple[str, ...] = setting((), parse=_networks, shown="[]",
                                      doc="Networks mesh peers may come from, as CIDRs (e.g. `[\"10.20.0.0/24\"]`); UDP and TCP from elsewhere is dropped and counted (`not_allowed`). Empty: any.")
     clock_error: float = setting(0.25, parse=_duration, shown='"250ms"',

@@ -38,7 +38,7 @@ def metrics(host: str) -> dict[str, float]:
         return {}
     out = {}
     for line in text.splitlines():
-        m = re.fullmatch(r'(meshagent_datagrams_received_total|meshagent_dropped_total\{reason="(\w+)"\}) (\S+)', line)
+        m = re.fullmatch(r'(meshagent_node_datagrams_received|meshagent_datagrams_received_total|meshagent_dropped_total\{reason="(\w+)"\}) (\S+)', line)
         if m:
             out[m.group(2) or "accepted"] = float(m.group(3))
     return out
