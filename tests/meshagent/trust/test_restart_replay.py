@@ -75,7 +75,9 @@ def test_packets_accepted_before_a_kill_are_refused_after_the_restart(tmp_path):
     keystore.enroll(ca, "peer", tmp_path / "peer", site_id="site-1", transformer_id="tx-1")
     cfg = tmp_path / "agent-0" / "node.toml"
     cfg.write_text(
-        f'[node]\nid = "agent-0"\n\n[mesh]\npreset = "local"\nbind = "{host}:7946"\napi = "{host}:7947"\n\n'
+        f'[node]\nid = "agent-0"\n\n[mesh]\npreset = "local"\nbind = "{host}:7946"\napi = "{host}:7947"\n'
+        # one host, one clock: no allowance needed (the API may answer before the mesh starts)
+        f'clock_error = "0s"\n\n'
         f'[devices]\nmeter = "sim://site-1/meter"\ncharger = "sim://site-1/charger"\n'
     )
     peer = keystore.load_identity(tmp_path / "peer" / "node.key", tmp_path / "peer" / "node.cert",
