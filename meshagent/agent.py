@@ -51,8 +51,10 @@ from meshagent.mesh.config import MeshSection, parse_host_port
 from meshagent.mesh.node import MeshNode
 from meshagent.mesh.queries import serve_queries
 from meshagent.statedir import ensure_state_dir, next_boot_epoch
+from meshagent.transport.base import parse_allow
 from meshagent.transport.udp import UdpTransport, format_address
 from meshagent.trust import keystore
+from meshagent.trust.endpoint import system_wall_clock_ms
 from protocol.errors import BadPacket
 from protocol.identity import TrustStore
 from protocol.state import Scope
@@ -163,7 +165,13 @@ async def run_agent(config: NodeConfig, *, task_status: trio.TaskStatus[MeshNode
     if trust.is_revoked(ident.certificate):
         raise MeshagentError(f"this node's certificate ({node_cfg.id}) has been revoked")
     epoch = next_boot_epoch(state_dir)
-    transport = await UdpTransport.bind(mesh.bind, advertise=mesh.advertise, max_datagram_bytes=config.wire.max_datagram_bytes)
+    # packets issued before this start (plus the clock error allowed between peers) may have
+    # been accepted before a restart or crash: refuse them (docs/wire-format.md, "Restarts")
+    not_before_ms = system_wall_clock_ms() + int(mesh.clock_error * 1000)
+    transport = await UdpTransport.bind(
+        mesh.bind, advertise=mesh.advertise, max_datagram_bytes=config.wire.max_datagram_bytes,
+        allow=parse_allow(mesh.allow) if mesh.allow else None,
+    )
     seeds = list(dict.fromkeys([*mesh.seeds, *load_seeds(state_dir)]))
     limits = WireLimits(
         max_datagram_bytes=config.wire.max_datagram_bytes,
@@ -181,7 +189,7 @@ async def run_agent(config: NodeConfig, *, task_status: trio.TaskStatus[MeshNode
 
     node = MeshNode(
         ident, trust, transport, swim, boot_epoch=epoch, seeds=seeds, limits=limits,
-        on_revocation=persist_revocations,
+        on_revocation=persist_revocations, not_before_ms=not_before_ms,
     )
 
     csms_cfg = config.section("csms")

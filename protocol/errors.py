@@ -33,6 +33,7 @@ class DropReason(enum.Enum):
     SIGNER_REVOKED = "signer_revoked"
     REPLAY = "replay"
     OUTSIDE_SKEW = "outside_skew"
+    BEFORE_START = "issued_before_start"  # may have been accepted before a restart
     MALFORMED_BODY = "malformed_body"
     BAD_FIELD = "bad_field"
 

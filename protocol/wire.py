@@ -154,9 +154,12 @@ class WireStatistics:
 class Opener:
     """Verifies incoming packets for one node: signatures, certificates and replays."""
 
-    def __init__(self, trust: TrustStore, limits: WireLimits | None = None) -> None:
+    def __init__(self, trust: TrustStore, limits: WireLimits | None = None, *, not_before_ms: int = 0) -> None:
         self.trust = trust
         self.limits = limits or WireLimits()
+        # packets issued before this (the node's start, plus the clock error allowed between
+        # peers) are refused: they may have been accepted by this node before a restart
+        self.not_before_ms = not_before_ms
         # sender -> [boot_epoch, highest seq, bitmap of seen seqs (bit 0 = highest)]
         self._windows: dict[str, list[int]] = {}
         self._accepted = 0
@@ -218,6 +221,10 @@ class Opener:
         if abs(now_ms - issued_at_ms) > self.limits.max_skew_ms:
             raise BadPacket(
                 DropReason.OUTSIDE_SKEW, f"issued {issued_at_ms - now_ms:+d} ms from now"
+            )
+        if issued_at_ms < self.not_before_ms:
+            raise BadPacket(
+                DropReason.BEFORE_START, f"issued {self.not_before_ms - issued_at_ms} ms before this node started"
             )
 
         trust = self.trust

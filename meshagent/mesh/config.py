@@ -15,6 +15,8 @@ import attrs
 from meshagent.config import register_section, setting
 from meshagent.config.units import parse_duration_s, parse_size_bytes
 from meshagent.errors import ConfigError
+from meshagent.transport.base import parse_allow
+from protocol.errors import LocalProtocolError
 from protocol.swim import SwimConfig
 
 DEFAULT_PORT = 7946
@@ -78,6 +80,16 @@ def _optional_address(value: object) -> Address | None:
     return _address(value)
 
 
+def _networks(value: object) -> tuple[str, ...]:
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise ValueError(f"expected a list of CIDR strings, got {value!r}")
+    try:
+        parse_allow(value)
+    except LocalProtocolError as exc:
+        raise ValueError(str(exc).removeprefix("mesh.allow: ")) from None
+    return tuple(value)
+
+
 def _duration(value: object) -> float:
     return parse_duration_s(value)
 
@@ -112,6 +124,10 @@ class MeshSection:
     zeroconf: bool = setting(False, shown="false", doc="Advertise and discover peers on the LAN (`_meshagent._udp.local.`).")
     api: Address = setting(("127.0.0.1", DEFAULT_API_PORT), parse=_bind_address, shown='"127.0.0.1:7947"',
                            doc="HTTP API, operator page and metrics; bearer token per role (`meshagent api token`), probes and /metrics on loopback only (port 0: any free port).")
+    allow: tuple[str, ...] = setting((), parse=_networks, shown="[]",
+                                     doc="Networks mesh peers may come from, as CIDRs (e.g. `[\"10.20.0.0/24\"]`); UDP and TCP from elsewhere is dropped and counted (`not_allowed`). Empty: any.")
+    clock_error: float = setting(0.25, parse=_duration, shown='"250ms"',
+                                 doc="Clock error allowed between peers at start: packets issued before this node started plus this are refused, so nothing accepted before a restart is accepted again.")
     max_packet: int = setting(1400, parse=parse_size_bytes, min_value=512, max_value=65507, shown="1400",
                               doc="Largest gossip datagram.")
     probe_interval: float | None = setting(None, parse=_duration, shown="preset", doc="Time between probes (`lan`: 1s).")

@@ -17,9 +17,14 @@ a new TCP stream in a task of its own, bounded by ``reliable_timeout_s``. The sa
 object sent to many members (an urgent broadcast) is sealed once. Events go to subscribers
 (``subscribe()``), which is how the allocation will hear urgent messages (``Delivered``).
 
-Revocation: when the endpoint applies a revocation (from a ``Revoke`` message or from an
-urgent broadcast carrying one), the core forgets the node everywhere, and a revocation new
-to us is broadcast urgently to every member so the whole mesh learns it in one round.
+Trust: the endpoint's ``TrustCore`` (``protocol.trust``) holds every certificate and
+revocation rule; the node only feeds it and takes its outputs, in one direction. Rumors
+refused for an unknown author are reported to it (``rumor_authors_missing``) with the gossip
+to replay; it asks the relay and hands the gossip back (``unblocked``) once an author is
+known. When it applies a revocation (from a ``Revoke`` message, an urgent broadcast carrying
+one, or ``revoke``), ``endpoint.revoked()`` names the node: after the flush the membership
+core forgets it everywhere, and a revocation new to us is broadcast urgently to every member
+so the whole mesh learns it in one round.
 
 Everything takes the trio clock for ``now`` and an injected wall clock for the wire, so the
 same node runs on real UDP and on the in-memory network under ``MockClock``.
@@ -37,7 +42,7 @@ from typing import Any
 import attrs
 import trio
 
-from meshagent.transport.base import Address, FramedStream, Transport
+from meshagent.transport.base import Address, FramedStream, Transport, drop_reasons
 from meshagent.trust.endpoint import (
     MAX_CERTIFICATES_PER_MESSAGE,
     SecureEndpoint,
@@ -76,8 +81,6 @@ from protocol.wire import Sealer, WireLimits
 
 RECENT_EVENTS = 256
 MAX_RELIABLE_INFLIGHT = 64
-CERTIFICATE_REQUEST_INTERVAL_S = 1.0
-PENDING_REPLAYS = 256
 
 
 def _rumors_of(message: Any) -> Rumors | None:
@@ -91,7 +94,7 @@ class _TrackingAuthenticator:
     """Rumor signatures with the node's key, noting authors whose certificate we lack.
 
     A rumor by an author we have no certificate for is refused by the core; the node then
-    asks the relay for the certificate, and the rumor's next retransmission gets in.
+    reports the authors to the trust core, which asks the relay and replays the rumors.
     """
 
     def __init__(self, identity: NodeIdentity, trust: TrustStore) -> None:
@@ -168,6 +171,7 @@ class MeshNode:
         limits: WireLimits | None = None,
         authenticator: ItemAuthenticator | None = None,
         on_revocation: Callable[[str], None] | None = None,
+        not_before_ms: int = 0,
     ) -> None:
         self.identity = identity
         self.config = swim_config
@@ -180,16 +184,12 @@ class MeshNode:
             trust,
             limits=limits,
             wall_clock_ms=wall_clock_ms,
-            on_revocation=self._on_revocation,
-            on_certificates=self._certificates_learned,
+            not_before_ms=not_before_ms,
         )
         cert = identity.certificate
         self.local = LocalNode(cert.node_id, transport.address, cert.site_id, cert.transformer_id)
         self._tracker = _TrackingAuthenticator(identity, trust) if authenticator is None else None
         self._authenticator: ItemAuthenticator = authenticator or self._tracker  # type: ignore[assignment]
-        self._cert_requested: dict[str, float] = {}
-        # rumors refused for unknown authors: (authors, relay, source, Gossip to replay)
-        self._pending: deque[tuple[frozenset[str], str, Address, Gossip]] = deque(maxlen=PENDING_REPLAYS)
         self.membership: Membership | None = None
         # the clients of the membership core's delegate seam: the chargers' state records,
         # the urgent broadcast, and whatever the layers above add (``add_delegate``)
@@ -363,7 +363,10 @@ class MeshNode:
 
     def revoke(self, record: bytes) -> str | None:
         """Apply a CA-signed revocation here and spread it; returns the revoked node id."""
-        return self.endpoint.apply_revocation(record)
+        revoked = self.endpoint.apply_revocation(record)
+        if self.membership is not None:
+            self._flush()
+        return revoked
 
     def statistics(self) -> NodeStatistics:
         ep = self.endpoint.statistics()
@@ -371,7 +374,7 @@ class MeshNode:
             membership=self.core.statistics(),
             datagrams_sent=ep.sent,
             datagrams_received=ep.received,
-            dropped=ep.dropped,
+            dropped={**ep.dropped, **drop_reasons(self.endpoint.transport.statistics())},
             reliable_sent=self._reliable_sent,
             reliable_failed=self._reliable_failed,
             ignored_messages=self._ignored,
@@ -385,13 +388,19 @@ class MeshNode:
     # --- tasks ----------------------------------------------------------------------------------
 
     async def _receive_loop(self) -> None:
+        endpoint = self.endpoint
         while True:
             try:
-                got = await self.endpoint.receive()
+                datagram = await endpoint.transport.receive_datagram()
             except trio.ClosedResourceError:  # the transport was closed under us: stop
                 self._stopped.set()
                 return
-            self._deliver(got.envelope.sender_id, got.source, got.envelope.message, reliable=False)
+            env = endpoint.open(datagram.packet, datagram.source)
+            for got in endpoint.take_ready():  # held packets whose signer is now known
+                self._to_core(got.envelope.sender_id, got.source, got.envelope.message, reliable=False)
+            if env is not None:
+                self._to_core(env.sender_id, datagram.source, env.message, reliable=False)
+            self._flush()
 
     async def _timer_loop(self) -> None:
         while True:
@@ -423,88 +432,82 @@ class MeshNode:
                     if packet is None:
                         return
                     env = self.endpoint.open(packet, ("", 0), stream=True)
+                    for got in self.endpoint.take_ready():
+                        self._to_core(got.envelope.sender_id, got.source, got.envelope.message, reliable=False)
                     if env is not None:
                         member = self.core.member(env.sender_id)
                         source = member.address if member is not None else ("", 0)
-                        self._deliver(env.sender_id, source, env.message, reliable=True)
+                        self._to_core(env.sender_id, source, env.message, reliable=True)
+                    self._flush()
 
     # --- plumbing -------------------------------------------------------------------------------
 
     def _deliver(self, sender_id: str, source: Address, message: Any, *, reliable: bool) -> None:
+        self._to_core(sender_id, source, message, reliable=reliable)
+        self._flush()
+
+    def _to_core(self, sender_id: str, source: Address, message: Any, *, reliable: bool) -> None:
         core = self.core
         if type(message) in core.handled_messages:
             core.receive(sender_id, source, message, trio.current_time(), reliable=reliable)
             tracker = self._tracker
             if tracker is not None and tracker.missing:
-                self._request_certificates(sender_id, source, tracker.missing)
+                if not source[0]:
+                    member = core.member(sender_id)
+                    source = member.address if member is not None else source
                 rumors = _rumors_of(message)
-                if rumors is not None:
-                    # replay these rumors once the certificates are here, rather than wait
-                    # for a retransmission that may already have been spent
-                    self._pending.append((frozenset(tracker.missing), sender_id, source, Gossip(rumors)))
+                # replay these rumors once the certificates are here, rather than wait
+                # for a retransmission that may already have been spent
+                item = None if rumors is None else (sender_id, source, Gossip(rumors))
+                self.endpoint.core.rumor_authors_missing(
+                    tracker.missing, source, item, trio.current_time(), self.endpoint.wall_clock_ms()
+                )
                 tracker.missing = set()
-        elif isinstance(message, Certificates):
-            self.endpoint.learn_certificates(message.certificates)
-            self._certificates_learned()
-            return
         elif isinstance(message, Revoke):
-            pass  # already applied by the endpoint; spread by _on_revocation if new
+            pass  # already applied by the trust core; spread by _flush if new
         else:
             handler = self._handlers.get(type(message))
             if handler is None:
                 self._ignored += 1
                 return
             handler(sender_id, source, message)
-        self._flush()
-
-    def _certificates_learned(self) -> None:
-        """New certificates: replay the rumors that were refused for want of them."""
-        core = self.membership
-        if core is None or not self._pending:
-            return
-        trust = self.endpoint.trust
-        waiting = list(self._pending)
-        self._pending.clear()
-        for missing, sender_id, source, gossip in waiting:
-            if not any(trust.certificate(a) is not None for a in missing):
-                self._pending.append((missing, sender_id, source, gossip))
-                continue
-            # replay: rumors by authors we now know get in; the rest are refused again,
-            # noted again, and asked for at once (an answer holds only so many certificates)
-            self._cert_requested.clear()
-            self._deliver(sender_id, source, gossip, reliable=False)
-        self._flush()
-
-    def _request_certificates(self, relay_id: str, source: Address, missing: set[str]) -> None:
-        now = trio.current_time()
-        wanted = sorted(
-            n for n in missing if now - self._cert_requested.get(n, -math.inf) >= CERTIFICATE_REQUEST_INTERVAL_S
-        )[:64]
-        if not wanted or self._nursery is None:
-            return
-        for n in wanted:
-            self._cert_requested[n] = now
-        if not source[0]:
-            member = self.core.member(relay_id)
-            if member is None:
-                return
-            source = member.address
-        self._nursery.start_soon(self._send_all, [Send(source, CertificateRequest(node_ids=tuple(wanted)))])
 
     def _flush(self) -> None:
+        """Take every output of the membership and trust cores, until neither has more.
+
+        One loop, never nested: a revocation or a replay only feeds the cores, and the next
+        round of the loop takes what that produced.
+        """
         core = self.core
         nursery = self._nursery
-        sends = core.outgoing()
-        if sends and nursery is not None:
-            nursery.start_soon(self._send_all, sends)
-        for event in core.events():
-            self._on_event(event)
+        while True:
+            sends = core.outgoing()
+            if sends and nursery is not None:
+                nursery.start_soon(self._send_all, sends)
+            for event in core.events():
+                self._on_event(event)
+            trust_sends = self.endpoint.pending_outgoing()
+            if trust_sends and nursery is not None:
+                nursery.start_soon(self._send_packets, trust_sends)
+            revoked = self.endpoint.revoked()
+            for node_id in revoked:
+                self._on_revocation(node_id)
+            replays = self.endpoint.core.unblocked()
+            for sender_id, source, gossip in replays:
+                # rumors by authors we now know get in; the rest are reported again
+                self._to_core(sender_id, source, gossip, reliable=False)
+            if not revoked and not replays:
+                break
         if core.has_left and core.leave_flushed:
             self._leave_flushed.set()
         # Wake the timer task only if what happened brought its deadline forward: most packets
         # do not, and a wake-up per packet was over half the timer task's work at 60 agents.
         if core.next_deadline() < self._sleeping_until:
             self._wake.set()
+
+    async def _send_packets(self, packets: list[tuple[Address, bytes]]) -> None:
+        for destination, packet in packets:
+            await self.endpoint.send_packet(destination, packet)
 
     async def _send_all(self, sends: list[Send]) -> None:
         sealed: dict[tuple[int, bool], bytes] = {}
@@ -579,13 +582,10 @@ class MeshNode:
     def _on_revocation(self, node_id: str) -> None:
         if self._revocation_hook is not None:
             self._revocation_hook(node_id)
-        core = self.membership
-        if core is None:
-            return
+        core = self.core
         core.revoke(node_id, trio.current_time())
         # spread every revocation we have not spread yet
         for record in self.endpoint.trust.revocation_records():
             if record not in self._spread:
                 self._spread.add(record)
                 self.urgent_broadcasts.send(Revoke(revocation=record), Scope.everyone(), trio.current_time())
-        self._flush()

@@ -27,7 +27,8 @@ and ``meshagent.transport.memory`` (a simulated network on the trio clock).
 from __future__ import annotations
 
 import abc
-from collections.abc import Awaitable, Callable
+import ipaddress
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, Self
 
 import attrs
@@ -68,6 +69,8 @@ class TransportStatistics:
     bytes_received: int
     dropped_oversize: int  # arrived larger than max_datagram_bytes: dropped
     dropped_overflow: int  # arrived while the receive queue was full: dropped
+    dropped_kernel: int  # dropped by the kernel: the socket's receive buffer was full
+    dropped_not_allowed: int  # datagrams and streams from outside the allowed networks
     send_errors: int  # the network refused a send (unreachable, wrong family, ...)
     receive_errors: int  # transient socket errors while receiving
     streams_opened: int  # outgoing streams connected
@@ -85,6 +88,8 @@ class Counters:
     bytes_received: int = 0
     dropped_oversize: int = 0
     dropped_overflow: int = 0
+    dropped_kernel: int = 0
+    dropped_not_allowed: int = 0
     send_errors: int = 0
     receive_errors: int = 0
     streams_opened: int = 0
@@ -103,6 +108,43 @@ class Counters:
 
     def snapshot(self) -> TransportStatistics:
         return TransportStatistics(**attrs.asdict(self))
+
+
+def drop_reasons(stats: TransportStatistics) -> dict[str, int]:
+    """The transport's drops by reason, named as in ``/metrics`` next to the wire's."""
+    return {
+        "oversize_datagram": stats.dropped_oversize,
+        "receive_queue_full": stats.dropped_overflow,
+        "kernel_receive_buffer_full": stats.dropped_kernel,
+        "not_allowed": stats.dropped_not_allowed,
+    }
+
+
+Allowed = tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]
+
+
+def parse_allow(cidrs: Iterable[str], key: str = "mesh.allow") -> Allowed:
+    """CIDRs from the config; a bad one is a ``LocalProtocolError`` naming ``key``."""
+    out = []
+    for cidr in cidrs:
+        try:
+            out.append(ipaddress.ip_network(cidr, strict=False))
+        except ValueError:
+            raise LocalProtocolError(f"{key}: {cidr!r} is not an IP network (CIDR)") from None
+    return tuple(out)
+
+
+def is_allowed(allow: Allowed | None, host: str) -> bool:
+    """Whether a peer at ``host`` may talk to us (no list: everyone)."""
+    if allow is None:
+        return True
+    try:
+        ip = ipaddress.ip_address(host.split("%", 1)[0])
+    except ValueError:
+        return False
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return any(ip in net for net in allow)
 
 
 class Transport(abc.ABC):

@@ -15,6 +15,12 @@ taken. IPv4 or IPv6 follows the bind host (an IPv6 socket is v6-only).
   bind host (when it is a specific address), so each node on its own 127.x address or
   network namespace is seen with its own source address.
 
+Drops are counted by reason (``statistics()``): oversize datagrams; datagrams the kernel
+dropped because the socket's receive buffer was full (Linux reports the running count with
+every datagram through ``SO_RXQ_OVFL``); and, when ``allow`` lists networks (config
+``mesh.allow``), datagrams and TCP connections from any other source address, refused
+before a byte of them is parsed.
+
 The UDP socket does not set ``SO_REUSEADDR``: on Linux that would let a second agent bind
 the same UDP port and silently split the traffic. The TCP listener does set it, so a
 restarted agent can rebind while old connections sit in TIME_WAIT.
@@ -25,6 +31,9 @@ from __future__ import annotations
 import errno
 import ipaddress
 import socket as stdlib_socket
+import struct
+import sys
+from typing import Any
 
 import trio
 
@@ -33,11 +42,13 @@ from meshagent.transport.base import (
     DEFAULT_MAX_DATAGRAM_BYTES,
     DEFAULT_PORT,
     Address,
+    Allowed,
     Counters,
     Datagram,
     StreamHandler,
     Transport,
     check_datagram_size,
+    is_allowed,
     run_stream_handler,
 )
 from protocol.errors import LocalProtocolError
@@ -51,6 +62,10 @@ _ACCEPT_CAPACITY_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM, e
 _ACCEPT_CAPACITY_SLEEP_S = 0.1
 _EPHEMERAL_ATTEMPTS = 20
 _IP_BIND_ADDRESS_NO_PORT = getattr(stdlib_socket, "IP_BIND_ADDRESS_NO_PORT", None)  # Linux
+# Linux: with every datagram, how many the kernel dropped for want of buffer space
+_SO_RXQ_OVFL: int | None = getattr(stdlib_socket, "SO_RXQ_OVFL", 40 if sys.platform == "linux" else None)
+_U32 = struct.Struct("=I")
+_ANCILLARY_BYTES = stdlib_socket.CMSG_SPACE(_U32.size)
 
 
 def port_free(host: str, port: int = DEFAULT_PORT) -> bool:
@@ -92,8 +107,17 @@ class UdpTransport(Transport):
         tcp: trio.socket.SocketType,
         advertise: Address,
         max_datagram_bytes: int,
+        allow: Allowed | None = None,
     ) -> None:
         self.max_datagram_bytes = max_datagram_bytes
+        self.allow = allow
+        self._kernel_drops = False
+        if _SO_RXQ_OVFL is not None:
+            try:
+                udp.setsockopt(stdlib_socket.SOL_SOCKET, _SO_RXQ_OVFL, 1)
+                self._kernel_drops = True
+            except OSError:
+                pass
         self._udp = udp
         self._tcp = tcp
         self._listener = trio.SocketListener(tcp)
@@ -114,11 +138,13 @@ class UdpTransport(Transport):
         advertise: Address | None = None,
         max_datagram_bytes: int = DEFAULT_MAX_DATAGRAM_BYTES,
         backlog: int = 128,
+        allow: Allowed | None = None,
     ) -> UdpTransport:
         """Bind UDP and TCP on ``bind`` (port 0: any free port, the same for both).
 
         ``advertise`` is what peers are told (default: the bind address; required when
-        binding to ``0.0.0.0`` or ``::``; its port 0 means "the bound port"). Raises
+        binding to ``0.0.0.0`` or ``::``; its port 0 means "the bound port"). ``allow``: the
+        networks peers may come from (``None``: any; see ``base.parse_allow``). Raises
         ``MeshagentError`` (one line naming the address) if the address cannot be bound.
         """
         host, port = bind
@@ -155,7 +181,7 @@ class UdpTransport(Transport):
                 adv = (host, bound_port)
             else:
                 adv = (advertise[0], advertise[1] or bound_port)
-            return cls(udp, tcp, adv, max_datagram_bytes)
+            return cls(udp, tcp, adv, max_datagram_bytes, allow)
         raise MeshagentError(
             f"no port free for both UDP and TCP on {host} after {_EPHEMERAL_ATTEMPTS} attempts"
         )
@@ -183,8 +209,16 @@ class UdpTransport(Transport):
         self._check_open()
         limit = self.max_datagram_bytes
         while True:  # ends by returning a datagram, a close, or cancellation
+            source: Any
             try:
-                packet, source = await self._udp.recvfrom(limit + 1)
+                if self._kernel_drops:
+                    packet, ancdata, _, source = await self._udp.recvmsg(limit + 1, _ANCILLARY_BYTES)
+                    for level, kind, data in ancdata:
+                        if level == stdlib_socket.SOL_SOCKET and kind == _SO_RXQ_OVFL and len(data) >= 4:
+                            # the kernel's running count of datagrams it dropped on this socket
+                            self._counters.dropped_kernel = _U32.unpack_from(data)[0]
+                else:
+                    packet, source = await self._udp.recvfrom(limit + 1)
             except OSError as exc:
                 self._check_open()
                 if exc.errno not in _TRANSIENT_RECEIVE_ERRNOS:
@@ -193,6 +227,9 @@ class UdpTransport(Transport):
                 continue
             if len(packet) > limit:
                 self._counters.dropped_oversize += 1
+                continue
+            if not is_allowed(self.allow, source[0]):
+                self._counters.dropped_not_allowed += 1
                 continue
             self._counters.received(len(packet))
             return Datagram(packet, (source[0], source[1]))
@@ -240,6 +277,10 @@ class UdpTransport(Transport):
                         self._counters.stream_errors += 1
                         await trio.sleep(_ACCEPT_CAPACITY_SLEEP_S)
                         continue
+                    if not is_allowed(self.allow, _peer_host(stream)):
+                        self._counters.dropped_not_allowed += 1
+                        await trio.aclose_forcefully(stream)
+                        continue
                     self._counters.streams_accepted += 1
                     nursery.start_soon(run_stream_handler, handler, stream, self._counters)
         finally:
@@ -253,6 +294,13 @@ class UdpTransport(Transport):
 
     def __repr__(self) -> str:
         return f"<UdpTransport {format_address(self._bind_address)}>"
+
+
+def _peer_host(stream: trio.SocketStream) -> str:
+    try:
+        return str(stream.socket.getpeername()[0])
+    except OSError:
+        return ""
 
 
 def _new_socket(family: int, kind: int) -> trio.socket.SocketType:

@@ -1,4 +1,4 @@
-"""A node's secure endpoint: transport + signing + verification + certificate exchange.
+"""A node's secure endpoint: the trio shell of ``protocol.trust.TrustCore`` over a transport.
 
 Theory of operation
 -------------------
@@ -8,15 +8,15 @@ node writes on a TCP stream itself); everything it receives comes out of ``recei
 ``protocol.wire.Envelope`` with the address it came from. Bad packets never get out: they
 are dropped and counted by reason (``statistics()``), and the loop goes on.
 
+Certificate exchange, held packets, rate limits and revocations are the sans-IO
+``TrustCore``'s (see its docstring): this shell feeds it each datagram with the clocks and
+sends the packets it asks for, in one direction; nothing calls back. Revocations applied by
+the core come out of ``revoked()`` for the node to act on.
+
 Certificates: a peer can only verify us if it has our certificate. Rather than attach it
 to every packet (about 160 bytes each), the endpoint attaches it to the first few
 datagrams it sends to an address in each refresh period (default: 3 per 30 s), and to
-every packet written on a stream. If a peer still drops us as an unknown signer, we cannot know; but
-the other direction heals itself: when *we* drop a packet from an unknown signer, we send
-that address (rate-limited) a ``CertificateRequest`` with our certificate attached, and a
-peer that receives a ``CertificateRequest`` naming itself answers with ``Certificates``
-carrying its own, attached. Revocations arriving in ``Revoke`` messages are applied to the
-trust store here, before any layer above sees a packet from the revoked node again.
+every packet written on a stream.
 
 The wall clock (for ``issued_at_ms`` and certificate validity) and the monotonic clock (for
 rate limits) are injected, so the endpoint runs unchanged in virtual time.
@@ -32,18 +32,21 @@ import attrs
 import trio
 
 from meshagent.transport.base import Address, Transport
-from protocol.errors import BadPacket, DropReason
 from protocol.identity import TrustStore
-from protocol.messages import CertificateRequest, Certificates, Revoke
-from protocol.wire import Envelope, Opener, Sealer, SequenceExhausted, WireLimits
+from protocol.trust import MAX_CERTIFICATES_PER_MESSAGE, TABLE_LIMIT, BoundedTable, TrustCore
+from protocol.wire import Envelope, Opener, Sealer, WireLimits
+
+__all__ = [
+    "MAX_CERTIFICATES_PER_MESSAGE",
+    "EndpointStatistics",
+    "Received",
+    "SecureEndpoint",
+    "WallClockMs",
+    "system_wall_clock_ms",
+]
 
 WallClockMs = Callable[[], int]
-MAX_CERTIFICATES_PER_MESSAGE = 64  # protocol.messages.Certificates' item limit
-HELD_PACKETS = 256
-ANSWERED_MEMORY = 4096
-ANSWER_BURST = 16
-ANSWER_RATE_PER_S = 8.0
-HOLD_S = 5.0
+ATTACHED_MEMORY = 4096
 
 
 def system_wall_clock_ms() -> int:
@@ -60,6 +63,7 @@ class EndpointStatistics:
     revocations_applied: int
     certificates_refused: int  # passed on by peers, but did not parse or verify
     held_released: int  # packets from then-unknown signers opened once their certificate came
+    amplification_refused: int  # certificate requests not sent: larger than the unverified packet
 
 
 @attrs.frozen
@@ -82,37 +86,40 @@ class SecureEndpoint:
         certificate_refresh_s: float = 30.0,
         certificate_sends: int = 3,
         certificate_request_interval_s: float = 1.0,
-        on_revocation: Callable[[str], None] | None = None,
-        on_certificates: Callable[[], None] | None = None,
+        not_before_ms: int = 0,
+        table_limit: int = TABLE_LIMIT,
     ) -> None:
         self.transport = transport
-        self.sealer = sealer
+        self.core = TrustCore(
+            sealer,
+            trust,
+            limits=limits,
+            max_datagram_bytes=transport.max_datagram_bytes,
+            request_interval_s=certificate_request_interval_s,
+            not_before_ms=not_before_ms,
+            table_limit=table_limit,
+        )
         self.trust = trust
-        self.opener = Opener(trust, limits)
         self.wall_clock_ms = wall_clock_ms
         self._refresh_s = certificate_refresh_s
         self._cert_sends = certificate_sends
-        self._request_interval_s = certificate_request_interval_s
-        self._on_revocation = on_revocation
-        self._on_certificates = on_certificates
         # address -> (period start, certificates attached in that period)
-        self._attached: dict[Address, tuple[float, int]] = {}
-        self._requested: dict[Address, float] = {}
-        self._answered: dict[Address, tuple[float, float]] = {}  # address -> (tokens, at)
-        self._pending_requests: list[tuple[Address, str]] = []
-        # datagrams from unknown signers, held while their certificate is fetched
-        self._held: deque[tuple[str, bytes, Address, float]] = deque(maxlen=HELD_PACKETS)
+        self._attached: BoundedTable[Address, tuple[float, int]] = BoundedTable(ATTACHED_MEMORY, certificate_refresh_s)
         self._ready: deque[Received] = deque()
-        self._held_released = 0
+        self._revoked: list[str] = []
         self._sent = 0
-        self._certs_attached = 0
-        self._requests_sent = 0
-        self._revocations = 0
-        self._certs_refused = 0
+
+    @property
+    def sealer(self) -> Sealer:
+        return self.core.sealer
+
+    @property
+    def opener(self) -> Opener:
+        return self.core.opener
 
     @property
     def node_id(self) -> str:
-        return self.sealer.identity.node_id
+        return self.core.node_id
 
     @property
     def address(self) -> Address:
@@ -120,44 +127,38 @@ class SecureEndpoint:
 
     def statistics(self) -> EndpointStatistics:
         opened = self.opener.statistics()
+        core = self.core.statistics()
         return EndpointStatistics(
             sent=self._sent,
             received=opened.accepted,
             dropped=opened.dropped,
-            certificate_requests_sent=self._requests_sent,
-            certificates_attached=self._certs_attached,
-            revocations_applied=self._revocations,
-            certificates_refused=self._certs_refused,
-            held_released=self._held_released,
+            certificate_requests_sent=core.certificate_requests_sent,
+            certificates_attached=core.certificates_attached,
+            revocations_applied=core.revocations_applied,
+            certificates_refused=core.certificates_refused,
+            held_released=core.held_released,
+            amplification_refused=core.amplification_refused,
         )
 
     def should_attach(self, destination: Address) -> bool:
         """Whether the next packet to ``destination`` should carry our certificate (counts it)."""
         now = trio.current_time()
-        start, count = self._attached.get(destination, (now, 0))
+        start, count = self._attached.get(destination, now) or (now, 0)
         if now - start >= self._refresh_s:
             start, count = now, 0
         if count < self._cert_sends:
-            self._attached[destination] = (start, count + 1)
+            self._attached.put(destination, (start, count + 1), start)
             return True
         return False
 
     def forget_peer(self, destination: Address, node_id: str | None = None) -> None:
         """A peer restarted or left: attach our certificate again next time."""
-        self._attached.pop(destination, None)
+        self._attached.pop(destination)
         if node_id is not None:
             self.opener.forget(node_id)
 
     def seal(self, message: object, *, attach_certificate: bool = False) -> bytes:
-        try:
-            packet = self.sealer.seal(message, self.wall_clock_ms(), attach_certificate=attach_certificate)
-        except SequenceExhausted:
-            # 2**32 packets in one boot epoch: move to the next epoch (persisted by the node)
-            self.sealer = Sealer(self.sealer.identity, self.sealer.boot_epoch + 1)
-            packet = self.sealer.seal(message, self.wall_clock_ms(), attach_certificate=attach_certificate)
-        if attach_certificate:
-            self._certs_attached += 1
-        return packet
+        return self.core.seal(message, self.wall_clock_ms(), attach_certificate=attach_certificate)
 
     async def send(self, destination: Address, message: object, *, attach_certificate: bool | None = None) -> None:
         """Sign ``message`` and send it as one datagram (best effort)."""
@@ -174,139 +175,72 @@ class SecureEndpoint:
         self._sent += 1
 
     def open(self, packet: bytes, source: Address, *, stream: bool = False) -> Envelope | None:
-        """Verify one packet; ``None`` (counted) if it must be dropped.
+        """Verify one packet; ``None`` if it was dropped (counted) or consumed by the core.
 
-        A datagram from a signer we have no certificate for is also held (a few seconds, a
-        bounded number) while we ask for the certificate: when it arrives the packet is
-        opened again, so the rumors it carried are not lost.
+        A datagram from a signer we have no certificate for is held by the core while it
+        asks for the certificate; once it arrives the packet comes out of ``receive``.
         """
-        try:
-            env = self.opener.open_untrusted(packet, self.wall_clock_ms(), stream=stream)
-        except BadPacket as exc:
-            if exc.reason is DropReason.UNKNOWN_SIGNER and not stream:
-                self._want_certificate(source, exc.detail)
-                self._held.append((exc.detail, packet, source, trio.current_time()))
-            return None
+        now, now_ms = trio.current_time(), self.wall_clock_ms()
+        if stream:
+            env = self.core.open_stream(packet, source if source[0] else None, now, now_ms)
+        else:
+            env = self.core.open_datagram(packet, source, now, now_ms)
+        self._collect()
         return env
 
-    def _release_held(self) -> None:
-        now = trio.current_time()
-        held = list(self._held)
-        self._held.clear()
-        for sender_id, packet, source, at in held:
-            if now - at > HOLD_S:
-                continue
-            if self.trust.certificate(sender_id) is None:
-                self._held.append((sender_id, packet, source, at))
-                continue
-            try:
-                env = self.opener.open_untrusted(packet, self.wall_clock_ms())
-            except BadPacket:
-                continue
-            self._held_released += 1
+    def _collect(self) -> None:
+        for env, source in self.core.released():
             self._ready.append(Received(env, source))
+        self._revoked.extend(self.core.revoked())
 
-    def _want_certificate(self, source: Address, claimed_id: str) -> None:
-        now = trio.current_time()
-        if now - self._requested.get(source, -1e18) < self._request_interval_s:
-            return
-        self._requested[source] = now
-        self._pending_requests.append((source, claimed_id))
+    def take_ready(self) -> list[Received]:
+        """Held datagrams released by the core since the last call (for a caller that reads
+        the transport itself instead of ``receive``)."""
+        self._collect()
+        out = list(self._ready)
+        self._ready.clear()
+        return out
+
+    def revoked(self) -> list[str]:
+        """Node ids newly revoked since the last call (to forget and spread)."""
+        self._collect()
+        out, self._revoked = self._revoked, []
+        return out
+
+    def pending_outgoing(self) -> list[tuple[Address, bytes]]:
+        """Packets the trust core wants sent (certificate requests and answers)."""
+        return self.core.outgoing()
+
+    async def flush(self) -> None:
+        """Send what the trust core asked for."""
+        for destination, packet in self.core.outgoing():
+            await self.send_packet(destination, packet)
 
     async def receive(self) -> Received:
-        """The next verified datagram. Handles certificate exchange and revocations itself."""
+        """The next verified datagram. The core handles certificate exchange and revocations."""
         while True:
+            await self.flush()
             if self._ready:
-                got = self._ready.popleft()
-                if await self._handle_trust_message(got.envelope, got.source):
-                    continue
-                return got
-            await self._flush_certificate_requests()
+                return self._ready.popleft()
             datagram = await self.transport.receive_datagram()
             env = self.open(datagram.packet, datagram.source)
-            if env is None:
-                continue
-            if await self._handle_trust_message(env, datagram.source):
-                continue
-            return Received(env, datagram.source)
-
-    async def _flush_certificate_requests(self) -> None:
-        pending, self._pending_requests = self._pending_requests, []
-        for source, claimed in pending:
-            self._requests_sent += 1
-            await self.send(source, CertificateRequest(node_ids=(claimed[:256],)), attach_certificate=True)
-
-    async def _handle_trust_message(self, env: Envelope, source: Address) -> bool:
-        """Certificate exchange and revocations are the endpoint's business. True if consumed."""
-        msg = env.message
-        if isinstance(msg, CertificateRequest):
-            # An answer is several times the request: a token bucket per address (a burst
-            # of ANSWER_BURST, then ANSWER_RATE_PER_S) keeps a spoofed source from using us
-            # as an amplifier, while a joining node can still fetch many certificates.
-            # (The request itself must verify, so only a certified key can ask at all.)
-            now = trio.current_time()
-            tokens, at = self._answered.get(source, (float(ANSWER_BURST), now))
-            tokens = min(float(ANSWER_BURST), tokens + (now - at) * ANSWER_RATE_PER_S)
-            if tokens < 1.0:
-                return True
-            if len(self._answered) >= ANSWERED_MEMORY:
-                self._answered.clear()
-            self._answered[source] = (tokens - 1.0, now)
-            if self.node_id in msg.node_ids:
-                await self.send(source, Certificates(certificates=(self.sealer.identity.certificate_bytes,)), attach_certificate=True)
-            else:
-                found = self.certificates_for(msg.node_ids, budget_bytes=self.transport.max_datagram_bytes - 200)
-                if found:
-                    await self.send(source, Certificates(certificates=found), attach_certificate=False)
-            return True
-        if isinstance(msg, Certificates):
-            self.learn_certificates(msg.certificates)
-            if self._on_certificates is not None:
-                self._on_certificates()
-            return True
-        if isinstance(msg, Revoke):
-            self.apply_revocation(msg.revocation)
-            return False  # the layers above forward it (gossip) and act on it
-        return False
+            if env is not None:
+                self._ready.append(Received(env, datagram.source))
 
     def certificates_for(self, node_ids: Iterable[str], *, budget_bytes: int) -> tuple[bytes, ...]:
         """Known certificates of ``node_ids``, as many as fit in ``budget_bytes``."""
-        out: list[bytes] = []
-        used = 0
-        for node_id in node_ids:
-            raw = self.trust.raw_certificate(node_id)
-            if raw is None:
-                continue
-            if used + len(raw) + 3 > budget_bytes or len(out) == MAX_CERTIFICATES_PER_MESSAGE:
-                break
-            out.append(raw)
-            used += len(raw) + 3
-        return tuple(out)
+        return self.core.certificates_for(node_ids, budget_bytes=budget_bytes)
 
     def learn_certificates(self, certificates: Iterable[bytes]) -> int:
         """Verify and keep certificates passed on by a peer; returns how many were usable."""
-        learned = 0
-        for raw in certificates:
-            try:
-                self.trust.add_certificate_untrusted(raw, self.wall_clock_ms())
-                learned += 1
-            except BadPacket:
-                self._certs_refused += 1
-        if learned and self._held:
-            self._release_held()
+        learned = self.core.learn_certificates(certificates, trio.current_time(), self.wall_clock_ms())
+        self._collect()
         return learned
 
     def apply_revocation(self, record: bytes) -> str | None:
         """Apply a CA-signed revocation; returns the revoked node id if it was new."""
-        try:
-            already = len(self.trust.revocations())
-            rev = self.trust.add_revocation_untrusted(record)
-        except BadPacket:
-            return None
-        if len(self.trust.revocations()) == already:
-            return None
-        self._revocations += 1
-        self.opener.forget(rev.node_id)
-        if self._on_revocation is not None:
-            self._on_revocation(rev.node_id)
-        return rev.node_id
+        got = self.core.apply_revocation(record, trio.current_time(), self.wall_clock_ms())
+        self._collect()
+        return got
+
+

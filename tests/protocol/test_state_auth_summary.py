@@ -12,6 +12,7 @@ from protocol import codec
 from protocol.errors import BadPacket
 from protocol.state import StateRecord, signed_fields
 from protocol.swim.messages import signing_payload
+from tests.protocol.swim.helpers import records
 from tests.protocol.swim.test_security import relay, sign, signed_mesh
 
 HASH = hashlib.sha256(b"list").digest()
@@ -65,8 +66,8 @@ def test_a_relayed_record_with_a_forged_summary_is_refused(pki):
     relay(cores[0], "n2", _rumors(forged))
     assert cores[0].statistics().rumors_rejected == rejected + 1
     relay(cores[0], "n2", _rumors(genuine))
-    assert cores[0].record("n1").auth_list_version == 2
-    assert cores[0].record("n1").auth_list_hash == HASH
+    assert records(cores[0]).record("n1").auth_list_version == 2
+    assert records(cores[0]).record("n1").auth_list_hash == HASH
 
 
 def _rumors(r: StateRecord):
