@@ -40,6 +40,7 @@ from collections.abc import Iterable, Mapping
 
 import attrs
 
+from protocol import codec
 from protocol.errors import LocalProtocolError
 
 UNIT_W = 0.1
@@ -81,12 +82,15 @@ class MemberOffer:
 
 @attrs.frozen
 class Level:
-    """One transformer's water level and rounding cut: all a member needs to find its share."""
+    """One transformer's water level and rounding cut: all a member needs to find its share.
 
-    transformer_id: str
-    level: float  # L_k in units per unit of weight; FULL: give the whole limit
-    cut_frac: float = NO_CUT
-    cut_key: int = 0
+    Also a wire value (inside ``messages.Plan``): id, level, cut as a msgpack array.
+    """
+
+    transformer_id: str = codec.text(64)
+    level: float = codec.number(-1.0)  # L_k in units per unit of weight; FULL: whole limit
+    cut_frac: float = codec.number(0.0, NO_CUT, default=NO_CUT)
+    cut_key: int = codec.integer(0, 2**64 - 1, default=0)
 
 
 @attrs.frozen
@@ -236,7 +240,7 @@ def plan(
         g = 0.0  # g at ``at``
         at = 0.0
         lam = math.nan
-        for j, (t, w, _u) in enumerate(ends):
+        for j, (t, _w, _u) in enumerate(ends):
             nxt = g + suffix[j] * (t - at)
             if nxt >= target:
                 lam = at + (target - g) / suffix[j]
