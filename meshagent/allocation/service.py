@@ -15,6 +15,11 @@ One ``Allocator`` per agent, beside its ``MeshNode`` and ``ControlLoop``:
   ``renew_every_s`` (shares lapse after ``ttl_ms`` otherwise); UPDATE re-plans the new
   deficit; END releases every share.
 
+``apply(share_w, covered_w)`` is the control loop's ``set_share``: ``covered_w`` is what the
+mesh applies for this node's own proposals (None when it proposes nothing), which the
+detector's loop counts as covered so the spike does not end when the neighbours' discharge
+takes the load off its meter.
+
 The detector is a member too: it applies its own share directly (an urgent broadcast does
 not come back to its origin). Every offer this node publishes must be noted with
 ``offer(...)``: a member evaluates a plan on the offers the proposer may have seen.
@@ -63,7 +68,7 @@ class Allocator:
         *,
         limit_now_w: Callable[[], float],
         weight_now: Callable[[], float],
-        apply: Callable[[float], None],
+        apply: Callable[[float, float | None], None],
         headroom_w: Callable[[], Mapping[str, float]] = dict,
         round2_after_s: float = 0.02,
         renew_every_s: float = 1.0,
@@ -203,7 +208,24 @@ class Allocator:
         return got.ack
 
     def _apply_now(self) -> None:
-        self.apply(min(self.member.share_w(), max(0.0, self.limit_now_w())))
+        self.apply(min(self.member.share_w(), max(0.0, self.limit_now_w())), self.covered_w())
+
+    def covered_w(self) -> float | None:
+        """What the mesh applies for the spikes this node proposes (ACKed), or None.
+
+        The detector's control loop counts it as covered, so its spike's gross load does not
+        fall (and the spike end) just because the neighbours took load off the meter.
+        """
+        total = None
+        for prop in self.proposers.values():
+            if prop.stopped:
+                continue
+            for seq in range(prop.seq, 0, -1):
+                acks = prop.acks.get(seq)
+                if acks:
+                    total = (total or 0.0) + math.fsum(a.applied_w for a in acks.values())
+                    break
+        return total
 
     async def _send_ack(self, address: Address, ack: Ack) -> None:
         self._acks_sent += 1
@@ -214,6 +236,7 @@ class Allocator:
         prop = self.proposers.get(ack.scope)
         if prop is not None:
             prop.on_ack(sender_id, ack)
+            self._apply_now()  # the covered total moved
             if prop.all_answered():
                 self._wake.set()
 

@@ -33,7 +33,7 @@ class Agent:
             node, limit_now_w=lambda: self.limit_w, weight_now=lambda: self.weight, apply=self._apply, **kw
         )
 
-    def _apply(self, w: float) -> None:
+    def _apply(self, w: float, covered: float | None = None) -> None:
         assert w <= self.limit_w + 1e-9  # never past its own limit, whatever the messages said
         self.applied_w = w
         self.history.append(w)
