@@ -20,6 +20,13 @@ from hardware.simulated.site import SimulatedSite
 from hardware.simulated.vehicles import VEHICLE_SPECS, VehicleConfig
 
 
+def _write(out: str, body: dict) -> None:
+    tmp = out + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(body, f)
+    os.replace(tmp, out)
+
+
 async def main(host: str, port: int, n: int, step_at_s: float, step_w: float, duration_s: float, out: str) -> None:
     model = sorted(VEHICLE_SPECS)[0]
     vehicles = [VehicleConfig.of(model, present_soc_pct=60.0, minimum_soc_pct=20.0, vehicle_id=f"EV{i}") for i in range(n)]
@@ -36,10 +43,7 @@ async def main(host: str, port: int, n: int, step_at_s: float, step_w: float, du
             snap = site.snapshot()
             body = {"t": trio.current_time() - start, "stepped": stepped, "load_w": snap.active_power_w,
                     "chargers_w": [c.power_w for c in site.chargers]}
-            tmp = out + ".tmp"
-            with open(tmp, "w") as f:
-                json.dump(body, f)
-            os.replace(tmp, out)
+            _write(out, body)  # a small file, written whole: the test polls it
             await trio.sleep(0.02)
     finally:
         await server.stop()

@@ -9,7 +9,7 @@ import trio
 from meshagent.mesh.queries import serve_queries
 from meshagent.transport.memory import open_memory_network
 from meshagent.trust.endpoint import SecureEndpoint
-from protocol.query import CapacityAnswer, TransformerCapacity, CapacityQuery
+from protocol.query import CapacityAnswer, CapacityQuery, TransformerCapacity
 from protocol.state import Scope
 from protocol.wire import Sealer
 from tests.conftest import NOW_MS
