@@ -136,7 +136,7 @@ def member_units(node_id: str, limit_w: float, weight: float, level: Level) -> i
     x = _continuous(weight, limit, level.level)
     whole = min(math.floor(x), limit)
     frac = x - whole
-    if whole < limit and (frac, node_key(node_id)) >= (level.cut_frac, level.cut_key):
+    if whole < limit and weight >= MIN_WEIGHT and (frac, node_key(node_id)) >= (level.cut_frac, level.cut_key):
         whole += 1
     return whole
 
@@ -255,17 +255,20 @@ def plan(
 
     # largest remainder, transformer by transformer within its room
     rows: list[tuple[float, int, str, str, int]] = []  # (frac, key, node, tid, whole)
-    floors: dict[str, int] = {}
+    derived: list[tuple[MemberOffer, int, int, float, int | None]] = []  # key None: no +1
     whole_by_tf: dict[str, int] = dict.fromkeys(tids, 0)
     for tid in tids:
         lv = levels_real[tid]
         for m, u in by_tf[tid]:
             x = _continuous(m.weight, u, lv)
             whole = min(math.floor(x), u)
-            floors[m.node_id] = whole
             whole_by_tf[tid] += whole
             if whole < u and m.weight >= MIN_WEIGHT:
-                rows.append((x - whole, node_key(m.node_id), m.node_id, tid, whole))
+                key = node_key(m.node_id)
+                rows.append((x - whole, key, m.node_id, tid, whole))
+                derived.append((m, u, whole, x - whole, key))
+            else:
+                derived.append((m, u, whole, 0.0, None))
     missing = target - sum(whole_by_tf.values())
     room = {tid: cap_units[tid] - whole_by_tf[tid] for tid in tids}
     cut: dict[str, tuple[float, int]] = {}
@@ -282,10 +285,13 @@ def plan(
         Level(tid, levels_real[tid], *cut.get(tid, (NO_CUT, 0))) for tid in tids
     )
     level_by = {lv.transformer_id: lv for lv in levels}
+    # every share by the members' own rule (``member_units``), from the values above: the
+    # same float operations on the same inputs, so the same bits
     shares: dict[str, int] = {}
     planned_by_tf: dict[str, int] = dict.fromkeys(tids, 0)
-    for m in members:
-        s = member_units(m.node_id, m.limit_w, m.weight, level_by[m.transformer_id])
+    for m, _u, whole, frac, mkey in derived:
+        mlevel = level_by[m.transformer_id]
+        s = whole + 1 if mkey is not None and (frac, mkey) >= (mlevel.cut_frac, mlevel.cut_key) else whole
         if s:
             shares[m.node_id] = s
         planned_by_tf[m.transformer_id] += s
