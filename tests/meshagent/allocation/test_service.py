@@ -170,3 +170,22 @@ async def test_partition_during_a_spike_never_over_allocates(pki, autojump_clock
         await trio.sleep(3.0)
         for a in ags:
             assert a.applied_w <= a.limit_w
+
+
+async def test_transformer_headroom_bounds_the_plan_and_the_capacity(pki, autojump_clock):
+    from meshagent.allocation.capacity import breakdown_json, transformer_aware
+    from protocol.state import Scope
+
+    tfs = ["tx-a"] * 3 + ["tx-b"] * 3
+    heads = {"tx-a": 5_000.0}
+    async with open_memory_network(random.Random(8)) as net, agents(pki, 6, net=net, transformers=tfs, headroom_w=lambda: heads) as ags:
+        cap = breakdown_json(transformer_aware(ags[4].node, Scope.everyone(), heads))
+        rows = {r["transformer_id"]: r for r in cap["transformers"]}
+        assert rows["tx-a"]["counted_w"] == 5_000.0 and rows["tx-a"]["limited_by_headroom"]
+        assert rows["tx-b"]["counted_w"] == sum(a.limit_w for a in ags[3:])
+        assert cap["transformer_aware_w"] == 5_000.0 + rows["tx-b"]["counted_w"]
+        want = min(15_000.0, cap["transformer_aware_w"])
+        ags[0].alloc.on_spike(spike(Phase.START, want))
+        await trio.sleep(0.5)
+        assert sum(a.applied_w for a in ags[:3]) <= 5_000.0
+        assert abs(total(ags) - want) <= 0.1
