@@ -101,9 +101,10 @@ def test_a_spike_at_the_detector_moves_its_neighbours_and_the_meter_comes_back(t
             return "\n".join(parts)
 
         assert wait_for(lambda: read(out)["load_w"] <= LIMIT_W * 1.005, 10), debug()
-        state = read(out)
-        discharging = [w for w in state["chargers_w"] if w < -100]
-        assert len(discharging) >= 2, state  # the neighbours' setpoints moved, not only the detector's
+        # the neighbours' setpoints moved, not only the detector's (a member whose record shows a
+        # fault, e.g. a slow Modbus read on a loaded machine, sits out until its next record)
+        assert wait_for(lambda: sum(1 for w in read(out)["chargers_w"] if w < -100) >= 2, 10), debug()
+        assert read(out)["load_w"] <= LIMIT_W * 1.005, debug()
         r = subprocess.run([str(SCRIPT), "spikes", "--peer", f"{hosts[0]}:7947"], capture_output=True, text=True, timeout=30)
         assert r.returncode == 0 and "spike" in r.stdout and "agent-1" in r.stdout, r.stdout + r.stderr
         with urllib.request.urlopen(f"http://{hosts[1]}:7947/v1/capacity", timeout=5) as resp:
