@@ -249,9 +249,10 @@ class Allocator:
     # --- what the CLI and API show ---------------------------------------------------------
 
     def spikes(self) -> list[dict[str, Any]]:
-        """Recent spikes this node proposed: plans, rounds, what each member applied, residual."""
+        """Recent spikes this node proposed, newest first: plans, rounds, what each member
+        applied, residual (``GET /v1/spikes``, ``meshagent spikes``)."""
         out = []
-        for prop in self.recent:
+        for prop in reversed(self.recent):
             rounds = prop.report()
             out.append({
                 "spike_id": prop.spike_id,

@@ -131,6 +131,7 @@ SECTION_MODULES: tuple[str, ...] = (
     "meshagent.control.config",
     "meshagent.csms.config",
     "meshagent.allocation.config",
+    "meshagent.api.config",
 )
 _sections_loaded = False
 

@@ -26,6 +26,7 @@ BENCHMARKS: dict[str, str] = {
     "control": "sims.bench.control",
     "modbus": "sims.bench.modbus",
     "allocation": "sims.bench.allocation",
+    "api": "sims.bench.api",
 }
 
 
