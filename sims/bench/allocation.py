@@ -9,7 +9,7 @@
   published offers are stale by up to +-10%: what is left after round 1 (p50) and the
   largest left after round 2.
 * ``spike_to_applied_ms``: complete agents (``MeshNode`` + ``Allocator``, every packet
-  signed) over real UDP on 127.84.x.y: from the detector's ``on_spike`` to the last
+  signed) over real UDP on 127.88.x.y: from the detector's ``on_spike`` to the last
   member's share applied (its ``apply`` call). All agents run in ONE process here, so the
   receivers share one core: an upper bound for chargers with their own CPU. Spreading
   them over processes and the central OCPP baseline are not built yet (see BENCHMARKS.md).
@@ -145,7 +145,7 @@ async def _spike_to_applied(n: int, trials: int) -> dict[str, Any]:
     idents, ca_pub = _identities(n, time.time_ns() // 1_000_000)
     transports = []
     for i in range(n):
-        host = f"127.84.{1 + i // 250}.{1 + i % 250}"
+        host = f"127.88.{1 + i // 250}.{1 + i % 250}"
         try:
             transports.append(await UdpTransport.bind((host, PORT)))
         except OSError:

@@ -20,10 +20,11 @@ import pytest
 
 from meshagent.transport.udp import port_free
 from meshagent.trust import keystore
+from tests.meshagent.api.agents import OPERATOR_TOKEN, write_token
 
 SCRIPT = Path(sys.executable).with_name("meshagent")
 ROOT = Path(__file__).resolve().parents[3]
-BASE = f"127.81.{os.getpid() % 250}"
+BASE = f"127.89.{os.getpid() % 250}"
 LIMIT_W = 50_000.0
 
 
@@ -44,12 +45,22 @@ def wait_for(predicate, timeout_s: float) -> bool:
 
 
 @pytest.mark.slow
-def test_a_spike_at_the_detector_moves_its_neighbours_and_the_meter_comes_back(tmp_path):
+def api_get(host: str, path: str, timeout: float = 2) -> dict:
+    req = urllib.request.Request(f"http://{host}:7947{path}", headers={"Authorization": f"Bearer {OPERATOR_TOKEN}"})
+    with urllib.request.urlopen(req, timeout=timeout) as resp:
+        return json.loads(resp.read())
+
+
+def test_a_spike_at_the_detector_moves_its_neighbours_and_the_meter_comes_back(tmp_path, monkeypatch):
     hosts = [f"{BASE}.{i + 1}" for i in range(3)]
     site_host = f"{BASE}.100"
     if not all(port_free(h) for h in hosts):
         pytest.skip(f"port 7946 is taken on {BASE}.x")
     out = tmp_path / "site.json"
+    token_file = tmp_path / "operator.token"
+    token_file.write_text(OPERATOR_TOKEN)
+    token_file.chmod(0o600)
+    monkeypatch.setenv("MESHAGENT_TOKEN_FILE", str(token_file))
     procs: list[subprocess.Popen[str]] = []
     try:
         procs.append(subprocess.Popen(
@@ -61,6 +72,7 @@ def test_a_spike_at_the_detector_moves_its_neighbours_and_the_meter_comes_back(t
             node_id = f"agent-{i}"
             keystore.enroll(ca, node_id, tmp_path / node_id, site_id="site-1", transformer_id="tx-1",
                             roles=("detector",) if i == 0 else ())
+            write_token(tmp_path / node_id / "state", "operator", OPERATOR_TOKEN)  # the API asks for one
             seeds = [] if i == 0 else [f"{hosts[0]}:7946"]
             cfg = tmp_path / node_id / "node.toml"
             cfg.write_text(
@@ -76,8 +88,7 @@ def test_a_spike_at_the_detector_moves_its_neighbours_and_the_meter_comes_back(t
 
         def capacity_nodes() -> int:
             try:
-                with urllib.request.urlopen(f"http://{hosts[0]}:7947/v1/capacity", timeout=2) as resp:
-                    body = json.loads(resp.read())
+                body = api_get(hosts[0], "/v1/capacity")
             except OSError:
                 return 0
             # every agent has a vehicle to offer
@@ -93,8 +104,7 @@ def test_a_spike_at_the_detector_moves_its_neighbours_and_the_meter_comes_back(t
             for h in hosts:
                 for path in ("/v1/spikes", "/v1/stats", "/v1/capacity"):
                     try:
-                        with urllib.request.urlopen(f"http://{h}:7947{path}", timeout=2) as resp:
-                            body = json.loads(resp.read())
+                        body = api_get(h, path)
                         parts.append(f"{h}{path}: {json.dumps(body.get('allocation', body) if path == '/v1/stats' else body)}")
                     except OSError as exc:
                         parts.append(f"{h}{path}: {exc}")
@@ -107,8 +117,7 @@ def test_a_spike_at_the_detector_moves_its_neighbours_and_the_meter_comes_back(t
         assert read(out)["load_w"] <= LIMIT_W * 1.005, debug()
         r = subprocess.run([str(SCRIPT), "spikes", "--peer", f"{hosts[0]}:7947"], capture_output=True, text=True, timeout=30)
         assert r.returncode == 0 and "spike" in r.stdout and "agent-1" in r.stdout, r.stdout + r.stderr
-        with urllib.request.urlopen(f"http://{hosts[1]}:7947/v1/capacity", timeout=5) as resp:
-            cap = json.loads(resp.read())
+        cap = api_get(hosts[1], "/v1/capacity", timeout=5)
         assert cap["transformers"][0]["transformer_id"] == "tx-1" and cap["transformers"][0]["headroom_w"] == 400_000.0
     finally:
         for p in procs:
