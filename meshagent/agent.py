@@ -228,9 +228,11 @@ async def run_agent(config: NodeConfig, *, task_status: trio.TaskStatus[MeshNode
         await nursery.start(run_node)
         devices_cfg = config.section("devices")
         stats_sources: dict[str, Any] = {}
+        ratings = config.section("allocation").ratings_w()
+        allocation: dict[str, Any] = {"headroom_w": lambda: dict(ratings)}
         if devices_cfg.configured:
-            await nursery.start(_run_control, config, node, state_dir, publisher, stats_sources)
-        query_stats = serve_queries(node)
+            await nursery.start(_run_control, config, node, state_dir, publisher, stats_sources, allocation)
+        query_stats = serve_queries(node, lambda: allocation["headroom_w"]())
         stats_sources["queries"] = lambda: query_stats
         sync = AuthSync(node, keeper, publisher)
         await nursery.start(sync.run)
@@ -239,8 +241,10 @@ async def run_agent(config: NodeConfig, *, task_status: trio.TaskStatus[MeshNode
             await client.end_interrupted_transactions()
             await nursery.start(client.run)
             stats_sources["csms"] = client.statistics
+        allocator = allocation.get("allocator")
         api_view = AgentView(node, Tokens.load(state_dir), on_join, on_leave, keeper, stats_sources,
-                             tls=config.section("api"))
+                             spikes=allocator.spikes if allocator is not None else None,
+                             tls=config.section("api"), headroom_w=lambda: allocation["headroom_w"]())
         api_address = await nursery.start(serve_api, api_view, mesh.api[0], mesh.api[1])
         nursery.start_soon(_log_events(node))
         nursery.start_soon(_signals, node, nursery)
@@ -291,7 +295,7 @@ def sim_world_for(*urls: Any, nominal_frequency_hz: float) -> Any:
 
 
 async def _run_control(config: NodeConfig, node: MeshNode, state_dir: Path, publisher: RecordPublisher,
-                       stats_sources: dict[str, Any], *,
+                       stats_sources: dict[str, Any], allocation: dict[str, Any], *,
                        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
     """The control loop on this charger's devices, and its offer published as the state record."""
     from hardware.connect import open_charger, open_site_meter
@@ -307,9 +311,16 @@ async def _run_control(config: NodeConfig, node: MeshNode, state_dir: Path, publ
     charger = open_charger(devices_cfg.charger, world=world)
     cert = node.identity.certificate
 
-    def on_spike(spike: Any) -> None:  # the allocation (next issue) takes these over
+    from meshagent.allocation.service import Allocator
+
+    alloc_cfg = config.section("allocation")
+    holder: dict[str, Any] = {}
+
+    def on_spike(spike: Any) -> None:
         log.info("spike %s %s: deficit %.1f W in %s %s", spike.spike_id, spike.phase.name.lower(),
                  spike.deficit_w, spike.scope, spike.scope_id)
+        if "allocator" in holder:
+            holder["allocator"].on_spike(spike)
 
     loop = ControlLoop(
         control_cfg,
@@ -322,9 +333,34 @@ async def _run_control(config: NodeConfig, node: MeshNode, state_dir: Path, publ
     )
     limits = Limits.from_section(control_cfg)
     stats_sources["control"] = loop.statistics
+    ratings = alloc_cfg.ratings_w()
+
+    def headroom_w() -> dict[str, float]:
+        heads = dict(ratings)
+        own = cert.transformer_id
+        if (alloc_cfg.headroom_source == "rating-minus-load" and control_cfg.meter_scope == "transformer"
+                and own in heads and loop.last_meter is not None):
+            heads[own] = max(0.0, heads[own] - max(0.0, loop.last_meter.load_w))
+        return heads
+
+    allocator = Allocator(
+        node,
+        limit_now_w=lambda: offer_from_loop(loop, limits).discharge_available_w,
+        weight_now=lambda: offer_from_loop(loop, limits).energy_above_min_soc_wh,
+        apply=loop.set_share,  # (share, covered)
+        headroom_w=headroom_w,
+        round2_after_s=alloc_cfg.round2_after_s,
+        renew_every_s=alloc_cfg.renew_every_s,
+        ttl_ms=int(alloc_cfg.share_ttl_s * 1000),
+    )
+    holder["allocator"] = allocator
+    allocation["allocator"] = allocator
+    allocation["headroom_w"] = headroom_w
+    stats_sources["allocation"] = allocator.statistics
     try:
         async with trio.open_nursery() as nursery:
             await nursery.start(loop.run)
+            await nursery.start(allocator.run)
             task_status.started()
             last = None
             last_at = -float("inf")
@@ -333,13 +369,16 @@ async def _run_control(config: NodeConfig, node: MeshNode, state_dir: Path, publ
                 offer = offer_from_loop(loop, limits)
                 now = trio.current_time()
                 if offer.differs(last) or now - last_at >= devices_cfg.record_heartbeat_s:
-                    publisher.set_offer(
+                    record = publisher.set_offer(
                         discharge_available_w=offer.discharge_available_w,
                         energy_above_min_soc_wh=offer.energy_above_min_soc_wh,
                         soc=offer.soc,
                         thermal_derating=offer.thermal_derating,
                         faults=offer.faults,
                     )
+                    if record is not None:  # what a proposer may plan on: see Member.offer
+                        allocator.offer(record.updated_at_ms, record.discharge_available_w,
+                                        record.energy_above_min_soc_wh)
                     last, last_at = offer, now
     finally:
         with trio.CancelScope(shield=True):

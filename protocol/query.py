@@ -13,6 +13,7 @@ from __future__ import annotations
 import attrs
 
 from protocol import codec
+from protocol.allocation.plan import CapacityBreakdown
 from protocol.messages import message
 from protocol.state import Capacity, Scope
 
@@ -27,6 +28,16 @@ class CapacityQuery:
     scope: Scope = codec.field()
 
 
+@attrs.frozen
+class TransformerCapacity:
+    """One transformer in a capacity answer: what its members offer, what counts."""
+
+    transformer_id: str = codec.text(64)
+    headroom_w: float = codec.number(-1.0)  # -1: no rating known, not constrained
+    available_w: float = codec.number(0.0)
+    counted_w: float = codec.number(0.0)
+
+
 @message(0x61)
 @attrs.frozen
 class CapacityAnswer:
@@ -37,9 +48,25 @@ class CapacityAnswer:
     nodes: int = codec.integer(0, 2**31 - 1)
     nodes_with_faults: int = codec.integer(0, 2**31 - 1)
     oldest_updated_at_ms: int = codec.integer(0, U63_MAX)  # 0: no record in the sum
+    # appended (older decoders ignore them): each transformer counted at most its headroom
+    transformer_aware_w: float = codec.number(0.0, default=0.0)
+    transformers: tuple[TransformerCapacity, ...] = codec.items(24, default=())
 
     @classmethod
-    def from_capacity(cls, query_id: int, capacity: Capacity) -> CapacityAnswer:
+    def from_capacity(
+        cls, query_id: int, capacity: Capacity, breakdown: CapacityBreakdown | None = None
+    ) -> CapacityAnswer:
+        rows: tuple[TransformerCapacity, ...] = ()
+        aware = capacity.discharge_available_w
+        if breakdown is not None:
+            aware = breakdown.total_w
+            rows = tuple(
+                TransformerCapacity(
+                    r.transformer_id, -1.0 if r.headroom_w is None else r.headroom_w,
+                    r.available_w, r.planned_w,
+                )
+                for r in breakdown.transformers[:24]
+            )
         return cls(
             query_id=query_id,
             scope=capacity.scope,
@@ -48,6 +75,8 @@ class CapacityAnswer:
             nodes=capacity.nodes,
             nodes_with_faults=capacity.nodes_with_faults,
             oldest_updated_at_ms=capacity.oldest_updated_at_ms or 0,
+            transformer_aware_w=aware,
+            transformers=rows,
         )
 
 

@@ -43,7 +43,7 @@ import json
 import logging
 import math
 import re
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from importlib import resources
 from typing import Any
 
@@ -85,6 +85,8 @@ class AgentView:
     # The allocation hook (see the module doc): None until the agent has an allocation.
     spikes: Callable[[], Sequence[Any]] | None = None
     tls: Any = None  # ApiSection with tls set, or None: the client-certificate listener
+    # transformer ratings known here ([allocation].transformers): transformer-aware capacity
+    headroom_w: Callable[[], Mapping[str, float]] | None = None
 
 
 CERT_ROLE_KEY = "meshagent.client_cert_role"
@@ -187,15 +189,18 @@ def members_body(node: Any) -> dict[str, Any]:
     return {"node_id": node.node_id, "members": rows}
 
 
-def capacity_body(node: Any, scope_text: str) -> dict[str, Any]:
+def capacity_body(
+    node: Any, scope_text: str, headroom_w: Callable[[], Mapping[str, float]] | None = None
+) -> dict[str, Any]:
     from meshagent.agent import parse_scope
+    from meshagent.allocation.capacity import breakdown_json, transformer_aware
 
     try:
         scope = parse_scope(scope_text)
     except ValueError as exc:
         raise BadRequest("scope", str(exc)) from None
     cap = node.capacity(scope)
-    return {
+    body: dict[str, Any] = {
         "scope": {"kind": cap.scope.kind.name.lower(), "id": cap.scope.id},
         "discharge_available_w": cap.discharge_available_w,
         "energy_above_min_soc_wh": cap.energy_above_min_soc_wh,
@@ -204,6 +209,10 @@ def capacity_body(node: Any, scope_text: str) -> dict[str, Any]:
         "oldest_updated_at_ms": cap.oldest_updated_at_ms,
         "answered_by": node.node_id,
     }
+    if hasattr(node, "core"):  # a MeshNode (the API's test doubles have no membership core)
+        # each transformer counted at most its headroom, with the breakdown (docs/allocation.md)
+        body.update(breakdown_json(transformer_aware(node, cap.scope, headroom_w() if headroom_w else {})))
+    return body
 
 
 def transformers_body(node: Any) -> list[dict[str, Any]]:
@@ -494,7 +503,7 @@ def build_app(view: AgentView, hub: EventHub | None = None) -> Starlette:
         return 200, members_body(node)
 
     def capacity(_r: Request, p: dict[str, str]) -> tuple[int, Any]:
-        return 200, capacity_body(node, p.get("scope", "all"))
+        return 200, capacity_body(node, p.get("scope", "all"), view.headroom_w)
 
     def transformers(_r: Request, _p: dict[str, str]) -> tuple[int, Any]:
         return 200, {"transformers": transformers_body(node), "answered_by": node.node_id}

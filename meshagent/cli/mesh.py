@@ -187,7 +187,35 @@ def register(cli: click.Group) -> None:
             "nodes": answer.nodes,
             "nodes_with_faults": answer.nodes_with_faults,
             "oldest_updated_at_ms": answer.oldest_updated_at_ms or None,
+            "transformer_aware_w": answer.transformer_aware_w,
+            "transformers": [
+                {"transformer_id": t.transformer_id, "headroom_w": None if t.headroom_w < 0 else t.headroom_w,
+                 "available_w": t.available_w, "counted_w": t.counted_w,
+                 "limited_by_headroom": t.headroom_w >= 0 and t.available_w > t.headroom_w}
+                for t in answer.transformers
+            ],
         }, sort_keys=True))
+
+    @cli.command("spikes")
+    @click.option("--peer", default=None, metavar="HOST[:PORT]",
+                  help="Ask this agent's HTTP API instead of the local one.")
+    @api_option
+    def spikes(peer: str | None, api: str) -> None:
+        """Recent spikes this agent proposed: plans, rounds, what each member applied, residual."""
+        body = _call(peer or api, "/v1/spikes")
+        rows = body.get("spikes", [])
+        if not rows:
+            click.echo("no spikes proposed by this agent")
+        for sp in rows:
+            click.echo(f"spike {sp['spike_id'] or '-'} in {sp['scope']['kind']}:{sp['scope']['id']} "
+                       f"epoch {sp['epoch']}{' (released)' if sp['released'] else ''}"
+                       f"{' (superseded)' if sp['superseded'] else ''}: residual {sp['residual_w']:.1f} W")
+            for r in sp["rounds"]:
+                click.echo(f"  seq {r['seq']}: deficit {r['deficit_w']:.1f} W, planned {r['planned_w']:.1f} W, "
+                           f"applied {r['applied_w']:.1f} W by {r['answered']} ({r['silent']} silent), "
+                           f"residual {r['residual_w']:.1f} W")
+                for node_id, w in r["applied"].items():
+                    click.echo(f"    {node_id:<24} {w:10.1f} W")
 
     @cli.command("revoke")
     @click.argument("files", nargs=-1, required=True, type=click.Path(dir_okay=False, exists=True, path_type=Path))

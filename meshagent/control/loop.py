@@ -186,6 +186,7 @@ class ControlLoop:
         self.covered_w: float | None = None
         self.base_setpoint_w = 0.0
         self.last_decision: Decision | None = None
+        self.last_meter: MeterSample | None = None  # the allocation reads the measured loading
         self.last_status: InverterStatus | None = None
         self.last_vehicle: VehicleStatus | None = None
         self.last_device_state: DeviceState | None = None  # None: a device could not be read
@@ -288,6 +289,7 @@ class ControlLoop:
         try:
             r = await self.devices.meter.read()
             meter = MeterSample(r.active_power_w, r.frequency_hz, r.taken_at_s)
+            self.last_meter = meter
         except DeviceFault as fault:
             self._meter_faults += 1
             self._last_device_fault = str(fault)

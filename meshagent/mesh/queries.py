@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import socket
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import attrs
@@ -32,8 +33,16 @@ class QueryStatistics:
     refused: int = 0
 
 
-def serve_queries(node: MeshNode) -> QueryStatistics:
-    """Register the query handler on ``node``; returns its live counters."""
+def serve_queries(
+    node: MeshNode, headroom_w: Callable[[], Mapping[str, float]] | None = None
+) -> QueryStatistics:
+    """Register the query handler on ``node``; returns its live counters.
+
+    ``headroom_w``: transformer ratings known here (``[allocation].transformers``), for the
+    transformer-aware total and breakdown of every answer.
+    """
+    from meshagent.allocation.capacity import transformer_aware
+
     stats = QueryStatistics()
 
     def on_query(sender_id: str, source: Address, query: Any) -> None:
@@ -42,7 +51,8 @@ def serve_queries(node: MeshNode) -> QueryStatistics:
             stats.refused += 1
             return
         stats.answered += 1
-        answer = CapacityAnswer.from_capacity(query.query_id, node.capacity(query.scope))
+        breakdown = transformer_aware(node, query.scope, headroom_w() if headroom_w else {})
+        answer = CapacityAnswer.from_capacity(query.query_id, node.capacity(query.scope), breakdown)
         node.spawn(node.send, source, answer)
 
     node.on_message(CapacityQuery, on_query)

@@ -9,7 +9,7 @@ import trio
 from meshagent.mesh.queries import serve_queries
 from meshagent.transport.memory import open_memory_network
 from meshagent.trust.endpoint import SecureEndpoint
-from protocol.query import CapacityAnswer, CapacityQuery
+from protocol.query import CapacityAnswer, CapacityQuery, TransformerCapacity
 from protocol.state import Scope
 from protocol.wire import Sealer
 from tests.conftest import NOW_MS
@@ -38,7 +38,10 @@ async def test_a_utility_reader_gets_a_signed_answer_others_get_nothing(pki, aut
             return None
 
         answer = await ask(pki.identity("grid-operator", roles=("utility-reader",)))
-        assert answer == CapacityAnswer(42, Scope.everyone(), 21003.0, 46800.0, 3, 0, answer.oldest_updated_at_ms)
+        assert answer == CapacityAnswer(
+            42, Scope.everyone(), 21003.0, 46800.0, 3, 0, answer.oldest_updated_at_ms,
+            21003.0, (TransformerCapacity("tx-1", -1.0, 21003.0, 21003.0),),  # no rating known here
+        )
         assert answer.oldest_updated_at_ms > 0
         assert await ask(pki.identity("curious-charger")) is None  # no role: no answer
         assert (stats.answered, stats.refused) == (1, 1)

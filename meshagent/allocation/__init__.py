@@ -1,0 +1,1 @@
+"""The allocation's trio shell (see ``meshagent.allocation.service``)."""

@@ -1,0 +1,281 @@
+"""The allocation's trio shell: spikes in, PLANs out by urgent broadcast, shares to the loop.
+
+Theory of operation
+-------------------
+One ``Allocator`` per agent, beside its ``MeshNode`` and ``ControlLoop``:
+
+* **as a member** it hears PLANs as urgent broadcasts (``Delivered`` events of the node),
+  refuses those whose origin's certificate lacks the ``detector`` role (counted), hands the
+  rest to ``protocol.allocation.core.Member``, applies ``min(share, limit now)`` through
+  ``apply`` (the control loop's ``set_share``) and answers the proposer with a signed ACK;
+* **as a detector** (its own certificate has the role) it takes the control loop's spikes
+  (``on_spike``): START plans round 1 over the live members' gossiped records in the
+  spike's scope and broadcasts it urgently; ACKs come back by unicast; round 2 follows when
+  every ACK is in or after ``round2_after_s``; the latest plan is re-sent every
+  ``renew_every_s`` (shares lapse after ``ttl_ms`` otherwise); UPDATE re-plans the new
+  deficit; END releases every share.
+
+``apply(share_w, covered_w)`` is the control loop's ``set_share``: ``covered_w`` is what the
+mesh applies for this node's own proposals (None when it proposes nothing), which the
+detector's loop counts as covered so the spike does not end when the neighbours' discharge
+takes the load off its meter.
+
+The detector is a member too: it applies its own share directly (an urgent broadcast does
+not come back to its origin). Every offer this node publishes must be noted with
+``offer(...)``: a member evaluates a plan on the offers the proposer may have seen.
+"""
+
+from __future__ import annotations
+
+import collections
+import math
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import attrs
+import trio
+
+from meshagent.mesh.node import MeshNode
+from meshagent.transport.base import Address
+from protocol.allocation.core import Member, PlanKey, Proposer, ViewOffer
+from protocol.allocation.messages import Ack, Plan
+from protocol.state import Scope
+from protocol.swim import Delivered
+
+RECENT_SPIKES = 32
+
+
+def spike_scope(scope: str, scope_id: str) -> Scope:
+    return Scope.transformer(scope_id) if scope == "transformer" else Scope.site(scope_id)
+
+
+@attrs.frozen
+class AllocatorStatistics:
+    plans_sent: int
+    plans_received: int
+    refused_not_detector: int
+    acks_sent: int
+    acks_received: int
+    deferred: int
+    expired: int
+    share_w: float
+
+
+class Allocator:
+    def __init__(
+        self,
+        node: MeshNode,
+        *,
+        limit_now_w: Callable[[], float],
+        weight_now: Callable[[], float],
+        apply: Callable[[float, float | None], None],
+        headroom_w: Callable[[], Mapping[str, float]] = dict,
+        round2_after_s: float = 0.02,
+        renew_every_s: float = 1.0,
+        ttl_ms: int = 5_000,
+        on_applied: Callable[[Scope, PlanKey, float], None] | None = None,
+    ) -> None:
+        self.node = node
+        cert = node.identity.certificate
+        self.is_detector = cert.has_role("detector")
+        self.member = Member(node.node_id, cert.transformer_id)
+        self.limit_now_w = limit_now_w
+        self.weight_now = weight_now
+        self.apply = apply
+        self.headroom_w = headroom_w
+        self.round2_after_s = round2_after_s
+        self.renew_every_s = renew_every_s
+        self.ttl_ms = ttl_ms
+        self.on_applied = on_applied
+        self.proposers: dict[Scope, Proposer] = {}
+        self.recent: collections.deque[Proposer] = collections.deque(maxlen=RECENT_SPIKES)
+        self._epochs: dict[Scope, int] = {}
+        self._wake = trio.Event()
+        self._sent = self._received = self._acks_sent = self._acks_received = self._deferred = 0
+        node.on_message(Ack, self._on_ack)
+
+    # --- inputs ----------------------------------------------------------------------------
+
+    def offer(self, at_ms: int, limit_w: float, weight: float) -> None:
+        """Note an offer this node published in its state record."""
+        self.member.offer(at_ms, limit_w, weight)
+
+    def on_spike(self, spike: Any) -> None:
+        """The control loop's spike (``meshagent.control.detect.Spike``); sync, never blocks."""
+        if not self.is_detector:
+            return
+        scope = spike_scope(spike.scope, spike.scope_id)
+        now = trio.current_time()
+        phase = str(getattr(spike.phase, "value", spike.phase))
+        prop = self.proposers.get(scope)
+        if phase == "end":
+            if prop is not None and not prop.stopped:
+                self._broadcast(prop, prop.release(now))
+            self.proposers.pop(scope, None)
+            return
+        if prop is None or prop.stopped:
+            if self._other_proposer_active(scope, now):
+                self._deferred += 1
+                return
+            epoch = self._epochs.get(scope, 0) + 1
+            self._epochs[scope] = epoch
+            prop = Proposer(
+                self.node.node_id, scope, epoch, spike_id=spike.spike_id,
+                round2_after_s=self.round2_after_s, renew_every_s=self.renew_every_s, ttl_ms=self.ttl_ms,
+            )
+            self.proposers[scope] = prop
+            self.recent.append(prop)
+        msg = prop.start(spike.deficit_w, self.view(scope), self.headroom_w(), now)
+        self._broadcast(prop, msg)
+
+    def view(self, scope: Scope) -> list[ViewOffer]:
+        """Live members' offers in ``scope`` from their gossiped records (this node's too)."""
+        core = self.node.core
+        out = []
+        for r in core.records():
+            if scope.contains(r.site_id, r.transformer_id) and core.is_live(r.node_id) and not r.faults:
+                out.append(
+                    ViewOffer(r.node_id, r.transformer_id, r.discharge_available_w,
+                              r.energy_above_min_soc_wh, r.updated_at_ms, r.version)
+                )
+        return out
+
+    # --- the task --------------------------------------------------------------------------
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        events = self.node.subscribe()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._timers)
+            task_status.started()
+            async for ev in events:
+                if isinstance(ev, Delivered) and isinstance(ev.message, Plan):
+                    self._on_plan(ev.origin_id, ev.message)
+            nursery.cancel_scope.cancel()
+
+    async def _timers(self) -> None:
+        while True:
+            deadline = min(
+                [p.next_deadline() for p in self.proposers.values()] + [self.member.next_deadline()]
+            )
+            with trio.move_on_at(deadline if math.isfinite(deadline) else trio.current_time() + 3600):
+                await self._wake.wait()
+            self._wake = trio.Event()
+            now = trio.current_time()
+            if self.member.tick(now):
+                self._apply_now()
+            for prop in list(self.proposers.values()):
+                msg = prop.tick(now)
+                if msg is not None:
+                    self._broadcast(prop, msg)
+
+    # --- plumbing --------------------------------------------------------------------------
+
+    def _broadcast(self, prop: Proposer, msg: Plan) -> None:
+        self._sent += 1
+        self.node.urgent(msg, prop.scope)
+        # the detector is a member too: it applies its own share at once
+        if prop.scope.contains(self.node.local.site_id, self.node.local.transformer_id):
+            got = self._receive(self.node.node_id, True, msg)
+            if got is not None:
+                prop.on_ack(self.node.node_id, got)
+        self._wake.set()
+
+    def _on_plan(self, origin_id: str, msg: Plan) -> None:
+        self._received += 1
+        cert = self.node.endpoint.trust.certificate(origin_id)
+        is_detector = cert is not None and cert.has_role("detector")
+        own = self.proposers.get(msg.scope)
+        if own is not None and is_detector and own.yield_to((msg.epoch, origin_id, msg.seq)):
+            self.proposers.pop(msg.scope, None)
+        self._epochs[msg.scope] = max(self._epochs.get(msg.scope, 0), msg.epoch)
+        ack = self._receive(origin_id, is_detector, msg)
+        if ack is None:
+            return
+        member = self.node.core.member(origin_id)
+        if member is not None:
+            self.node.spawn(self._send_ack, member.address, ack)
+
+    def _receive(self, origin_id: str, is_detector: bool, msg: Plan) -> Ack | None:
+        now = trio.current_time()
+        got = self.member.receive(origin_id, is_detector, msg, now, self.limit_now_w(), self.weight_now())
+        if got is None:
+            return None
+        if not got.renewed:
+            self._apply_now()
+            if self.on_applied is not None:
+                self.on_applied(msg.scope, got.key, got.share_w)
+        self._wake.set()
+        return got.ack
+
+    def _apply_now(self) -> None:
+        self.apply(min(self.member.share_w(), max(0.0, self.limit_now_w())), self.covered_w())
+
+    def covered_w(self) -> float | None:
+        """What the mesh applies for the spikes this node proposes (ACKed), or None.
+
+        The detector's control loop counts it as covered, so its spike's gross load does not
+        fall (and the spike end) just because the neighbours took load off the meter.
+        """
+        total = None
+        for prop in self.proposers.values():
+            if prop.stopped:
+                continue
+            for seq in range(prop.seq, 0, -1):
+                acks = prop.acks.get(seq)
+                if acks:
+                    total = (total or 0.0) + math.fsum(a.applied_w for a in acks.values())
+                    break
+        return total
+
+    async def _send_ack(self, address: Address, ack: Ack) -> None:
+        self._acks_sent += 1
+        await self.node.send(address, ack)
+
+    def _on_ack(self, sender_id: str, _source: Address, ack: Ack) -> None:
+        self._acks_received += 1
+        prop = self.proposers.get(ack.scope)
+        if prop is not None:
+            prop.on_ack(sender_id, ack)
+            self._apply_now()  # the covered total moved
+            if prop.all_answered():
+                self._wake.set()
+
+    def _other_proposer_active(self, scope: Scope, now: float) -> bool:
+        cur = self.member.scopes.get(scope)
+        if cur is None or cur.key[1] == self.node.node_id or cur.share_w <= 0 or now >= cur.expires_at:
+            return False
+        return self.node.core.is_live(cur.key[1])
+
+    # --- what the CLI and API show ---------------------------------------------------------
+
+    def spikes(self) -> list[dict[str, Any]]:
+        """Recent spikes this node proposed, newest first: plans, rounds, what each member
+        applied, residual (``GET /v1/spikes``, ``meshagent spikes``)."""
+        out = []
+        for prop in reversed(self.recent):
+            rounds = prop.report()
+            out.append({
+                "spike_id": prop.spike_id,
+                "scope": {"kind": prop.scope.kind.name.lower(), "id": prop.scope.id},
+                "epoch": prop.epoch,
+                "released": prop.released,
+                "superseded": prop.stopped and not prop.released,
+                "rounds": [
+                    {
+                        "seq": r.seq, "deficit_w": r.deficit_w, "planned_w": r.planned_w,
+                        "applied_w": r.applied_w, "residual_w": r.residual_w,
+                        "answered": r.answered, "silent": r.silent,
+                        "applied": dict(sorted(r.applied.items())),
+                    }
+                    for r in rounds
+                ],
+                "residual_w": next((r.residual_w for r in reversed(rounds) if r.deficit_w > 0), 0.0),
+            })
+        return out
+
+    def statistics(self) -> AllocatorStatistics:
+        ms = self.member.statistics()
+        return AllocatorStatistics(
+            self._sent, self._received, ms.refused_not_detector, self._acks_sent,
+            self._acks_received, self._deferred, ms.expired, self.member.share_w(),
+        )
