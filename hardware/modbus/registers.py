@@ -504,7 +504,10 @@ def decode(point: Point, regs: Sequence[int], sf: int = 0) -> float | int | str 
             n -= 1 << bits
     if t in ("enum16", "enum32", "bitfield16", "bitfield32", "sunssf", "pad"):
         return n
-    return n * (10.0 ** sf) if sf else n
+    if not sf:
+        return n
+    # round to the register's resolution: 60020 with sf -3 is 60.02, never 60.019999999999996
+    return round(n * 10.0 ** sf, -sf) if sf < 0 else n * 10 ** sf
 
 
 # --- layouts ---------------------------------------------------------------------------------
@@ -540,6 +543,9 @@ class UnitLayout:
 
 METER_LAYOUT = UnitLayout("site meter", (1, METER_TIMING_MODEL_ID, 213))
 CHARGER_LAYOUT = UnitLayout("charger", (1, 701, 702, 704, 713, CHARGER_MODEL_ID))
+# A charger that implements only the SunSpec Alliance's standard models (no 64900).
+STANDARD_CHARGER_LAYOUT = UnitLayout("standard SunSpec charger", (1, 701, 702, 704, 713))
+STANDARD_MODEL_IDS = (1, 701, 702, 704, 713)
 
 
 def register_map_markdown() -> str:

@@ -11,6 +11,7 @@ fast.
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 import click
@@ -38,7 +39,8 @@ def _run(fn: Any, *args: Any) -> Any:
     try:
         return trio.run(fn, *args)
     except DeviceFault as fault:
-        raise MeshagentError(str(fault)) from None
+        # a one-shot command does not retry: drop the link's "; retry in 0.05 s"
+        raise MeshagentError(re.sub(r"; retry in [0-9.e+-]+ s$", "", str(fault))) from None
 
 
 def _plain(value: Any) -> Any:
@@ -69,7 +71,8 @@ def register(cli: click.Group) -> None:
     @cli.command("read")
     @click.argument("device_url")
     @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of the listing.")
-    @click.option("--raw", is_flag=True, help="Also dump every SunSpec point of a Modbus unit.")
+    @click.option("--raw", is_flag=True, help="Also show every SunSpec point as read (before scale factors, "
+                  "SunSpec sign); --json always has both.")
     @click.option("--timeout", "timeout_s", default=1.0, show_default=True, type=float,
                   help="Seconds to wait for each Modbus reply.")
     def read(device_url: str, as_json: bool, raw: bool, timeout_s: float) -> None:
@@ -80,12 +83,15 @@ def register(cli: click.Group) -> None:
         sim://SITE/charger-N shows a simulated one.
         """
         url = _url(device_url, "DEVICE_URL")
-        out = _run(_read, url, raw, timeout_s)
-        if as_json:
-            click.echo(json.dumps(out, sort_keys=True, default=str))
+        out = _run(_read, url, raw or as_json, timeout_s)
+        if as_json:  # both: interpreted values (our sign, enums by name) and the raw points
+            click.echo(json.dumps({k: v for k, v in out.items() if not k.endswith(" text")}, sort_keys=True,
+                                  default=str))
         else:
             for title, record in out.items():
-                _print_record(title, record)
+                if title.startswith("model ") and not title.endswith((" text", " raw")) and f"{title} text" in out:
+                    continue  # printed from its text record: units, names, resolution
+                _print_record(title.removesuffix(" text"), record)
 
     @cli.command("test-discharge")
     @click.option("--rate", default="10kW", show_default=True, help="Discharge power to command (e.g. 10kW).")
@@ -209,8 +215,10 @@ async def _read(url: Any, raw: bool, timeout_s: float) -> dict[str, Any]:
             out["tamper"] = _plain(await ch.tamper.read())
             out["vehicle"] = _plain(await ch.vehicle.read())
         return out
+    from hardware.interfaces import DeviceFault, FaultKind
+    from hardware.modbus.interpret import interpret
     from hardware.modbus.link import open_link
-    from hardware.modbus.registers import CHARGER_MODEL_ID, MODELS
+    from hardware.modbus.registers import MODELS
     from hardware.modbus.sunspec import SunSpecUnit
 
     link = open_link(url, timeout_s=timeout_s)
@@ -221,15 +229,27 @@ async def _read(url: Any, raw: bool, timeout_s: float) -> dict[str, Any]:
         if 213 in models:
             meter = open_device(url, DeviceKind.METER, link=link)
             out["meter"] = _plain(await meter.read())
-        if CHARGER_MODEL_ID in models:
+        if 704 in models:  # a charger: ours (64900) or one with only the standard models
             for kind, read in ((DeviceKind.INVERTER, "status"), (DeviceKind.THERMAL, "read"),
                                (DeviceKind.TAMPER, "read"), (DeviceKind.VEHICLE, "read")):
                 dev = open_device(url, kind, link=link)
-                out[kind.value] = _plain(await getattr(dev, read)())
-        if raw:
-            for mid in models:
-                if mid in MODELS:
-                    out[f"model {mid} ({MODELS[mid].name})"] = await unit.read_model(mid)
+                try:
+                    out[kind.value] = _plain(await getattr(dev, read)())
+                except DeviceFault as fault:
+                    if fault.kind is not FaultKind.NOT_SUPPORTED:
+                        raise
+                    out[kind.value] = {"available": False, "reason": fault.message}
+        for mid in models:
+            if mid not in MODELS:
+                out[f"model {mid}"] = {"note": "not a model this tool knows: shown with --raw only" if raw else
+                                       "not a model this tool knows"}
+                continue
+            points = interpret(mid, await unit.read_model_points(mid))
+            title = f"model {mid} ({MODELS[mid].name})"
+            out[title] = {name: e["value"] for name, e in points.items() if name not in ("ID", "L")}
+            out[f"{title} text"] = {name: e["text"] for name, e in points.items() if name not in ("ID", "L")}
+            if raw:
+                out[f"{title} raw"] = {name: e["raw"] for name, e in points.items()}
     finally:
         await link.aclose()
     return out
