@@ -20,6 +20,7 @@ OCPP 2.0.1 schemas, served by the ``websockets`` package. It runs as its own pro
   sends extra calls once per station (SetVariables, Reset, anything), recording answers.
 * Faults for tests: ``--fault-callerror N`` answers the first N TransactionEvents with
   CALLERROR (not recorded); ``--fault-silent N`` records the first N and never answers;
+  ``--fault-silent-after M`` answers M TransactionEvents, then records the next and never answers;
   ``--fault-close N`` records the first N and closes the connection instead of answering
   (a lost response: the station sends it again).
 """
@@ -196,6 +197,7 @@ class Faults:
     callerror: int = 0
     silent: int = 0
     close: int = 0
+    silent_after: int = -1  # answer this many TransactionEvents, then go silent on the next one
 
 
 @attrs.define
@@ -304,6 +306,10 @@ class Station(ChargePoint):  # type: ignore[misc]
             faults.callerror -= 1
             raise InternalError(description="fault injected: CALLERROR")
         self._record_event(event_type, timestamp, trigger_reason, seq_no, transaction_info, kw)
+        if faults.silent_after > 0:
+            faults.silent_after -= 1
+        elif faults.silent_after == 0:
+            faults.silent_after, faults.silent = -1, max(faults.silent, 1)
         if faults.silent > 0:
             faults.silent -= 1
             await self._connection.wait_closed()
@@ -413,11 +419,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--call", action="append", default=[])
     p.add_argument("--fault-callerror", type=int, default=0)
     p.add_argument("--fault-silent", type=int, default=0)
+    p.add_argument("--fault-silent-after", type=int, default=-1)
     p.add_argument("--fault-close", type=int, default=0)
     a = p.parse_args(argv)
     return run_server(a.listen, a.db, auth_list=a.auth_list, password=a.password, tls_cert=a.tls_cert,
                       tls_key=a.tls_key, heartbeat_interval_s=a.heartbeat_interval, calls=a.call,
-                      faults=Faults(a.fault_callerror, a.fault_silent, a.fault_close))
+                      faults=Faults(a.fault_callerror, a.fault_silent, a.fault_close, a.fault_silent_after))
 
 
 if __name__ == "__main__":

@@ -62,7 +62,8 @@ T = TypeVar("T")
 IMPORT = "Energy.Active.Import.Register"
 EXPORT = "Energy.Active.Export.Register"
 COMM_CTRLR = "OCPPCommCtrlr"
-DRAIN_BATCH = 100  # queued events read, and confirmations deleted, per SQLite round
+DRAIN_BATCH = 100  # queued events read per SQLite round
+CONFIRM_EVERY = 10  # confirmed events deleted per commit: a crash re-sends at most this many (+ the one in flight)
 
 
 @attrs.frozen
@@ -599,9 +600,10 @@ class CsmsClient:
             await changed.wait()
 
     async def _drain(self, session: _Session) -> None:
-        """Send the queue in order. Confirmed events are deleted in batches (one fsync per
-        batch): a crash before the delete only means the CSMS sees those events again, and
-        it recognises them by (transactionId, seqNo) and bills them once."""
+        """Send the queue in order. Confirmed events are deleted every ``CONFIRM_EVERY`` (one
+        fsync each): a crash before the delete only means the CSMS sees those events again
+        (at most ``CONFIRM_EVERY`` plus the one in flight), and it recognises them by
+        (transactionId, seqNo) and bills them once."""
         confirmed: list[int] = []
         try:
             while True:
@@ -616,6 +618,8 @@ class CsmsClient:
                     if isinstance(result, ocpp.Answered):
                         confirmed.append(event.id)
                         self._stats["events_confirmed"] += 1
+                        if len(confirmed) >= CONFIRM_EVERY:  # bound what a crash re-sends
+                            await self._flush_confirmed(confirmed)
                         continue
                     await self._flush_confirmed(confirmed)
                     await self._failed_attempt(event, result)
