@@ -413,7 +413,7 @@ async def _run_control(config: NodeConfig, node: MeshNode, state_dir: Path, publ
     meter = open_site_meter(devices_cfg.meter, world=world)
     for site in world.sites.values():  # a simulated grid runs at the nominal frequency we expect
         site.set_grid(frequency_hz=control_cfg.nominal_frequency_hz)
-    charger = open_charger(devices_cfg.charger, world=world)
+    charger = open_charger(devices_cfg.charger, world=world, revert_after_s=max(1, round(devices_cfg.setpoint_reversion_s)))
     cert = node.identity.certificate
 
     def on_spike(spike: Any) -> None:  # the allocation (next issue) takes these over

@@ -223,3 +223,23 @@ async def test_one_shot_read_does_not_promise_a_retry() -> None:
     assert done.returncode == 1
     err = done.stderr.decode()
     assert "cannot connect" in err and "retry in" not in err
+
+
+async def test_setpoint_write_to_power_reached(std: tuple[Any, SimServer, Any]) -> None:
+    """Figure for the note: set_power -> the device's own 701 W within 1 % of it, over TCP."""
+    _, _, ch = std
+    await ch.inverter.status()
+    samples: list[float] = []
+    with trio.fail_after(20):
+        for i in range(40):
+            target = 5000.0 if i % 2 else -5000.0
+            t0 = time.perf_counter()
+            applied = await ch.inverter.set_power(target)
+            while abs((await ch.inverter.status()).actual_power_w - applied) > abs(applied) * 0.01:
+                pass
+            samples.append((time.perf_counter() - t0) * 1e3)
+    samples.sort()
+    p50, worst = samples[len(samples) // 2], samples[-1]
+    print(f"\nsetpoint write -> power reached (standard SunSpec over TCP, n=40): p50 {p50:.1f} ms, max {worst:.1f} ms")
+    assert p50 < 100.0  # the calibration limit of `meshagent test-discharge`
+    await ch.inverter.set_power(0.0)
