@@ -358,7 +358,7 @@ async def run_agent(config: NodeConfig, *, task_status: trio.TaskStatus[MeshNode
         devices_cfg = config.section("devices")
         stats_sources: dict[str, Any] = {}
         if devices_cfg.configured:
-            await nursery.start(_run_control, config, node, state_dir, publisher, stats_sources)
+            await nursery.start(_run_control, config, node, state_dir, publisher, stats_sources, client)
         query_stats = serve_queries(node)
         stats_sources["queries"] = lambda: query_stats
         sync = AuthSync(node, keeper, publisher)
@@ -398,7 +398,7 @@ async def _closing(store: Any) -> AsyncIterator[None]:
 
 
 async def _run_control(config: NodeConfig, node: MeshNode, state_dir: Path, publisher: RecordPublisher,
-                       stats_sources: dict[str, Any], *,
+                       stats_sources: dict[str, Any], csms_client: Any = None, *,
                        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
     """The control loop on this charger's devices, and its offer published as the state record."""
     from hardware.connect import open_charger, open_site_meter
@@ -434,6 +434,13 @@ async def _run_control(config: NodeConfig, node: MeshNode, state_dir: Path, publ
     try:
         async with trio.open_nursery() as nursery:
             await nursery.start(loop.run)
+            if csms_client is not None:  # the connector's OCPP life (statuses, transactions) from its devices
+                from meshagent.csms.session import SessionDriver, SessionLogic
+
+                csms_cfg = config.section("csms")
+                session = SessionDriver(csms_client, charger, SessionLogic(csms_cfg.sampled_data_interval_s),
+                                        poll_s=csms_cfg.session_poll_s)
+                await nursery.start(session.run)
             task_status.started()
             last = None
             last_at = -float("inf")

@@ -296,6 +296,14 @@ class ModbusInverter(_ModbusDevice):
             raise
         return applied
 
+    async def energy_registers(self) -> tuple[float, float]:
+        """(imported Wh, exported Wh): 701 ``TotWhAbs`` and ``TotWhInj``, for billing."""
+        b = await self.unit.read_block(701, "TotWhInj", "TotWhAbs")
+        injected, absorbed = b.get("TotWhInj"), b.get("TotWhAbs")
+        if not isinstance(injected, int | float) or not isinstance(absorbed, int | float):
+            raise self._fault(FaultKind.NOT_SUPPORTED, "energy registers not implemented (701 TotWhInj/TotWhAbs)")
+        return float(absorbed), float(injected)
+
     async def set_safe_mode(self, on: bool) -> None:
         if not await self._standard():
             await self.unit.write_point(CHARGER, "SafeMode", 1 if on else 0)

@@ -1,0 +1,157 @@
+"""The connector's OCPP life from its devices: the sans-IO logic, then a real ``meshagent run``
+with ``[csms]`` and Modbus devices (a charger with only the standard SunSpec models, served
+by pymodbus in this process) against the CSMS built on the ``ocpp`` package
+(``sims/csms_server.py``): a vehicle arriving and leaving is a billed session there."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import trio
+
+from hardware.simulated import SimulatedSite, VehicleConfig
+from hardware.simulated.serve import SimServer, site_units
+from meshagent.csms.session import Kind, Observation, SessionLogic
+from meshagent.transport.udp import port_free
+from meshagent.trust import keystore
+from sims.csms_server import billing_report
+from tests.meshagent.csms.helpers import CsmsProcess, wait_until
+
+
+def kinds(actions) -> list[tuple[str, str]]:  # type: ignore[no-untyped-def]
+    return [(a.kind.value, a.status or a.trigger or a.stopped_reason) for a in actions]
+
+
+def obs(at: float, **kw: object) -> Observation:
+    return Observation(at, True, **kw)  # type: ignore[arg-type]
+
+
+def test_plug_in_updates_and_unplug() -> None:
+    logic = SessionLogic(sampled_interval_s=10)
+    assert kinds(logic.observe(obs(0))) == [("status", "Available")]
+    acts = logic.observe(obs(1, connected=True, energy_import_wh=5))
+    assert kinds(acts) == [("status", "Occupied"), ("start", "CablePluggedIn")]
+    assert acts[1].energy_import_wh == 5 and acts[1].id_token is None
+    assert logic.observe(obs(5, connected=True)) == []
+    acts = logic.observe(obs(11, connected=True, energy_import_wh=5, energy_export_wh=700))
+    assert kinds(acts) == [("update", "MeterValuePeriodic")] and acts[0].energy_export_wh == 700  # a discharge share
+    acts = logic.observe(obs(12, connected=False, energy_import_wh=5, energy_export_wh=710))
+    assert [(a.kind, a.stopped_reason, a.trigger) for a in acts] == [
+        (Kind.STATUS, "", ""), (Kind.END, "EVDisconnected", "EVDeparted")]
+    assert acts[1].energy_export_wh == 710
+
+
+def test_already_plugged_at_start_starts_a_transaction() -> None:
+    logic = SessionLogic()
+    assert kinds(logic.observe(obs(0, connected=True))) == [("status", "Occupied"), ("start", "CablePluggedIn")]
+
+
+def test_fault_ends_it_and_reports_faulted() -> None:
+    logic = SessionLogic()
+    logic.observe(obs(0, connected=True))
+    acts = logic.observe(obs(1, connected=True, faulted=True))
+    assert [(a.kind, a.status or a.stopped_reason) for a in acts] == [(Kind.STATUS, "Faulted"), (Kind.END, "Other")]
+    assert acts[1].trigger == "AbnormalCondition"
+
+
+def test_devices_lost_is_unavailable_and_ends_it() -> None:
+    logic = SessionLogic(lost_after_s=5)
+    logic.observe(obs(0, connected=True))
+    assert logic.observe(Observation(2, readable=False)) == []
+    acts = logic.observe(Observation(6, readable=False))
+    assert kinds(acts) == [("end", "EVCommunicationLost"), ("status", "Unavailable")]
+
+
+def test_accepted_token_starts_with_it() -> None:
+    logic = SessionLogic()
+    logic.observe(obs(0))
+    acts = logic.observe(obs(1, connected=True, vehicle_id="EVCC01"))
+    assert kinds(acts) == [("status", "Occupied"), ("authorize", "")]
+    acts = logic.authorized("EVCC01", "Accepted", 1.1)
+    assert kinds(acts) == [("start", "Authorized")] and acts[0].id_token == "EVCC01"
+    assert logic.energy_allowed
+
+
+@pytest.mark.parametrize("status", ["Invalid", "Blocked", "Expired"])
+def test_refused_token_stops_energy_and_ends_per_stop_tx_on_invalid_id(status: str) -> None:
+    logic = SessionLogic()
+    logic.observe(obs(0, connected=True, vehicle_id="EVCC01"))
+    acts = logic.authorized("EVCC01", status, 0.1)
+    assert [(a.kind, a.stopped_reason) for a in acts] == [(Kind.START, ""), (Kind.END, "DeAuthorized")]
+    assert acts[1].trigger == "Deauthorized" and not logic.energy_allowed
+    assert logic.observe(obs(5, connected=True, vehicle_id="EVCC01")) == []  # no new transaction while plugged
+    logic.observe(obs(6))
+    assert logic.energy_allowed  # the vehicle left
+
+
+def test_refused_by_the_csms_during_the_transaction() -> None:
+    logic = SessionLogic()
+    logic.observe(obs(0, connected=True))
+    acts = logic.deauthorize(None, 3)
+    assert [(a.kind, a.stopped_reason) for a in acts] == [(Kind.END, "DeAuthorized")] and not logic.energy_allowed
+
+
+SCRIPT = Path(sys.executable).with_name("meshagent")
+HOST = f"127.77.{os.getpid() % 250}.1"
+
+
+async def test_a_vehicle_arriving_and_leaving_is_a_billed_session(tmp_path: Path) -> None:
+    if not port_free(HOST):
+        pytest.skip(f"port 7946 is taken on {HOST}")
+    site = SimulatedSite.with_chargers(time.monotonic, 1, base_load_w=40_000.0,
+                                       vehicles=[VehicleConfig.of("nissan-leaf-40")])
+    site.set_grid(frequency_hz=60.0)
+    charger = site.chargers[0]
+    charger.disconnect_vehicle()  # it arrives later
+    csms = CsmsProcess(tmp_path)
+    await csms.start()
+    server = SimServer(site_units(site, standard=True))
+    await server.start()
+    ca = keystore.ca_init(tmp_path / "ca")
+    keystore.enroll(ca, "field-2", tmp_path / "field-2", site_id="site-1", transformer_id="tx-1")
+    cfg = tmp_path / "field-2" / "node.toml"
+    cfg.write_text(f'[node]\nid = "field-2"\n\n[mesh]\npreset = "local"\nbind = "{HOST}:7946"\napi = "{HOST}:7947"\n\n'
+                   f'[devices]\nmeter = "{server.url(1)}"\ncharger = "{server.url(11)}"\n\n'
+                   f'[csms]\nurl = "{csms.url}"\nstation_id = "CP-FIELD"\nqueue = "{tmp_path / "q.sqlite3"}"\n'
+                   f'sampled_data_interval = "0.5s"\nsession_poll = "0.1s"\n')
+    agent = subprocess.Popen([str(SCRIPT), "run", "--config", str(cfg)], stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL)
+
+    def statuses() -> list[str]:
+        with csms.query() as db:
+            return [s for (s,) in db.execute("SELECT status FROM statuses ORDER BY rowid")]
+
+    try:
+        with trio.fail_after(30):
+            await wait_until(lambda: statuses()[-1:] == ["Available"])
+            charger.connect_vehicle(VehicleConfig.of("nissan-leaf-40"))
+            await wait_until(lambda: any(kind == "Started" for _, _, kind, _ in csms.events()))
+            site.set_grid(frequency_hz=59.5)  # under-frequency: the agent discharges (a share of a spike)
+            await wait_until(lambda: charger.snapshot().energy_out_wh > 0.2)
+            await wait_until(lambda: sum(kind == "Updated" for _, _, kind, _ in csms.events()) >= 2)
+            site.set_grid(frequency_hz=60.0)
+            charger.disconnect_vehicle()
+            await wait_until(lambda: any(kind == "Ended" for _, _, kind, _ in csms.events()))
+            await wait_until(lambda: statuses()[-1:] == ["Available"])
+        assert "Occupied" in statuses()
+        report = billing_report(csms.db)
+        assert len(report.transactions) == 1
+        bill = report.transactions[0]
+        assert bill.ended and bill.energy_exported_wh > 0  # the discharge shows in the meter values
+        with csms.query() as db:
+            (payload,) = db.execute("SELECT payload FROM transaction_events WHERE event_type = 'Ended'").fetchone()
+        assert json.loads(payload)["transaction_info"]["stopped_reason"] == "EVDisconnected"
+        done = subprocess.run([str(SCRIPT), "csms", "billing", "--db", str(csms.db)], capture_output=True, text=True,
+                              timeout=30)
+        assert done.returncode == 0 and bill.transaction_id in done.stdout, done.stderr
+    finally:
+        agent.kill()
+        agent.wait(10)
+        await server.stop()
+        csms.stop()
