@@ -120,8 +120,8 @@ async def test_a_vehicle_arriving_and_leaving_is_a_billed_session(tmp_path: Path
                    f'[devices]\nmeter = "{server.url(1)}"\ncharger = "{server.url(11)}"\n\n'
                    f'[csms]\nurl = "{csms.url}"\nstation_id = "CP-FIELD"\nqueue = "{tmp_path / "q.sqlite3"}"\n'
                    f'sampled_data_interval = "0.5s"\nsession_poll = "0.1s"\n')
-    agent = subprocess.Popen([str(SCRIPT), "run", "--config", str(cfg)], stdout=subprocess.DEVNULL,
-                             stderr=subprocess.DEVNULL)
+    agent = await trio.lowlevel.open_process([str(SCRIPT), "run", "--config", str(cfg)], stdout=subprocess.DEVNULL,
+                                             stderr=subprocess.DEVNULL)
 
     def statuses() -> list[str]:
         with csms.query() as db:
@@ -147,11 +147,12 @@ async def test_a_vehicle_arriving_and_leaving_is_a_billed_session(tmp_path: Path
         with csms.query() as db:
             (payload,) = db.execute("SELECT payload FROM transaction_events WHERE event_type = 'Ended'").fetchone()
         assert json.loads(payload)["transaction_info"]["stopped_reason"] == "EVDisconnected"
-        done = subprocess.run([str(SCRIPT), "csms", "billing", "--db", str(csms.db)], capture_output=True, text=True,
-                              timeout=30)
-        assert done.returncode == 0 and bill.transaction_id in done.stdout, done.stderr
+        done = await trio.run_process([str(SCRIPT), "csms", "billing", "--db", str(csms.db)], capture_stdout=True,
+                                      capture_stderr=True, check=False)
+        assert done.returncode == 0 and bill.transaction_id in done.stdout.decode(), done.stderr
     finally:
         agent.kill()
-        agent.wait(10)
+        with trio.move_on_after(10):
+            await agent.wait()
         await server.stop()
         csms.stop()
