@@ -420,9 +420,18 @@ async def _run_control(config: NodeConfig, node: MeshNode, state_dir: Path, publ
         log.info("spike %s %s: deficit %.1f W in %s %s", spike.spike_id, spike.phase.name.lower(),
                  spike.deficit_w, spike.scope, spike.scope_id)
 
+    session = None
+    inverter = charger.inverter
+    if csms_client is not None:  # the connector's OCPP life (statuses, transactions) from its devices
+        from meshagent.csms.session import SessionDriver, SessionLogic
+
+        csms_cfg = config.section("csms")
+        session = SessionDriver(csms_client, charger, SessionLogic(csms_cfg.sampled_data_interval_s),
+                                poll_s=csms_cfg.session_poll_s)
+        inverter = session.gate(charger.inverter)  # a refused idToken holds energy transfer off
     loop = ControlLoop(
         control_cfg,
-        Devices(meter=meter, inverter=charger.inverter, vehicle=charger.vehicle,
+        Devices(meter=meter, inverter=inverter, vehicle=charger.vehicle,
                 thermal=charger.thermal, tamper=charger.tamper),
         node_id=node.node_id,
         scope_id=cert.site_id if control_cfg.meter_scope == "site" else cert.transformer_id,
@@ -434,12 +443,7 @@ async def _run_control(config: NodeConfig, node: MeshNode, state_dir: Path, publ
     try:
         async with trio.open_nursery() as nursery:
             await nursery.start(loop.run)
-            if csms_client is not None:  # the connector's OCPP life (statuses, transactions) from its devices
-                from meshagent.csms.session import SessionDriver, SessionLogic
-
-                csms_cfg = config.section("csms")
-                session = SessionDriver(csms_client, charger, SessionLogic(csms_cfg.sampled_data_interval_s),
-                                        poll_s=csms_cfg.session_poll_s)
+            if session is not None:
                 await nursery.start(session.run)
             task_status.started()
             last = None

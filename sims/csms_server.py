@@ -283,13 +283,16 @@ class Station(ChargePoint):  # type: ignore[misc]
                              (self.id, evse_id, connector_id, connector_status, _now_ms()))
         return call_result.StatusNotification()
 
-    @on("Authorize")
-    def on_authorize(self, id_token: dict[str, Any], **_: Any) -> Any:
+    def _token_status(self, id_token: dict[str, Any]) -> str:
         status = "Unknown"
         for e in (self.csms.auth_list() or {}).get("entries", ()):
             if e["idToken"] == id_token["id_token"] and e.get("type", "ISO14443") == id_token["type"]:
                 status = e.get("status", "Accepted")
-        return call_result.Authorize(id_token_info={"status": status})
+        return status
+
+    @on("Authorize")
+    def on_authorize(self, id_token: dict[str, Any], **_: Any) -> Any:
+        return call_result.Authorize(id_token_info={"status": self._token_status(id_token)})
 
     @on("MeterValues")
     def on_meter_values(self, evse_id: int, meter_value: list[dict[str, Any]], **_: Any) -> Any:
@@ -318,6 +321,8 @@ class Station(ChargePoint):  # type: ignore[misc]
             faults.close -= 1
             await self._connection.close()
             raise InternalError(description="fault injected: connection closed before the answer")
+        if kw.get("id_token"):  # OCPP 2.0.1: a TransactionEvent with an idToken is answered with its status
+            return call_result.TransactionEvent(id_token_info={"status": self._token_status(kw["id_token"])})
         return call_result.TransactionEvent()
 
     def _record_event(self, event_type: str, timestamp: str, trigger_reason: str, seq_no: int,

@@ -229,6 +229,7 @@ class CsmsClient:
         self._status_dirty: set[tuple[int, int]] = set()
         self._status_changed = trio.Event()
         self._auth_list = store.load_auth_list()
+        self._id_token_status: dict[str, str] = {}
         self._stats: dict[str, int] = dict.fromkeys(
             ("connections", "connection_failures", "boots", "events_confirmed", "failed_attempts",
              "dead_lettered", "timeouts", "bad_frames", "not_implemented"), 0)
@@ -616,6 +617,7 @@ class CsmsClient:
                 for event in batch:
                     result = await self._call(session, event.action, dict(event.payload))
                     if isinstance(result, ocpp.Answered):
+                        self._note_id_token_info(event, result.payload)
                         confirmed.append(event.id)
                         self._stats["events_confirmed"] += 1
                         if len(confirmed) >= CONFIRM_EVERY:  # bound what a crash re-sends
@@ -628,6 +630,23 @@ class CsmsClient:
         finally:
             with trio.CancelScope(shield=True):
                 await self._flush_confirmed(confirmed)
+
+    def _note_id_token_info(self, event: QueuedEvent, answer: Any) -> None:
+        info = answer.get("idTokenInfo") if isinstance(answer, dict) else None
+        if event.action != "TransactionEvent" or event.transaction_id is None or not isinstance(info, dict):
+            return
+        status = info.get("status")
+        if isinstance(status, str):
+            self._id_token_status[event.transaction_id] = status
+            if status != "Accepted":
+                log.warning("csms %s: idToken of transaction %s answered %s", self.settings.station_id,
+                            event.transaction_id, status)
+            self._poke("_stats_changed")
+
+    def id_token_status(self, transaction_id: str) -> str | None:
+        """The CSMS's last idTokenInfo status for a transaction (from its TransactionEvent
+        answers), None if it said none: Invalid, Blocked or Expired ends it (StopTxOnInvalidId)."""
+        return self._id_token_status.get(transaction_id)
 
     async def _flush_confirmed(self, confirmed: list[int]) -> None:
         if confirmed:

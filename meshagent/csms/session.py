@@ -25,7 +25,8 @@ and returns the ``Action``s OCPP 2.0.1 asks for:
 ``SessionDriver`` is the trio shell: it reads the devices every ``poll`` (the vehicle
 link, the inverter's status and its energy registers), feeds the logic and carries the
 actions out through ``CsmsClient`` (which queues them durably; nothing here waits for the
-CSMS). ``energy_allowed`` is False while a refused idToken holds energy transfer off.
+CSMS). ``gate(inverter)`` is what the control loop commands: 0 W outside a transaction
+and while a refused idToken holds energy transfer off.
 """
 
 from __future__ import annotations
@@ -88,6 +89,11 @@ class SessionLogic:
     _last_update_s: float = attrs.field(init=False, default=0.0)
     _last_readable_s: float | None = attrs.field(init=False, default=None)
     _energy: tuple[float, float] = attrs.field(init=False, default=(0.0, 0.0))
+
+    @property
+    def transfer_allowed(self) -> bool:
+        """Energy moves only inside a transaction, and never after a refused idToken."""
+        return self.in_transaction and self.energy_allowed
 
     def observe(self, o: Observation) -> list[Action]:
         out: list[Action] = []
@@ -184,6 +190,10 @@ class SessionDriver:
     async def step(self) -> None:
         observation = await self.observe()
         await self._carry_out(self.logic.observe(observation))
+        if self.transaction_id is not None:  # the CSMS may refuse the idToken in a TransactionEvent answer
+            status = self.client.id_token_status(self.transaction_id)
+            if status in REFUSED:
+                await self.id_token_refused(self.transaction_id, status)
 
     async def _carry_out(self, actions: list[Action]) -> None:
         for a in actions:
@@ -212,8 +222,30 @@ class SessionDriver:
         if transaction_id == self.transaction_id and status in REFUSED:
             await self._carry_out(self.logic.deauthorize(None, self.clock()))
 
+    def gate(self, inverter: Any) -> EnergyGate:
+        """``inverter`` for the control loop, with energy transfer held off while refused."""
+        return EnergyGate(inverter, self.logic)
+
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         task_status.started()
         while True:
             await self.step()
             await trio.sleep(self.poll_s)
+
+
+class EnergyGate:
+    """An inverter whose setpoints become 0 W outside a transaction (before the vehicle is
+    authorised) and after a refused idToken (OCPP 2.0.1 StopTxOnInvalidId stops energy
+    transfer). Everything else
+    passes through."""
+
+    def __init__(self, inverter: Any, logic: SessionLogic) -> None:
+        self._inverter = inverter
+        self._logic = logic
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inverter, name)
+
+    async def set_power(self, setpoint_w: float) -> float:
+        result: float = await self._inverter.set_power(setpoint_w if self._logic.transfer_allowed else 0.0)
+        return result

@@ -101,6 +101,11 @@ SCRIPT = Path(sys.executable).with_name("meshagent")
 HOST = f"127.77.{os.getpid() % 250}.1"
 
 
+def _statuses(csms: CsmsProcess) -> list[str]:
+    with csms.query() as db:
+        return [s for (s,) in db.execute("SELECT status FROM statuses ORDER BY rowid")]
+
+
 async def test_a_vehicle_arriving_and_leaving_is_a_billed_session(tmp_path: Path) -> None:
     if not port_free(HOST):
         pytest.skip(f"port 7946 is taken on {HOST}")
@@ -124,8 +129,7 @@ async def test_a_vehicle_arriving_and_leaving_is_a_billed_session(tmp_path: Path
                                              stderr=subprocess.DEVNULL)
 
     def statuses() -> list[str]:
-        with csms.query() as db:
-            return [s for (s,) in db.execute("SELECT status FROM statuses ORDER BY rowid")]
+        return _statuses(csms)
 
     try:
         with trio.fail_after(30):
@@ -133,8 +137,9 @@ async def test_a_vehicle_arriving_and_leaving_is_a_billed_session(tmp_path: Path
             charger.connect_vehicle(VehicleConfig.of("nissan-leaf-40"))
             await wait_until(lambda: any(kind == "Started" for _, _, kind, _ in csms.events()))
             site.set_grid(frequency_hz=59.5)  # under-frequency: the agent discharges (a share of a spike)
-            await wait_until(lambda: charger.snapshot().energy_out_wh > 0.2)
-            await wait_until(lambda: sum(kind == "Updated" for _, _, kind, _ in csms.events()) >= 2)
+            await wait_until(lambda: charger.snapshot().energy_out_wh > 2)  # 701 TotWhInj counts whole Wh here
+            updates = sum(kind == "Updated" for _, _, kind, _ in csms.events())
+            await wait_until(lambda: sum(kind == "Updated" for _, _, kind, _ in csms.events()) >= updates + 2)
             site.set_grid(frequency_hz=60.0)
             charger.disconnect_vehicle()
             await wait_until(lambda: any(kind == "Ended" for _, _, kind, _ in csms.events()))
@@ -150,6 +155,53 @@ async def test_a_vehicle_arriving_and_leaving_is_a_billed_session(tmp_path: Path
         done = await trio.run_process([str(SCRIPT), "csms", "billing", "--db", str(csms.db)], capture_stdout=True,
                                       capture_stderr=True, check=False)
         assert done.returncode == 0 and bill.transaction_id in done.stdout.decode(), done.stderr
+    finally:
+        agent.kill()
+        with trio.move_on_after(10):
+            await agent.wait()
+        await server.stop()
+        csms.stop()
+
+
+async def test_a_blocked_vehicle_gets_no_energy_and_its_transaction_ends_deauthorized(tmp_path: Path) -> None:
+    if not port_free(HOST):
+        pytest.skip(f"port 7946 is taken on {HOST}")
+    site = SimulatedSite.with_chargers(time.monotonic, 1, base_load_w=40_000.0,
+                                       vehicles=[VehicleConfig.of("nissan-leaf-40")])
+    site.set_grid(frequency_hz=60.0)
+    charger = site.chargers[0]
+    charger.disconnect_vehicle()
+    auth = tmp_path / "auth.json"
+    auth.write_text(json.dumps({"version": 1, "entries": [
+        {"idToken": "EVBLOCKED", "type": "MacAddress", "status": "Blocked"}]}))
+    csms = CsmsProcess(tmp_path, "--auth-list", str(auth))
+    await csms.start()
+    server = SimServer(site_units(site))  # our charger image (64900) this time
+    await server.start()
+    ca = keystore.ca_init(tmp_path / "ca")
+    keystore.enroll(ca, "field-3", tmp_path / "field-3", site_id="site-1", transformer_id="tx-1")
+    cfg = tmp_path / "field-3" / "node.toml"
+    cfg.write_text(f'[node]\nid = "field-3"\n\n[mesh]\npreset = "local"\nbind = "{HOST}:7946"\napi = "{HOST}:7947"\n\n'
+                   f'[devices]\nmeter = "{server.url(1)}"\ncharger = "{server.url(11)}"\n\n'
+                   f'[csms]\nurl = "{csms.url}"\nstation_id = "CP-FIELD3"\nqueue = "{tmp_path / "q.sqlite3"}"\n'
+                   f'session_poll = "0.1s"\n')
+    agent = await trio.lowlevel.open_process([str(SCRIPT), "run", "--config", str(cfg)], stdout=subprocess.DEVNULL,
+                                             stderr=subprocess.DEVNULL)
+    try:
+        with trio.fail_after(30):
+            await wait_until(lambda: _statuses(csms)[-1:] == ["Available"])
+            site.set_grid(frequency_hz=59.5)  # the droop would discharge a vehicle that may transfer energy
+            charger.connect_vehicle(VehicleConfig.of("nissan-leaf-40", vehicle_id="EVBLOCKED"))
+            await wait_until(lambda: any(kind == "Ended" for _, _, kind, _ in csms.events()))
+        await trio.sleep(1.0)  # the control loop keeps running: it must still not move energy
+        assert charger.snapshot().energy_out_wh == 0.0 and charger.snapshot().actual_power_w == 0.0
+        with csms.query() as db:
+            rows = db.execute("SELECT event_type, id_token, payload, trigger_reason FROM transaction_events"
+                              " ORDER BY seq_no").fetchall()
+        assert [r[0] for r in rows] == ["Started", "Ended"] and rows[0][1] == "EVBLOCKED"
+        ended = json.loads(rows[1][2])
+        assert ended["transaction_info"]["stopped_reason"] == "DeAuthorized"
+        assert rows[1][3] == "Deauthorized"
     finally:
         agent.kill()
         with trio.move_on_after(10):
