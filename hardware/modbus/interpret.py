@@ -72,3 +72,27 @@ def interpret(model_id: int, points: dict[str, tuple[Point, object, object]],
             entry.update(value=value, text=str(value))
         out[name] = entry
     return out
+
+
+def discharge_caps(old_firmware: bool | None, max_discharge_amps: float | None, discharge_spec_w: float | None,
+                   charge_spec_w: float | None, nominal_v: float | None) -> list[dict[str, Any]]:
+    """The caps behind EVMaximumDischargePower, each with the limit it sets (W).
+
+    * old firmware: early bidirectional firmware caps discharge at 50 % of the vehicle's
+      charge power;
+    * MAX_DISCHARGE_AMPS: the charger's discharge current setting, at the battery's nominal
+      DC voltage (A x V).
+    """
+    out: list[dict[str, Any]] = []
+    if old_firmware and charge_spec_w:
+        out.append({"cap": "old_firmware", "limit_w": round(0.5 * charge_spec_w, 1),
+                    "text": f"old firmware: 50 % of the {charge_spec_w:g} W charge power = {0.5 * charge_spec_w:g} W"})
+    if max_discharge_amps is not None and max_discharge_amps == max_discharge_amps and nominal_v:
+        limit = max_discharge_amps * nominal_v
+        out.append({"cap": "MAX_DISCHARGE_AMPS", "limit_w": round(limit, 1), "amps": max_discharge_amps,
+                    "text": f"MAX_DISCHARGE_AMPS {max_discharge_amps:g} A x {nominal_v:g} V = {limit:g} W"})
+    if discharge_spec_w:
+        binding = min([c["limit_w"] for c in out] + [discharge_spec_w])
+        for c in out:
+            c["binding"] = c["limit_w"] == binding and c["limit_w"] < discharge_spec_w
+    return out

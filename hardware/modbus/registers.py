@@ -439,6 +439,13 @@ _VENDOR: dict[int, tuple[str, str, tuple[tuple[str, str, int, str, str, str, str
          "3 refused: current flowing, 4 refused: contacts welded"),
         ("CtrBrkW", "float32", 2, "W", "", "R", "AC power at that command: broken by an opening under load, "
          "or flowing when refused; + charge / - discharge"),
+        ("EVFwCap", "enum16", 1, "", "", "R", "1 if the vehicle's firmware caps discharge at 50 % of its charge "
+         "power (early bidirectional firmware), else 0"),
+        ("MaxDisA", "float32", 2, "A", "", "R", "The charger's MAX_DISCHARGE_AMPS setting (EVMaximumDischargePower "
+         "<= A x EVNomV); NaN: no setting"),
+        ("EVDisSpecW", "float32", 2, "W", "", "R", "The vehicle's own discharge power, before those caps"),
+        ("EVChaSpecW", "float32", 2, "W", "", "R", "The vehicle's own charge power (the old-firmware cap is half)"),
+        ("EVNomV", "float32", 2, "V", "", "R", "Battery nominal DC voltage"),
     )),
     METER_TIMING_MODEL_ID: ("meshagent_meter_timing", "meshagent meter sample timing", (
         ("Age", "uint32", 2, "ms", "", "R", "Age of the meter sample when read (stale detection)"),

@@ -279,6 +279,8 @@ class ChargerUnit(_Unit):
             "TgtSoC": s.target_soc_pct, "BatWh": s.battery_energy_capacity_wh, "EVId": s.vehicle_id,
             "CtrCmd": self.ctr_cmd, "CtrReq": 0, "CtrAck": self.ctr_ack, "CtrRslt": self.ctr_result,
             "CtrBrkW": self.ctr_power_w,
+            "EVFwCap": int(s.ev_old_firmware), "MaxDisA": s.max_discharge_amps,
+            "EVDisSpecW": s.ev_discharge_spec_w, "EVChaSpecW": s.ev_charge_spec_w, "EVNomV": s.ev_nominal_v,
         }
 
     def _contactor_command(self, seq: int) -> None:

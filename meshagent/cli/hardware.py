@@ -60,6 +60,8 @@ def _plain(value: Any) -> Any:
 def _print_record(title: str, record: dict[str, Any]) -> None:
     click.echo(f"[{title}]")
     for key, value in record.items():
+        if key in ("discharge_caps", "parameters"):
+            continue  # structured detail for --json; the text has its own line
         if isinstance(value, dict):
             for k2, v2 in value.items():
                 click.echo(f"  {key}.{k2} = {v2}")
@@ -213,7 +215,11 @@ async def _read(url: Any, raw: bool, timeout_s: float) -> dict[str, Any]:
             out["inverter"] = _plain(await ch.inverter.status())
             out["thermal"] = _plain(await ch.thermal.read())
             out["tamper"] = _plain(await ch.tamper.read())
-            out["vehicle"] = _plain(await ch.vehicle.read())
+            s = ch.vehicle.charger.snapshot()
+            out["vehicle"] = _vehicle_record(await ch.vehicle.read(), {
+                "old_firmware": s.ev_old_firmware, "max_discharge_amps": s.max_discharge_amps,
+                "discharge_spec_w": s.ev_discharge_spec_w, "charge_spec_w": s.ev_charge_spec_w,
+                "nominal_v": s.ev_nominal_v})
         return out
     from hardware.interfaces import DeviceFault, FaultKind
     from hardware.modbus.interpret import interpret
@@ -234,7 +240,11 @@ async def _read(url: Any, raw: bool, timeout_s: float) -> dict[str, Any]:
                                (DeviceKind.TAMPER, "read"), (DeviceKind.VEHICLE, "read")):
                 dev = open_device(url, kind, link=link)
                 try:
-                    out[kind.value] = _plain(await getattr(dev, read)())
+                    value = await getattr(dev, read)()
+                    if kind is DeviceKind.VEHICLE:
+                        out[kind.value] = _vehicle_record(value, await _caps(unit, models))
+                        continue
+                    out[kind.value] = _plain(value)
                 except DeviceFault as fault:
                     if fault.kind is not FaultKind.NOT_SUPPORTED:
                         raise
@@ -253,6 +263,46 @@ async def _read(url: Any, raw: bool, timeout_s: float) -> dict[str, Any]:
     finally:
         await link.aclose()
     return out
+
+
+async def _caps(unit: Any, models: dict[int, int]) -> dict[str, Any] | None:
+    """The vehicle's discharge caps as our model 64900 reports them; None on a standard device."""
+    from hardware.modbus.registers import CHARGER_MODEL_ID
+
+    if CHARGER_MODEL_ID not in models:
+        return None
+    b = await unit.read_block(CHARGER_MODEL_ID, "EVFwCap", "EVNomV")
+    return {"old_firmware": b.get("EVFwCap") == 1, "max_discharge_amps": b.get("MaxDisA"),
+            "discharge_spec_w": b.get("EVDisSpecW"), "charge_spec_w": b.get("EVChaSpecW"),
+            "nominal_v": b.get("EVNomV")}
+
+
+def _vehicle_record(status: Any, caps: dict[str, Any] | None) -> dict[str, Any]:
+    """The vehicle link under ISO 15118-20's parameter names, with the discharge caps in force."""
+    from hardware.interfaces import ISO15118_20_NAMES, BmsStatus
+    from hardware.modbus.interpret import discharge_caps
+
+    units = {"power": "W", "soc": "%", "energy": "Wh"}
+    record: dict[str, Any] = {"connected": status.connected, "vehicle_id": status.vehicle_id,
+                              "bms_status": f"{BmsStatus(status.bms_status).name} (0x{int(status.bms_status):02x})"}
+    p = status.parameters
+    record["parameters"] = _plain(p)  # for --json: the numbers, as the interface names them
+    for attr, name in ISO15118_20_NAMES.items():
+        value = getattr(p, attr) if p is not None else None
+        unit = units["power" if attr.endswith("_w") and "energy" not in attr else "soc" if "soc" in attr else "energy"]
+        record[name] = None if value is None else f"{value:g} {unit}"
+    if not status.connected:
+        record["discharge caps in force"] = "no vehicle"
+    elif caps is None:
+        record["discharge caps in force"] = "not reported (the device has no model 64900)"
+    else:
+        found = discharge_caps(**caps)
+        binding = [c for c in found if c.get("binding")]
+        record["discharge caps in force"] = "; ".join(
+            c["text"] + (" (limits EVMaximumDischargePower)" if c in binding else "") for c in found) or "none"
+        record["discharge_caps"] = found
+        record["vehicle discharge power before caps"] = f"{caps['discharge_spec_w']:g} W"
+    return record
 
 
 async def _clear(url: Any) -> Any:
