@@ -208,3 +208,43 @@ async def test_a_blocked_vehicle_gets_no_energy_and_its_transaction_ends_deautho
             await agent.wait()
         await server.stop()
         csms.stop()
+
+
+async def test_simulated_vehicle_arriving_and_leaving_makes_a_session(tmp_path: Path) -> None:
+    """sim:// devices (no Modbus) drive the same session logic through a real CsmsClient."""
+    from hardware.connect import open_charger
+    from hardware.simulated.site import SimWorld
+    from meshagent.csms.client import CsmsClient
+    from meshagent.csms.session import SessionDriver
+    from meshagent.csms.store import CsmsStore
+    from tests.meshagent.csms.helpers import fast_settings
+
+    world = SimWorld(clock=trio.current_time)
+    site = world.site("site-s")
+    charger = site.chargers[0]
+    charger.disconnect_vehicle()
+    csms = CsmsProcess(tmp_path)
+    await csms.start()
+    try:
+        with CsmsStore(tmp_path / "q.sqlite3") as store:
+            client = CsmsClient(fast_settings(csms.url), store)
+            async with open_charger("sim://site-s/charger-1", world=world) as ch, trio.open_nursery() as nursery:
+                driver = SessionDriver(client, ch, SessionLogic(sampled_interval_s=0.2), poll_s=0.05)
+                await nursery.start(client.run)
+                await nursery.start(driver.run)
+                with trio.fail_after(20):
+                    await wait_until(lambda: _statuses(csms)[-1:] == ["Available"])
+                    charger.connect_vehicle(VehicleConfig.of("nissan-leaf-40"))
+                    await wait_until(lambda: any(kind == "Started" for _, _, kind, _ in csms.events()))
+                    assert driver.transaction_id is not None
+                    await driver.gate(ch.inverter).set_power(-5000.0)  # inside the transaction: allowed
+                    await trio.sleep(0.5)
+                    charger.disconnect_vehicle()
+                    await wait_until(lambda: any(kind == "Ended" for _, _, kind, _ in csms.events()))
+                    await client.wait_drained()
+                nursery.cancel_scope.cancel()
+        bill = billing_report(csms.db).transactions[0]
+        assert bill.ended and bill.energy_exported_wh > 0
+        assert _statuses(csms)[-2:] == ["Occupied", "Available"]
+    finally:
+        csms.stop()
