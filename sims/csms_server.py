@@ -321,8 +321,9 @@ class Station(ChargePoint):  # type: ignore[misc]
             faults.close -= 1
             await self._connection.close()
             raise InternalError(description="fault injected: connection closed before the answer")
-        if kw.get("id_token"):  # OCPP 2.0.1: a TransactionEvent with an idToken is answered with its status
-            return call_result.TransactionEvent(id_token_info={"status": self._token_status(kw["id_token"])})
+        if kw.get("id_token") and (status := self._token_status(kw["id_token"])) != "Unknown":
+            # OCPP 2.0.1: a TransactionEvent with an idToken this CSMS knows is answered with its status
+            return call_result.TransactionEvent(id_token_info={"status": status})
         return call_result.TransactionEvent()
 
     def _record_event(self, event_type: str, timestamp: str, trigger_reason: str, seq_no: int,

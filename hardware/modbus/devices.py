@@ -23,8 +23,9 @@ when opened through ``hardware.connect``) and does one request per call on the h
                          sequence number is learnt from ``CtrAck`` once per connection
 
 Standard SunSpec devices (models 1, 701, 702, 704, 713 only, no 64900) work too: the
-inverter's status comes from 701 (``InvSt``, ``ConnSt``, ``W``), 704 (``WSetEna``, ``WSet``,
-``WRmp``) and 702 (``WChaRteMax``/``WDisChaRteMax``, else the ratings); the thermal sensor
+inverter's status comes from 701 (``InvSt``, ``ConnSt``, ``W``) and 704 (``WSetEna``,
+``WSet``): two reads; 702 (``WChaRteMax``/``WDisChaRteMax``, else the ratings) and 704
+``WRmp`` are re-read at most once a second; the thermal sensor
 reads 701 ``TmpCab`` (else ``TmpSnk``), the tamper switch 701 ``Alrm`` bit CABINET_OPEN, the
 vehicle link 713 (``SoC``, ``WHRtg``; connected while both are implemented and nonzero).
 Contactor commands, safe mode latches and fault clearing are ours (64900): on a standard
@@ -89,6 +90,7 @@ CHARGER = CHARGER_MODEL_ID
 CABINET_OPEN_BIT = 5  # 701 Alrm
 OVER_TEMP_BIT = 7
 INVST_FAULT = 6
+SLOW_POINTS_EVERY_S = 1.0  # a standard device's ratings, limits in force and ramp are re-read this often
 log = logging.getLogger(__name__)
 
 
@@ -175,6 +177,7 @@ class ModbusInverter(_ModbusDevice):
     _prepared_on_connect: int = attrs.field(init=False, default=-1)
     _reversion: bool = attrs.field(init=False, default=False)
     _safe_mode: bool = attrs.field(init=False, default=False)  # standard devices: held here
+    _slow: tuple[int, float, tuple[Block, Block, Block]] | None = attrs.field(init=False, default=None)
     _ctr_seq: int = attrs.field(init=False, default=0)
     _ctr_seq_on_connect: int = attrs.field(init=False, default=-1)
 
@@ -222,9 +225,13 @@ class ModbusInverter(_ModbusDevice):
         m701 = await self.unit.read_block(701, "ACType", "W")
         taken_at = self.clock()  # no sample age in the standard models: the reply's arrival
         m704 = await self.unit.read_block(704, "WSetEna", "WSet")
-        m702 = await self.unit.read_block(702, "WMaxRtg", "WDisChaRteMaxRtg")
-        m702s = await self.unit.read_block(702, "WChaRteMax", "WDisChaRteMax")
-        ramp = await self.unit.read_block(704, "WRmp", "WRmpRef")
+        connects = self.unit.link.statistics().connects
+        if self._slow is None or self._slow[0] != connects or taken_at - self._slow[1] >= SLOW_POINTS_EVERY_S:
+            # ratings, limits in force and ramp: three more reads, at most once a second
+            self._slow = (connects, taken_at, (await self.unit.read_block(702, "WMaxRtg", "WDisChaRteMaxRtg"),
+                                               await self.unit.read_block(702, "WChaRteMax", "WDisChaRteMax"),
+                                               await self.unit.read_block(704, "WRmp", "WRmpRef")))
+        m702, m702s, ramp = self._slow[2]
         inv_st, w = m701.get("InvSt"), m701.get("W")
         if not isinstance(w, int | float):
             raise self._fault(FaultKind.OUT_OF_RANGE, f"701 W not implemented ({w!r})")

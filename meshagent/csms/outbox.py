@@ -62,7 +62,7 @@ class OutboxMixin(CallMixin):
         status = info.get("status")
         if isinstance(status, str):
             self._id_token_status[event.transaction_id] = status
-            if status != "Accepted":
+            if status in ("Invalid", "Blocked", "Expired"):
                 log.warning("csms %s: idToken of transaction %s answered %s", self.settings.station_id,
                             event.transaction_id, status)
             self._poke("_stats_changed")

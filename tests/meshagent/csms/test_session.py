@@ -248,3 +248,31 @@ async def test_simulated_vehicle_arriving_and_leaving_makes_a_session(tmp_path: 
         assert _statuses(csms)[-2:] == ["Occupied", "Available"]
     finally:
         csms.stop()
+
+
+async def test_client_reports_the_id_token_status_of_a_transaction_event_answer(tmp_path: Path) -> None:
+    from meshagent.csms.client import CsmsClient
+    from meshagent.csms.store import CsmsStore
+    from tests.meshagent.csms.helpers import fast_settings
+
+    auth = tmp_path / "auth.json"
+    auth.write_text(json.dumps({"version": 1, "entries": [{"idToken": "BOB", "status": "Expired"},
+                                                          {"idToken": "ALICE", "status": "Accepted"}]}))
+    csms = CsmsProcess(tmp_path, "--auth-list", str(auth))
+    await csms.start()
+    try:
+        with CsmsStore(tmp_path / "q.sqlite3") as store:
+            client = CsmsClient(fast_settings(csms.url), store)
+            async with trio.open_nursery() as nursery:
+                await nursery.start(client.run)
+                txs = {token: await client.start_transaction(evse_id=1, connector_id=1, energy_import_wh=0,
+                                                             energy_export_wh=0, id_token=token)
+                       for token in ("BOB", "ALICE", "CAROL")}
+                with trio.fail_after(20):
+                    await client.wait_drained()
+                nursery.cancel_scope.cancel()
+        assert client.id_token_status(txs["BOB"]) == "Expired"
+        assert client.id_token_status(txs["ALICE"]) == "Accepted"
+        assert client.id_token_status(txs["CAROL"]) is None  # the CSMS gave no idTokenInfo
+    finally:
+        csms.stop()
