@@ -55,18 +55,18 @@ async def _setpoints(n: int) -> list[float]:
 
     site = SimulatedSite.with_chargers(time.monotonic, 1, vehicles=[VehicleConfig.of("nissan-leaf-40")])
     samples: list[float] = []
-    async with SimServer(site_units(site, standard=True)) as server:
-        async with open_charger(server.url(11), clock=time.monotonic, timeout_s=1.0) as ch:
-            await ch.inverter.status()
-            with trio.fail_after(max(30.0, n * 0.5)):
-                for i in range(n):
-                    target = 5000.0 if i % 2 else -5000.0
-                    t0 = time.perf_counter()
-                    applied = await ch.inverter.set_power(target)
-                    while abs((await ch.inverter.status()).actual_power_w - applied) > abs(applied) * 0.01:
-                        pass
-                    samples.append((time.perf_counter() - t0) * 1e3)
-                await ch.inverter.set_power(0.0)
+    async with (SimServer(site_units(site, standard=True)) as server,
+                open_charger(server.url(11), clock=time.monotonic, timeout_s=1.0) as ch):
+        await ch.inverter.status()
+        with trio.fail_after(max(30.0, n * 0.5)):
+            for i in range(n):
+                target = 5000.0 if i % 2 else -5000.0
+                t0 = time.perf_counter()
+                applied = await ch.inverter.set_power(target)
+                while abs((await ch.inverter.status()).actual_power_w - applied) > abs(applied) * 0.01:
+                    pass
+                samples.append((time.perf_counter() - t0) * 1e3)
+            await ch.inverter.set_power(0.0)
     return samples
 
 
