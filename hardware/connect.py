@@ -45,8 +45,13 @@ def _parse(url: str | DeviceUrl) -> DeviceUrl:
 
 
 def open_device(url: str | DeviceUrl, kind: DeviceKind, *, world: Any = None, clock: Callable[[], float] | None = None,
-                timeout_s: float = 0.5, stale_after_s: float = 0.5, link: Any = None) -> Any:
-    """An object implementing ``kind``'s interface for the device at ``url``."""
+                timeout_s: float = 0.5, stale_after_s: float = 0.5, link: Any = None,
+                revert_after_s: int | None = None) -> Any:
+    """An object implementing ``kind``'s interface for the device at ``url``.
+
+    ``revert_after_s``: a Modbus inverter's SunSpec 704 reversion time (WSetRvrtTms), after
+    which a device no longer written to returns to no power by itself.
+    """
     u = _parse(url)
     if u.scheme == "sim":
         from hardware.simulated import devices as sim
@@ -74,7 +79,10 @@ def open_device(url: str | DeviceUrl, kind: DeviceKind, *, world: Any = None, cl
                                                                                link.url.serial_path):
         raise DeviceUrlError(f"{u}: not on the same line as {link.url}")
     unit = SunSpecUnit(link, u.unit)
-    return getattr(mb, _MODBUS_CLASSES[kind])(unit, clock or trio.current_time, stale_after_s, owns)
+    device = getattr(mb, _MODBUS_CLASSES[kind])(unit, clock or trio.current_time, stale_after_s, owns)
+    if kind is DeviceKind.INVERTER and revert_after_s is not None:
+        device.revert_after_s = int(revert_after_s)
+    return device
 
 
 @attrs.define(eq=False)

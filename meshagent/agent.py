@@ -231,7 +231,8 @@ async def run_agent(config: NodeConfig, *, task_status: trio.TaskStatus[MeshNode
         ratings = config.section("allocation").ratings_w()
         allocation: dict[str, Any] = {"headroom_w": lambda: dict(ratings)}
         if devices_cfg.configured:
-            await nursery.start(_run_control, config, node, state_dir, publisher, stats_sources, allocation)
+            await nursery.start(_run_control, config, node, state_dir, publisher, stats_sources, allocation,
+                                client)
         query_stats = serve_queries(node, lambda: allocation["headroom_w"]())
         stats_sources["queries"] = lambda: query_stats
         sync = AuthSync(node, keeper, publisher)
@@ -295,7 +296,7 @@ def sim_world_for(*urls: Any, nominal_frequency_hz: float) -> Any:
 
 
 async def _run_control(config: NodeConfig, node: MeshNode, state_dir: Path, publisher: RecordPublisher,
-                       stats_sources: dict[str, Any], allocation: dict[str, Any], *,
+                       stats_sources: dict[str, Any], allocation: dict[str, Any], csms_client: Any = None, *,
                        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
     """The control loop on this charger's devices, and its offer published as the state record."""
     from hardware.connect import open_charger, open_site_meter
@@ -308,7 +309,7 @@ async def _run_control(config: NodeConfig, node: MeshNode, state_dir: Path, publ
     world = sim_world_for(devices_cfg.meter, devices_cfg.charger,
                           nominal_frequency_hz=control_cfg.nominal_frequency_hz)
     meter = open_site_meter(devices_cfg.meter, world=world)
-    charger = open_charger(devices_cfg.charger, world=world)
+    charger = open_charger(devices_cfg.charger, world=world, revert_after_s=max(1, round(devices_cfg.setpoint_reversion_s)))
     cert = node.identity.certificate
 
     from meshagent.allocation.service import Allocator
@@ -322,9 +323,18 @@ async def _run_control(config: NodeConfig, node: MeshNode, state_dir: Path, publ
         if "allocator" in holder:
             holder["allocator"].on_spike(spike)
 
+    session = None
+    inverter = charger.inverter
+    if csms_client is not None:  # the connector's OCPP life (statuses, transactions) from its devices
+        from meshagent.csms.session import SessionDriver, SessionLogic
+
+        csms_cfg = config.section("csms")
+        session = SessionDriver(csms_client, charger, SessionLogic(csms_cfg.sampled_data_interval_s),
+                                poll_s=csms_cfg.session_poll_s)
+        inverter = session.gate(charger.inverter)  # a refused idToken holds energy transfer off
     loop = ControlLoop(
         control_cfg,
-        Devices(meter=meter, inverter=charger.inverter, vehicle=charger.vehicle,
+        Devices(meter=meter, inverter=inverter, vehicle=charger.vehicle,
                 thermal=charger.thermal, tamper=charger.tamper),
         node_id=node.node_id,
         scope_id=cert.site_id if control_cfg.meter_scope == "site" else cert.transformer_id,
@@ -361,6 +371,8 @@ async def _run_control(config: NodeConfig, node: MeshNode, state_dir: Path, publ
         async with trio.open_nursery() as nursery:
             await nursery.start(loop.run)
             await nursery.start(allocator.run)
+            if session is not None:
+                await nursery.start(session.run)
             task_status.started()
             last = None
             last_at = -float("inf")

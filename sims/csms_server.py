@@ -20,6 +20,7 @@ OCPP 2.0.1 schemas, served by the ``websockets`` package. It runs as its own pro
   sends extra calls once per station (SetVariables, Reset, anything), recording answers.
 * Faults for tests: ``--fault-callerror N`` answers the first N TransactionEvents with
   CALLERROR (not recorded); ``--fault-silent N`` records the first N and never answers;
+  ``--fault-silent-after M`` answers M TransactionEvents, then records the next and never answers;
   ``--fault-close N`` records the first N and closes the connection instead of answering
   (a lost response: the station sends it again).
 """
@@ -196,6 +197,7 @@ class Faults:
     callerror: int = 0
     silent: int = 0
     close: int = 0
+    silent_after: int = -1  # answer this many TransactionEvents, then go silent on the next one
 
 
 @attrs.define
@@ -281,13 +283,16 @@ class Station(ChargePoint):  # type: ignore[misc]
                              (self.id, evse_id, connector_id, connector_status, _now_ms()))
         return call_result.StatusNotification()
 
-    @on("Authorize")
-    def on_authorize(self, id_token: dict[str, Any], **_: Any) -> Any:
+    def _token_status(self, id_token: dict[str, Any]) -> str:
         status = "Unknown"
         for e in (self.csms.auth_list() or {}).get("entries", ()):
             if e["idToken"] == id_token["id_token"] and e.get("type", "ISO14443") == id_token["type"]:
                 status = e.get("status", "Accepted")
-        return call_result.Authorize(id_token_info={"status": status})
+        return status
+
+    @on("Authorize")
+    def on_authorize(self, id_token: dict[str, Any], **_: Any) -> Any:
+        return call_result.Authorize(id_token_info={"status": self._token_status(id_token)})
 
     @on("MeterValues")
     def on_meter_values(self, evse_id: int, meter_value: list[dict[str, Any]], **_: Any) -> Any:
@@ -304,6 +309,10 @@ class Station(ChargePoint):  # type: ignore[misc]
             faults.callerror -= 1
             raise InternalError(description="fault injected: CALLERROR")
         self._record_event(event_type, timestamp, trigger_reason, seq_no, transaction_info, kw)
+        if faults.silent_after > 0:
+            faults.silent_after -= 1
+        elif faults.silent_after == 0:
+            faults.silent_after, faults.silent = -1, max(faults.silent, 1)
         if faults.silent > 0:
             faults.silent -= 1
             await self._connection.wait_closed()
@@ -312,6 +321,9 @@ class Station(ChargePoint):  # type: ignore[misc]
             faults.close -= 1
             await self._connection.close()
             raise InternalError(description="fault injected: connection closed before the answer")
+        if kw.get("id_token") and (status := self._token_status(kw["id_token"])) != "Unknown":
+            # OCPP 2.0.1: a TransactionEvent with an idToken this CSMS knows is answered with its status
+            return call_result.TransactionEvent(id_token_info={"status": status})
         return call_result.TransactionEvent()
 
     def _record_event(self, event_type: str, timestamp: str, trigger_reason: str, seq_no: int,
@@ -413,11 +425,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--call", action="append", default=[])
     p.add_argument("--fault-callerror", type=int, default=0)
     p.add_argument("--fault-silent", type=int, default=0)
+    p.add_argument("--fault-silent-after", type=int, default=-1)
     p.add_argument("--fault-close", type=int, default=0)
     a = p.parse_args(argv)
     return run_server(a.listen, a.db, auth_list=a.auth_list, password=a.password, tls_cert=a.tls_cert,
                       tls_key=a.tls_key, heartbeat_interval_s=a.heartbeat_interval, calls=a.call,
-                      faults=Faults(a.fault_callerror, a.fault_silent, a.fault_close))
+                      faults=Faults(a.fault_callerror, a.fault_silent, a.fault_close, a.fault_silent_after))
 
 
 if __name__ == "__main__":

@@ -439,6 +439,13 @@ _VENDOR: dict[int, tuple[str, str, tuple[tuple[str, str, int, str, str, str, str
          "3 refused: current flowing, 4 refused: contacts welded"),
         ("CtrBrkW", "float32", 2, "W", "", "R", "AC power at that command: broken by an opening under load, "
          "or flowing when refused; + charge / - discharge"),
+        ("EVFwCap", "enum16", 1, "", "", "R", "1 if the vehicle's firmware caps discharge at 50 % of its charge "
+         "power (early bidirectional firmware), else 0"),
+        ("MaxDisA", "float32", 2, "A", "", "R", "The charger's MAX_DISCHARGE_AMPS setting (EVMaximumDischargePower "
+         "<= A x EVNomV); NaN: no setting"),
+        ("EVDisSpecW", "float32", 2, "W", "", "R", "The vehicle's own discharge power, before those caps"),
+        ("EVChaSpecW", "float32", 2, "W", "", "R", "The vehicle's own charge power (the old-firmware cap is half)"),
+        ("EVNomV", "float32", 2, "V", "", "R", "Battery nominal DC voltage"),
     )),
     METER_TIMING_MODEL_ID: ("meshagent_meter_timing", "meshagent meter sample timing", (
         ("Age", "uint32", 2, "ms", "", "R", "Age of the meter sample when read (stale detection)"),
@@ -504,7 +511,10 @@ def decode(point: Point, regs: Sequence[int], sf: int = 0) -> float | int | str 
             n -= 1 << bits
     if t in ("enum16", "enum32", "bitfield16", "bitfield32", "sunssf", "pad"):
         return n
-    return n * (10.0 ** sf) if sf else n
+    if not sf:
+        return n
+    # round to the register's resolution: 60020 with sf -3 is 60.02, never 60.019999999999996
+    return round(n * 10.0 ** sf, -sf) if sf < 0 else n * 10 ** sf
 
 
 # --- layouts ---------------------------------------------------------------------------------
@@ -540,6 +550,9 @@ class UnitLayout:
 
 METER_LAYOUT = UnitLayout("site meter", (1, METER_TIMING_MODEL_ID, 213))
 CHARGER_LAYOUT = UnitLayout("charger", (1, 701, 702, 704, 713, CHARGER_MODEL_ID))
+# A charger that implements only the SunSpec Alliance's standard models (no 64900).
+STANDARD_CHARGER_LAYOUT = UnitLayout("standard SunSpec charger", (1, 701, 702, 704, 713))
+STANDARD_MODEL_IDS = (1, 701, 702, 704, 713)
 
 
 def register_map_markdown() -> str:

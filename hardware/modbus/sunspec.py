@@ -26,6 +26,7 @@ from hardware.modbus.registers import (
     MODELS,
     SUNS_MARKER,
     SUNSPEC_BASE,
+    Point,
     RegisterError,
     decode,
     encode,
@@ -136,7 +137,16 @@ class SunSpecUnit:
         return Block(model_id, p0.offset, tuple(regs), scale)
 
     async def read_model(self, model_id: int) -> dict[str, float | int | str | None]:
-        """Every point of a model (for ``meshagent read``), in as few reads as needed."""
+        """Every point of a model (for ``meshagent read``), scaled, in as few reads as needed."""
+        points = await self.read_model_points(model_id)
+        return {name: value for name, (_, _, value) in points.items()}  # type: ignore[misc]
+
+    async def read_model_points(self, model_id: int) -> dict[str, tuple[Point, object, object]]:
+        """Every point of a model: (point, raw value as on the wire, scaled value).
+
+        The raw value is the register's integer (or string) before its scale factor, None
+        when SunSpec's not-implemented; a point that does not decode has its error as text.
+        """
         model = MODELS[model_id]
         start = await self.require(model_id, model.label)
         scale = await self.scale_factors(model_id)
@@ -144,14 +154,18 @@ class SunSpecUnit:
         regs: list[int] = []
         while len(regs) < total:
             regs += await self._read(start + len(regs), min(MAX_READ_REGS, total - len(regs)))
-        out: dict[str, float | int | str | None] = {}
+        out: dict[str, tuple[Point, object, object]] = {}
         for p in model.points:
             if p.type == "pad":
                 continue
+            chunk = regs[p.offset:p.offset + p.size]
             try:
-                out[p.name] = decode(p, regs[p.offset:p.offset + p.size], scale.get(p.sf, 0) if p.sf else 0)
+                raw = decode(p, chunk)
+                value = decode(p, chunk, scale.get(p.sf, 0) if p.sf else 0)
             except RegisterError as exc:
-                out[p.name] = f"<{exc}>"
+                out[p.name] = (p, None, f"<{exc}>")
+                continue
+            out[p.name] = (p, raw, value)
         return out
 
     async def write_point(self, model_id: int, name: str, value: object) -> None:

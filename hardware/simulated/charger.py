@@ -411,6 +411,12 @@ class SimulatedCharger(FaultHooks):
                 vehicle_id=(v.config.vehicle_id or v.config.spec.model) if v else "",
                 energy_in_wh=self.energy_in_wh,
                 energy_out_wh=self.energy_out_wh,
+                ev_old_firmware=bool(v and v.config.firmware == "old"),
+                max_discharge_amps=(v.config.max_discharge_amps if v and v.config.max_discharge_amps is not None
+                                    else math.nan),
+                ev_discharge_spec_w=v.config.spec.discharge_kw * 1000.0 if v else 0.0,
+                ev_charge_spec_w=v.config.spec.charge_kw * 1000.0 if v else 0.0,
+                ev_nominal_v=v.config.spec.nominal_v if v else 0.0,
             )
             return self._measured(snap)
 
@@ -456,6 +462,12 @@ class ChargerSnapshot:
     vehicle_id: str
     energy_in_wh: float
     energy_out_wh: float
+    # the caps behind EVMaximumDischargePower (what `meshagent read` shows in force)
+    ev_old_firmware: bool = False  # discharge capped at 50 % of the charge power
+    max_discharge_amps: float = math.nan  # the charger's MAX_DISCHARGE_AMPS setting; NaN = none
+    ev_discharge_spec_w: float = 0.0  # the vehicle's own discharge power, before the caps
+    ev_charge_spec_w: float = 0.0
+    ev_nominal_v: float = 0.0  # battery nominal DC voltage (MAX_DISCHARGE_AMPS x V)
 
 
 SimulatedCharger.SNAPSHOT_TYPE = ChargerSnapshot  # defined after the class that returns it

@@ -121,6 +121,12 @@ class SimInverter(_SimChargerDevice):
         await self._enter()
         return inverter_status_from(self._snapshot(), self.url)
 
+    async def energy_registers(self) -> tuple[float, float]:
+        """(imported Wh, exported Wh) as the charger's energy registers count them."""
+        await self._enter()
+        s = self._snapshot()
+        return s.energy_in_wh, s.energy_out_wh
+
     async def set_power(self, setpoint_w: float) -> float:
         if not isinstance(setpoint_w, int | float) or not math.isfinite(setpoint_w):
             raise ValueError(f"setpoint must be a finite number of watts, got {setpoint_w!r}")

@@ -65,6 +65,7 @@ from hardware.modbus.registers import (
     METER_LAYOUT,
     METER_TIMING_MODEL_ID,
     MODELS,
+    STANDARD_CHARGER_LAYOUT,
     SUNS_MARKER,
     RegisterError,
     UnitLayout,
@@ -96,12 +97,20 @@ class _Unit:
     clock: Callable[[], float]
     name: str
     unit_id: int = 1
+    write_log: list[tuple[int, int]] = attrs.field(factory=list)  # (address, registers) of each write
 
     def model_values(self, model_id: int) -> Values:
         raise NotImplementedError
 
     def write(self, model_id: int, point: str, value: object) -> ExcCodes | None:
         return ExcCodes.ILLEGAL_ADDRESS
+
+    def after_write(self, model_id: int) -> ExcCodes | None:
+        """A write request to ``model_id`` has been taken in whole: act on it (once)."""
+        return None
+
+    def tick(self) -> None:
+        """Time passes: run the unit's own timers (called on every request and periodically)."""
 
     def common(self, model: str) -> Values:
         return {"Mn": "meshagent", "Md": model, "Opt": "simulated", "Vr": HW_VERSION, "SN": self.name[-32:],
@@ -139,6 +148,8 @@ class _Unit:
 
     def apply_write(self, address: int, values: list[int]) -> ExcCodes | None:
         """A write request: must fall on writable points of one model, whole points only."""
+        del self.write_log[:-99]
+        self.write_log.append((address, len(values)))
         for mid, start in self.layout.starts().items():
             model = MODELS[mid]
             if not start <= address < start + model.length + 2:
@@ -155,7 +166,7 @@ class _Unit:
                     return result
                 cursor += point.size
                 i += point.size
-            return None
+            return self.after_write(mid)
         return ExcCodes.ILLEGAL_ADDRESS
 
 
@@ -190,6 +201,13 @@ class ChargerUnit(_Unit):
     voltage_v: Callable[[], float] = lambda: 230.0
     wset_ena: int = 0
     wset_mod: int = 1
+    wset_w: float = 0.0  # SunSpec sign: + generation (our discharge)
+    wset_rvrt_w: float = 0.0
+    wset_ena_rvrt: int = 0
+    wset_rvrt_tms: int = 0
+    rvrt_deadline: float | None = None
+    reversions: int = 0  # times the reversion timer ran out and the setpoint reverted
+    _power_written: bool = False
     clear_ack: int = 0
     clear_result: int = CLEAR_NOTHING
     ctr_cmd: int = CTR_CMD_NONE
@@ -198,8 +216,11 @@ class ChargerUnit(_Unit):
     ctr_power_w: float = 0.0
 
     @classmethod
-    def of(cls, charger: SimulatedCharger, unit_id: int = 1, site: SimulatedSite | None = None) -> ChargerUnit:
-        unit = cls(CHARGER_LAYOUT, charger.clock, charger.name, unit_id, charger=charger)
+    def of(cls, charger: SimulatedCharger, unit_id: int = 1, site: SimulatedSite | None = None,
+           standard: bool = False) -> ChargerUnit:
+        """``standard``: only the SunSpec Alliance's models 1, 701, 702, 704, 713 (no 64900)."""
+        layout = STANDARD_CHARGER_LAYOUT if standard else CHARGER_LAYOUT
+        unit = cls(layout, charger.clock, charger.name, unit_id, charger=charger)
         if site is not None:
             unit.frequency_hz = lambda: site.frequency_hz
             unit.voltage_v = lambda: site.voltage_v
@@ -212,7 +233,9 @@ class ChargerUnit(_Unit):
         rating = max(c.max_charge_w, c.max_discharge_w)
         w_sf = _fit_sf(rating, signed=True)
         if model_id == 702:
+            s0 = c.snapshot()
             return {"WMaxRtg": rating, "WChaRteMaxRtg": c.max_charge_w, "WDisChaRteMaxRtg": c.max_discharge_w,
+                    "WChaRteMax": s0.max_charge_w, "WDisChaRteMax": s0.max_discharge_w,  # now, with the vehicle
                     "VNomRtg": 230, "W_SF": _fit_sf(rating), "V_SF": 0, "PF_SF": -3, "VA_SF": _fit_sf(rating),
                     "Var_SF": _fit_sf(rating), "A_SF": 0, "S_SF": 0}
         s: ChargerSnapshot = c.snapshot()
@@ -229,7 +252,10 @@ class ChargerUnit(_Unit):
                     "A_SF": 0, "PF_SF": -3, "VA_SF": w_sf, "Var_SF": w_sf, "TotVarh_SF": 0}
         if model_id == 704:
             ramp_pct = s.ramp_w_per_s / rating * 100 if rating else None
-            return {"WSetEna": self.wset_ena, "WSetMod": self.wset_mod, "WSet": -s.commanded_w,
+            remaining = None if self.rvrt_deadline is None else max(0, math.ceil(self.rvrt_deadline - self.clock()))
+            return {"WSetEna": self.wset_ena, "WSetMod": self.wset_mod, "WSet": self.wset_w,
+                    "WSetRvrt": self.wset_rvrt_w, "WSetEnaRvrt": self.wset_ena_rvrt, "WSetRvrtTms": self.wset_rvrt_tms,
+                    "WSetRvrtRem": 0 if remaining is None else remaining,
                     "WRmp": ramp_pct, "WRmpRef": 1, "WSet_SF": -1, "WSetPct_SF": 0, "WMaxLimPct_SF": 0,
                     "PF_SF": -3, "VarSet_SF": 0, "VarSetPct_SF": 0}
         if model_id == 713:
@@ -253,6 +279,8 @@ class ChargerUnit(_Unit):
             "TgtSoC": s.target_soc_pct, "BatWh": s.battery_energy_capacity_wh, "EVId": s.vehicle_id,
             "CtrCmd": self.ctr_cmd, "CtrReq": 0, "CtrAck": self.ctr_ack, "CtrRslt": self.ctr_result,
             "CtrBrkW": self.ctr_power_w,
+            "EVFwCap": int(s.ev_old_firmware), "MaxDisA": s.max_discharge_amps,
+            "EVDisSpecW": s.ev_discharge_spec_w, "EVChaSpecW": s.ev_charge_spec_w, "EVNomV": s.ev_nominal_v,
         }
 
     def _contactor_command(self, seq: int) -> None:
@@ -278,16 +306,29 @@ class ChargerUnit(_Unit):
     def write(self, model_id: int, point: str, value: object) -> ExcCodes | None:
         c = self.charger
         try:
-            if (model_id, point) == (704, "WSetEna"):
-                self.wset_ena = int(value)  # type: ignore[call-overload]
+            if (model_id, point) in ((704, "WSetEna"), (704, "WSetEnaRvrt")):
+                if value not in (0, 1):
+                    return ExcCodes.ILLEGAL_VALUE
+                if point == "WSetEna":
+                    self.wset_ena, self._power_written = int(value), True
+                else:
+                    self.wset_ena_rvrt = int(value)
             elif (model_id, point) == (704, "WSetMod"):
                 if value != 1:
                     return ExcCodes.ILLEGAL_VALUE  # only WATTS mode
                 self.wset_mod = 1
-            elif (model_id, point) == (704, "WSet"):
-                if self.wset_ena != 1 or not isinstance(value, int | float):
+            elif (model_id, point) in ((704, "WSet"), (704, "WSetRvrt")):
+                if not isinstance(value, int | float):
                     return ExcCodes.ILLEGAL_VALUE
-                c.set_power(-float(value))  # SunSpec + generation -> our - discharge
+                if point == "WSet":
+                    self.wset_w, self._power_written = float(value), True
+                else:
+                    self.wset_rvrt_w = float(value)
+            elif (model_id, point) == (704, "WSetRvrtTms"):
+                if not isinstance(value, int):
+                    return ExcCodes.ILLEGAL_VALUE
+                self.wset_rvrt_tms = value
+                self.rvrt_deadline = self.clock() + value if value else None
             elif (model_id, point) == (CHARGER_MODEL_ID, "SafeMode"):
                 if value not in (0, 1):
                     return ExcCodes.ILLEGAL_VALUE
@@ -315,6 +356,34 @@ class ChargerUnit(_Unit):
             return ExcCodes.DEVICE_FAILURE
         return None
 
+    def after_write(self, model_id: int) -> ExcCodes | None:
+        """WSetEna, WSetMod and WSet of one request act together, once it is all taken in: a
+        setpoint is never enabled before its value is there. Any write of them restarts an
+        armed reversion timer, as writing WSetRvrtTms does."""
+        if model_id != 704 or not self._power_written:
+            return None
+        self._power_written = False
+        if self.wset_rvrt_tms:
+            self.rvrt_deadline = self.clock() + self.wset_rvrt_tms
+        return self._apply_setpoint()
+
+    def _apply_setpoint(self) -> ExcCodes | None:
+        try:  # SunSpec + generation -> our - discharge; a disabled setpoint is no power
+            self.charger.set_power(-self.wset_w if self.wset_ena == 1 else 0.0)
+        except DeviceFault:
+            return ExcCodes.DEVICE_FAILURE
+        return None
+
+    def tick(self) -> None:
+        """SunSpec 704 reversion: when WSetRvrtTms runs out with no write renewing it, the
+        setpoint reverts to WSetRvrt, enabled as WSetEnaRvrt says."""
+        if self.rvrt_deadline is None or self.clock() < self.rvrt_deadline:
+            return
+        self.rvrt_deadline = None
+        self.wset_ena, self.wset_w = self.wset_ena_rvrt, self.wset_rvrt_w
+        self.reversions += 1
+        self._apply_setpoint()
+
 
 @attrs.define
 class ServerFaults:
@@ -337,6 +406,7 @@ class SimServer:
     serial_path: str = ""
     baud: int = 115200
     faults: ServerFaults = attrs.field(factory=ServerFaults)
+    tick_s: float = 0.02  # how often the units' timers run with no request
     requests: int = attrs.field(init=False, default=0)
     _thread: threading.Thread | None = attrs.field(init=False, default=None)
     _loop: asyncio.AbstractEventLoop | None = attrs.field(init=False, default=None)
@@ -354,6 +424,7 @@ class SimServer:
         async def action(function_code: int, start_address: int, address: int, count: int,
                          registers: list[int], set_values: list[int] | list[bool] | None) -> ExcCodes | None:
             self.requests += 1
+            unit.tick()
             f = self.faults
             if f.delay_s:
                 await asyncio.sleep(f.delay_s)
@@ -389,7 +460,16 @@ class SimServer:
         if self.kind == "tcp":
             self.port = server.transport.sockets[0].getsockname()[1]
         self._ready.set()
+
+        async def tick() -> None:  # the units' own timers run whether or not anyone asks
+            while True:
+                await asyncio.sleep(self.tick_s)
+                for unit in self.units.values():
+                    unit.tick()
+
+        ticker = asyncio.get_running_loop().create_task(tick())
         await self._stop.wait()
+        ticker.cancel()
         await server.shutdown()
 
     def _run(self) -> None:
@@ -504,12 +584,14 @@ class PtyLine:
         self.close()
 
 
-def site_units(site: SimulatedSite, meter_unit: int = 1, first_charger_unit: int = 11) -> dict[int, _Unit]:
-    """The units of a whole site on one line: meter at ``meter_unit``, charger i at first+i-1."""
+def site_units(site: SimulatedSite, meter_unit: int = 1, first_charger_unit: int = 11,
+               standard: bool = False) -> dict[int, _Unit]:
+    """The units of a whole site on one line: meter at ``meter_unit``, charger i at first+i-1.
+    ``standard``: the chargers implement only the SunSpec Alliance's models (no 64900)."""
     units: dict[int, _Unit] = {meter_unit: MeterUnit.of(site, meter_unit)}
     for i, c in enumerate(site.chargers):
         uid = first_charger_unit + i
         if uid > 247:
             raise ValueError("more chargers than Modbus unit ids")
-        units[uid] = ChargerUnit.of(c, uid, site)
+        units[uid] = ChargerUnit.of(c, uid, site, standard=standard)
     return units

@@ -20,7 +20,7 @@ def transformer_aware(node: MeshNode, scope: Scope | None, headroom_w: Mapping[s
     scope = scope or Scope.everyone()
     offers = [
         (r.transformer_id, r.discharge_available_w)
-        for r in core.records()
+        for r in node.records.records()
         if scope.contains(r.site_id, r.transformer_id) and core.is_live(r.node_id)
     ]
     return transformer_capacity(offers, headroom_w)

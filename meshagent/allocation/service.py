@@ -132,7 +132,7 @@ class Allocator:
         """Live members' offers in ``scope`` from their gossiped records (this node's too)."""
         core = self.node.core
         out = []
-        for r in core.records():
+        for r in self.node.records.records():
             if scope.contains(r.site_id, r.transformer_id) and core.is_live(r.node_id) and not r.faults:
                 out.append(
                     ViewOffer(r.node_id, r.transformer_id, r.discharge_available_w,

@@ -11,6 +11,7 @@ fast.
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 import click
@@ -38,7 +39,8 @@ def _run(fn: Any, *args: Any) -> Any:
     try:
         return trio.run(fn, *args)
     except DeviceFault as fault:
-        raise MeshagentError(str(fault)) from None
+        # a one-shot command does not retry: drop the link's "; retry in 0.05 s"
+        raise MeshagentError(re.sub(r"; retry in [0-9.e+-]+ s$", "", str(fault))) from None
 
 
 def _plain(value: Any) -> Any:
@@ -58,6 +60,8 @@ def _plain(value: Any) -> Any:
 def _print_record(title: str, record: dict[str, Any]) -> None:
     click.echo(f"[{title}]")
     for key, value in record.items():
+        if key in ("discharge_caps", "parameters"):
+            continue  # structured detail for --json; the text has its own line
         if isinstance(value, dict):
             for k2, v2 in value.items():
                 click.echo(f"  {key}.{k2} = {v2}")
@@ -69,7 +73,8 @@ def register(cli: click.Group) -> None:
     @cli.command("read")
     @click.argument("device_url")
     @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of the listing.")
-    @click.option("--raw", is_flag=True, help="Also dump every SunSpec point of a Modbus unit.")
+    @click.option("--raw", is_flag=True, help="Also show every SunSpec point as read (before scale factors, "
+                  "SunSpec sign); --json always has both.")
     @click.option("--timeout", "timeout_s", default=1.0, show_default=True, type=float,
                   help="Seconds to wait for each Modbus reply.")
     def read(device_url: str, as_json: bool, raw: bool, timeout_s: float) -> None:
@@ -80,12 +85,15 @@ def register(cli: click.Group) -> None:
         sim://SITE/charger-N shows a simulated one.
         """
         url = _url(device_url, "DEVICE_URL")
-        out = _run(_read, url, raw, timeout_s)
-        if as_json:
-            click.echo(json.dumps(out, sort_keys=True, default=str))
+        out = _run(_read, url, raw or as_json, timeout_s)
+        if as_json:  # both: interpreted values (our sign, enums by name) and the raw points
+            click.echo(json.dumps({k: v for k, v in out.items() if not k.endswith(" text")}, sort_keys=True,
+                                  default=str))
         else:
             for title, record in out.items():
-                _print_record(title, record)
+                if title.startswith("model ") and not title.endswith((" text", " raw")) and f"{title} text" in out:
+                    continue  # printed from its text record: units, names, resolution
+                _print_record(title.removesuffix(" text"), record)
 
     @cli.command("test-discharge")
     @click.option("--rate", default="10kW", show_default=True, help="Discharge power to command (e.g. 10kW).")
@@ -207,10 +215,16 @@ async def _read(url: Any, raw: bool, timeout_s: float) -> dict[str, Any]:
             out["inverter"] = _plain(await ch.inverter.status())
             out["thermal"] = _plain(await ch.thermal.read())
             out["tamper"] = _plain(await ch.tamper.read())
-            out["vehicle"] = _plain(await ch.vehicle.read())
+            s = ch.vehicle.charger.snapshot()
+            out["vehicle"] = _vehicle_record(await ch.vehicle.read(), {
+                "old_firmware": s.ev_old_firmware, "max_discharge_amps": s.max_discharge_amps,
+                "discharge_spec_w": s.ev_discharge_spec_w, "charge_spec_w": s.ev_charge_spec_w,
+                "nominal_v": s.ev_nominal_v})
         return out
+    from hardware.interfaces import DeviceFault, FaultKind
+    from hardware.modbus.interpret import interpret
     from hardware.modbus.link import open_link
-    from hardware.modbus.registers import CHARGER_MODEL_ID, MODELS
+    from hardware.modbus.registers import MODELS
     from hardware.modbus.sunspec import SunSpecUnit
 
     link = open_link(url, timeout_s=timeout_s)
@@ -221,18 +235,74 @@ async def _read(url: Any, raw: bool, timeout_s: float) -> dict[str, Any]:
         if 213 in models:
             meter = open_device(url, DeviceKind.METER, link=link)
             out["meter"] = _plain(await meter.read())
-        if CHARGER_MODEL_ID in models:
+        if 704 in models:  # a charger: ours (64900) or one with only the standard models
             for kind, read in ((DeviceKind.INVERTER, "status"), (DeviceKind.THERMAL, "read"),
                                (DeviceKind.TAMPER, "read"), (DeviceKind.VEHICLE, "read")):
                 dev = open_device(url, kind, link=link)
-                out[kind.value] = _plain(await getattr(dev, read)())
-        if raw:
-            for mid in models:
-                if mid in MODELS:
-                    out[f"model {mid} ({MODELS[mid].name})"] = await unit.read_model(mid)
+                try:
+                    value = await getattr(dev, read)()
+                    if kind is DeviceKind.VEHICLE:
+                        out[kind.value] = _vehicle_record(value, await _caps(unit, models))
+                        continue
+                    out[kind.value] = _plain(value)
+                except DeviceFault as fault:
+                    if fault.kind is not FaultKind.NOT_SUPPORTED:
+                        raise
+                    out[kind.value] = {"available": False, "reason": fault.message}
+        for mid in models:
+            if mid not in MODELS:
+                out[f"model {mid}"] = {"note": "not a model this tool knows: shown with --raw only" if raw else
+                                       "not a model this tool knows"}
+                continue
+            points = interpret(mid, await unit.read_model_points(mid))
+            title = f"model {mid} ({MODELS[mid].name})"
+            out[title] = {name: e["value"] for name, e in points.items() if name not in ("ID", "L")}
+            out[f"{title} text"] = {name: e["text"] for name, e in points.items() if name not in ("ID", "L")}
+            if raw:
+                out[f"{title} raw"] = {name: e["raw"] for name, e in points.items()}
     finally:
         await link.aclose()
     return out
+
+
+async def _caps(unit: Any, models: dict[int, int]) -> dict[str, Any] | None:
+    """The vehicle's discharge caps as our model 64900 reports them; None on a standard device."""
+    from hardware.modbus.registers import CHARGER_MODEL_ID
+
+    if CHARGER_MODEL_ID not in models:
+        return None
+    b = await unit.read_block(CHARGER_MODEL_ID, "EVFwCap", "EVNomV")
+    return {"old_firmware": b.get("EVFwCap") == 1, "max_discharge_amps": b.get("MaxDisA"),
+            "discharge_spec_w": b.get("EVDisSpecW"), "charge_spec_w": b.get("EVChaSpecW"),
+            "nominal_v": b.get("EVNomV")}
+
+
+def _vehicle_record(status: Any, caps: dict[str, Any] | None) -> dict[str, Any]:
+    """The vehicle link under ISO 15118-20's parameter names, with the discharge caps in force."""
+    from hardware.interfaces import ISO15118_20_NAMES, BmsStatus
+    from hardware.modbus.interpret import discharge_caps
+
+    units = {"power": "W", "soc": "%", "energy": "Wh"}
+    record: dict[str, Any] = {"connected": status.connected, "vehicle_id": status.vehicle_id,
+                              "bms_status": f"{BmsStatus(status.bms_status).name} (0x{int(status.bms_status):02x})"}
+    p = status.parameters
+    record["parameters"] = _plain(p)  # for --json: the numbers, as the interface names them
+    for attr, name in ISO15118_20_NAMES.items():
+        value = getattr(p, attr) if p is not None else None
+        unit = units["power" if attr.endswith("_w") and "energy" not in attr else "soc" if "soc" in attr else "energy"]
+        record[name] = None if value is None else f"{value:g} {unit}"
+    if not status.connected:
+        record["discharge caps in force"] = "no vehicle"
+    elif caps is None:
+        record["discharge caps in force"] = "not reported (the device has no model 64900)"
+    else:
+        found = discharge_caps(**caps)
+        binding = [c for c in found if c.get("binding")]
+        record["discharge caps in force"] = "; ".join(
+            c["text"] + (" (limits EVMaximumDischargePower)" if c in binding else "") for c in found) or "none"
+        record["discharge_caps"] = found
+        record["vehicle discharge power before caps"] = f"{caps['discharge_spec_w']:g} W"
+    return record
 
 
 async def _clear(url: Any) -> Any:

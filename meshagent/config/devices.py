@@ -39,6 +39,11 @@ class DevicesSection:
     record_heartbeat_s: float = setting(30.0, key="record_heartbeat", parse=parse_duration_s, min_value=1, max_value=86400,
                                         shown='"30s"', doc="Publish the offer at least this often, changed or not.")
 
+    setpoint_reversion_s: float = setting(
+        3.0, key="setpoint_reversion", parse=parse_duration_s, min_value=1, max_value=3600, shown='"3s"',
+        doc="A Modbus inverter not written to for this long returns to no power by itself (SunSpec 704 "
+            "WSetRvrtTms, whole seconds): the agent renews it every second, so a dead agent stops discharging.")
+
     @property
     def configured(self) -> bool:
         return bool(self.meter and self.charger)

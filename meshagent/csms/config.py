@@ -65,6 +65,13 @@ class CsmsSection:
     heartbeat_interval_s: float = setting(300.0, key="heartbeat_interval", parse=parse_duration_s,
                                           min_value=1, max_value=86400, shown='"300s"',
                                           doc="Heartbeat interval until the CSMS sets one (BootNotification, SetVariables).")
+    sampled_data_interval_s: float = setting(
+        60.0, key="sampled_data_interval", parse=parse_duration_s, min_value=0.1, max_value=86400, shown='"60s"',
+        doc="SampledDataCtrlr.TxUpdatedInterval: a TransactionEvent Updated with both energy registers this often "
+            "while a vehicle is plugged in (needs [devices]).")
+    session_poll_s: float = setting(
+        1.0, key="session_poll", parse=parse_duration_s, min_value=0.01, max_value=60, shown='"1s"',
+        doc="How often the connector's devices are read for plug-in, unplug, faults and StatusNotification.")
 
 
 register_section("csms", CsmsSection)

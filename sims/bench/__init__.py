@@ -26,6 +26,7 @@ BENCHMARKS: dict[str, str] = {
     "control": "sims.bench.control",
     "modbus": "sims.bench.modbus",
     "allocation": "sims.bench.allocation",
+    "sunspec": "sims.bench.sunspec",
     "api": "sims.bench.api",
     "sim": "sims.bench.sim",
 }

@@ -184,7 +184,7 @@ async def _spike_to_applied(n: int, trials: int) -> dict[str, Any]:
                                           thermal_derating=0.0, faults=())
                 alloc.offer(rec.updated_at_ms, rec.discharge_available_w, rec.energy_above_min_soc_wh)
             with trio.fail_after(120):
-                while not all(len(node.core.records()) == n for node in nodes):  # noqa: ASYNC110 (observer)
+                while not all(len(node.records.records()) == n for node in nodes):  # noqa: ASYNC110 (observer)
                     await trio.sleep(0.2)
             await trio.sleep(1)
             for trial in range(trials):

@@ -2,7 +2,8 @@
 
 ``sim``: the in-process simulated devices; ``tcp``: the same site behind a real pymodbus
 server on 127.0.0.1 (ephemeral port); ``rtu``: behind a pymodbus serial server on a pty
-pair (``PtyLine``). The physics handles (``rig.site``, ``rig.charger``) let a test change
+pair (``PtyLine``); ``std``: over TCP to a charger that implements only the standard SunSpec
+models 1, 701, 702, 704, 713 (no 64900: ``Rig.needs_64900`` skips what only it offers). The physics handles (``rig.site``, ``rig.charger``) let a test change
 the world; the devices are what the test checks.
 
 These run on the real clock: the servers live in another thread and answer over real
@@ -44,6 +45,11 @@ class Rig:
     meter_url: str = ""
     charger_url: str = ""
 
+    def needs_64900(self, what: str) -> None:
+        """Skip on a standard SunSpec charger: ``what`` is only in our model 64900."""
+        if self.kind == "std":
+            pytest.skip(f"{what}: model 64900 only; a standard SunSpec charger reports it not available")
+
     @property
     def charger(self) -> Any:
         return self.site.chargers[0]
@@ -62,7 +68,7 @@ def make_site() -> SimulatedSite:
                                        vehicles=[VehicleConfig.of("nissan-leaf-40")])
 
 
-@pytest.fixture(params=["sim", "tcp", "rtu"])
+@pytest.fixture(params=["sim", "tcp", "rtu", "std"])
 async def rig(request: pytest.FixtureRequest) -> AsyncIterator[Rig]:
     kind = request.param
     site = make_site()
@@ -77,7 +83,9 @@ async def rig(request: pytest.FixtureRequest) -> AsyncIterator[Rig]:
         await ch.aclose()
         return
     line = PtyLine().open() if kind == "rtu" else None
-    server = SimServer(site_units(site), kind=kind, serial_path=line.server_path if line else "")
+    # "std": Modbus TCP to a charger with only the SunSpec Alliance's standard models (no 64900)
+    server = SimServer(site_units(site, standard=kind == "std"), kind="rtu" if kind == "rtu" else "tcp",
+                       serial_path=line.server_path if line else "")
     try:
         await server.start()
         if line is not None:

@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import trio
@@ -34,7 +35,30 @@ async def test_read_dumps_a_modbus_meter_and_charger() -> None:
         done = await run("read", server.url(11))
         assert done.returncode == 0, done.stderr
         text = done.stdout.decode()
-        assert "[vehicle]" in text and "ev_maximum_discharge_power_w = 7000.0" in text
+        assert "[vehicle]" in text and "EVMaximumDischargePower = 7000 W" in text and "PresentSOC = " in text
+        assert "discharge caps in force = none" in text
+
+
+async def test_read_shows_the_vehicle_discharge_caps_in_force() -> None:
+    from hardware.simulated import SimulatedSite, VehicleConfig
+
+    # an F-150 Lightning on old firmware (50 % of its 19.2 kW charge) behind a charger whose
+    # MAX_DISCHARGE_AMPS of 12 A at its 400 V battery allows 4800 W
+    site = SimulatedSite.with_chargers(time.monotonic, 1, vehicles=[
+        VehicleConfig.of("ford-f150-lightning-er", firmware="old", max_discharge_amps=12)])
+    spec = site.chargers[0].snapshot()
+    async with SimServer(site_units(site)) as server:
+        done = await run("read", server.url(11), "--json")
+        assert done.returncode == 0, done.stderr
+        vehicle = json.loads(done.stdout.decode().strip().splitlines()[-1])["vehicle"]
+    caps = {c["cap"]: c for c in vehicle["discharge_caps"]}
+    assert caps["old_firmware"]["limit_w"] == 0.5 * spec.ev_charge_spec_w
+    assert caps["MAX_DISCHARGE_AMPS"]["limit_w"] == round(12 * spec.ev_nominal_v, 1)
+    binding = min(caps["old_firmware"]["limit_w"], caps["MAX_DISCHARGE_AMPS"]["limit_w"])
+    assert vehicle["EVMaximumDischargePower"] == f"{binding:g} W"
+    assert [c["cap"] for c in caps.values() if c["binding"]] == [
+        "old_firmware" if binding == caps["old_firmware"]["limit_w"] else "MAX_DISCHARGE_AMPS"]
+    assert "limits EVMaximumDischargePower" in vehicle["discharge caps in force"]
 
 
 async def test_clear_faults_is_idempotent_and_refuses_with_a_reason() -> None:
@@ -99,3 +123,5 @@ async def test_emulator_serves_vehicles_over_modbus() -> None:
     assert out["vehicle"]["vehicle_id"] == "EV002-mitsubishi-outlander-phev"
     # old firmware: discharge capped at 50 % of the Outlander's 7.4 kW charge power
     assert out["vehicle"]["parameters"]["ev_maximum_discharge_power_w"] == 3700.0
+    assert out["vehicle"]["EVMaximumDischargePower"] == "3700 W"
+    assert [c["cap"] for c in out["vehicle"]["discharge_caps"] if c["binding"]] == ["old_firmware"]

@@ -11,6 +11,7 @@ from sims.bench.gossip import detection, false_positives, spread_side_by_side
 from sims.bench.gossip_realtime import run_realtime, sizes_to_try
 from tests.sims.conftest import within
 
+
 def test_spread_reports_ours_and_memberlists_rules_side_by_side():
     row = spread_side_by_side(100, seed=5)
     assert row["reached"] == 99 and row["memberlist_model_reached"] == 99

@@ -76,6 +76,39 @@ async def test_sigkill_mid_send_then_restart_loses_and_doubles_nothing(tmp_path:
         csms.stop()
 
 
+async def test_sigkill_while_draining_re_sends_a_bounded_number(tmp_path: Path) -> None:
+    # The CSMS answers 25 events, then records the 26th and never answers: at the kill the
+    # agent has 25 answered events, of which only those not yet deleted are sent again.
+    from meshagent.csms.client import CONFIRM_EVERY
+
+    csms = CsmsProcess(tmp_path, "--fault-silent-after", "25")
+    await csms.start()
+    db = tmp_path / "agent.sqlite3"
+    agent = _agent(db, csms.url, "generate")
+    try:
+        with trio.fail_after(40):
+            while (line := await _read_line(agent)) != "generated\n":
+                assert line.startswith("recorded "), line
+            await wait_until(lambda: len(csms.events()) >= 26)
+            kill_tree(agent)
+            assert agent.stdout is not None
+            agent.stdout.close()
+            agent = _agent(db, csms.url, "finish")
+            assert await _read_line(agent) == "drained\n"
+            agent.wait(10)
+        with CsmsStore(db) as store:
+            assert_nothing_lost(csms, store, offline=set())
+        resent = csms.duplicates()
+        print(f"events re-sent after SIGKILL while draining: {resent} (bound {CONFIRM_EVERY} + 1 in flight)")
+        assert 1 <= resent <= CONFIRM_EVERY + 1  # was 26: the whole unconfirmed batch
+        assert len(billing_report(csms.db).transactions) == 4
+    finally:
+        kill_tree(agent)
+        if agent.stdout is not None:
+            agent.stdout.close()
+        csms.stop()
+
+
 def _openssl(*args: str, cwd: Path) -> None:
     subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True)
 
