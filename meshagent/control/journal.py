@@ -36,6 +36,7 @@ TELEMETRY_FILE = "telemetry.jsonl"
 ERRORS_FILE = "errors.jsonl"
 FAULTS_FILE = "faults.json"
 CLEAR_REQUEST_FILE = "clear-faults.request"
+CLEAR_ANSWER_FILE = "clear-faults.answer"
 
 
 class JsonLines:
@@ -95,14 +96,34 @@ def load_latched(state_dir: Path) -> tuple[str, ...]:
     return ()
 
 
-def request_clear(state_dir: Path, *, by: str = "operator", wall_s: float | None = None) -> Path:
-    """Ask the node's running control loop to clear its latched faults (idempotent)."""
+def request_clear(state_dir: Path, *, by: str = "operator", wall_s: float | None = None,
+                  request_id: str | None = None) -> Path:
+    """Ask the node's running control loop to clear its latched faults (idempotent).
+
+    The loop answers in ``clear-faults.answer`` (``read_clear_answer``) with ``request_id``.
+    """
     import time
 
     state_dir.mkdir(parents=True, exist_ok=True)
     path = state_dir / CLEAR_REQUEST_FILE
-    _write_atomic(path, json.dumps({"by": by, "wall": time.time() if wall_s is None else wall_s}) + "\n")
+    record: dict[str, Any] = {"by": by, "wall": time.time() if wall_s is None else wall_s}
+    if request_id is not None:
+        record["id"] = request_id
+    _write_atomic(path, json.dumps(record) + "\n")
     return path
+
+
+def write_clear_answer(state_dir: Path, answer: dict[str, Any]) -> None:
+    _write_atomic(state_dir / CLEAR_ANSWER_FILE, json.dumps(answer) + "\n")
+
+
+def read_clear_answer(state_dir: Path, request_id: str) -> dict[str, Any] | None:
+    """The loop's answer to the request ``request_id``, or None while there is none."""
+    try:
+        data = json.loads((state_dir / CLEAR_ANSWER_FILE).read_text("utf-8"))
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) and data.get("id") == request_id else None
 
 
 def take_clear_request(state_dir: Path) -> dict[str, Any] | None:

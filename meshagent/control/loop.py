@@ -195,6 +195,9 @@ class ControlLoop:
         self._errors: journal.ErrorLog | None = None
         self._held = {name: _Held() for name in ("inverter", "vehicle", "thermal", "tamper")}
         self._clear_requested = False
+        self._clear_request_id: str | None = None  # of a file request, echoed in the answer file
+        self._clear_done = trio.Event()
+        self.last_clear: dict[str, Any] | None = None  # the answer to the last clear-faults
         self._saved_latched: tuple[str, ...] | None = None
         self._last_written_w: float | None = None
         self._last_write_s = -math.inf
@@ -223,6 +226,17 @@ class ControlLoop:
     def request_clear_faults(self) -> None:
         """Operator's clear-faults, in process; carried out at the next cycle. Idempotent."""
         self._clear_requested = True
+
+    async def clear_faults(self) -> dict[str, Any]:
+        """Clear-faults and wait for the answer (the next cycle): ``_answer_clear``'s shape.
+
+        Wrap in ``trio.fail_after``: a loop that is not running never answers.
+        """
+        self._clear_requested = True
+        done = self._clear_done
+        await done.wait()
+        assert self.last_clear is not None
+        return self.last_clear
 
     def report_latency(self, what: str, elapsed_s: float, budget_s: float) -> None:
         """Any round trip with a budget (allocation, gossip) reports overruns here."""
@@ -272,6 +286,8 @@ class ControlLoop:
                 await self._cycle(deadline)
                 if k % telemetry_every == 0:
                     self._write_telemetry(deadline)
+                    for event in self.logic.latency_summaries(deadline):
+                        self._log(event)
                 k += 1
                 deadline += period
                 late = trio.current_time() - deadline
@@ -298,10 +314,14 @@ class ControlLoop:
         while len(self._sample_perf) > 1000:
             self._sample_perf.popitem(last=False)
 
-        dev = await self._read_devices(now)
+        clearing: dict[str, Any] | None = None
         if self._clear_requested:
+            # the inverter's own latches first (the tamper latch lives there), so this
+            # cycle's reads already show what its clear did
             self._clear_requested = False
-            await self._clear_faults(now)
+            clearing = await self._clear_inverter()
+            self.logic.clear_faults(now)
+        dev = await self._read_devices(now)
         decision = self.logic.step(
             Inputs(meter, dev, self.share_w, self.covered_w, self.base_setpoint_w), now
         )
@@ -312,7 +332,11 @@ class ControlLoop:
         for event in decision.events:
             if opened is not None and event.code is Code.ERR_TAMPER and event.action is Action.RAISED:
                 event = attrs.evolve(event, figures={**event.figures, **opened})
+            if clearing and event.action in (Action.CLEARED, Action.CLEAR_REFUSED):
+                event = attrs.evolve(event, figures={**event.figures, **clearing})
             self._log(event)
+        if clearing is not None:
+            self._answer_clear(decision, clearing, now)
         self._save_latched()
         elapsed = self._perf() - t0
         self._cycle_s.append(elapsed)
@@ -352,17 +376,33 @@ class ControlLoop:
         self.last_device_state = device_state(inv, veh, th, ta)
         return self.last_device_state
 
-    async def _clear_faults(self, now: float) -> None:
+    async def _clear_inverter(self) -> dict[str, Any]:
         figures: dict[str, Any] = {}
         try:
             result = await self.devices.inverter.clear_faults()
             figures["inverter_cleared"] = list(result.cleared)
         except DeviceFault as fault:
             figures["inverter_refused"] = str(fault)
-        # What the inverter did rides on our clear_requested lines; with nothing of ours
-        # latched a clear logs nothing (clear-faults is idempotent).
-        for event in self.logic.clear_faults(now):
-            self._log(attrs.evolve(event, figures={**event.figures, **figures}))
+        for name in ("inverter", "tamper"):  # read them again, after its clear
+            self._held[name].at_s = -math.inf
+        return figures
+
+    def _answer_clear(self, decision: Decision, inverter: dict[str, Any], now: float) -> None:
+        """The answer to a clear-faults: each active code cleared, or refused with its cause.
+
+        What the inverter did rides on the cleared / clear_refused lines; with nothing of
+        ours active a clear logs nothing (clear-faults is idempotent).
+        """
+        outcomes = [o.as_json() for o in decision.clear_outcomes]
+        self.last_clear = {
+            "node": self.node_id, "t_s": round(now, 3), "codes": outcomes, **inverter,
+            "still_active": list(decision.faults), "ok": all(o["cleared"] for o in outcomes),
+        }
+        if self.state_dir is not None and self._clear_request_id is not None:
+            journal.write_clear_answer(self.state_dir, {"id": self._clear_request_id, **self.last_clear})
+        self._clear_request_id = None
+        done, self._clear_done = self._clear_done, trio.Event()
+        done.set()
 
     async def _actuate(self, decision: Decision, now: float) -> dict[str, Any] | None:
         """Carry out the decision; returns the figures of an emergency opening it made."""
@@ -445,8 +485,13 @@ class ControlLoop:
             self._saved_latched = latched
 
     def _poll_clear_request(self) -> None:
-        if self.state_dir is not None and journal.take_clear_request(self.state_dir) is not None:
+        if self.state_dir is None:
+            return
+        request = journal.take_clear_request(self.state_dir)
+        if request is not None:
             self._clear_requested = True
+            rid = request.get("id")
+            self._clear_request_id = rid if isinstance(rid, str) else ""
 
     def _write_telemetry(self, now: float) -> None:
         if self._telemetry is None:
