@@ -1,3 +1,4 @@
+# ruff: noqa: F811  (the `bench` fixture is imported from test_loop and used as a parameter)
 """While a code is active, the power it governs stays where the code says (the real loop).
 
 Each test runs the real ``ControlLoop`` on trio's autojump clock against the simulated
