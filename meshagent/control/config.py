@@ -34,6 +34,12 @@ if TYPE_CHECKING:
     from meshagent.control.frequency import FrequencyProfile
 
 
+def _parse_curve(value: object) -> Any:
+    from meshagent.control.frequency import parse_curve
+
+    return parse_curve(value)
+
+
 def _opt_hz(key: str, doc: str) -> Any:
     return setting(None, key=key, parse=parse_frequency_hz, shown="per nominal", doc=doc)
 
@@ -114,10 +120,28 @@ class ControlSection:
         0.05, key="min_rocof", min_value=0, max_value=10, shown="0.05",
         doc="Falls slower than this (Hz/s) never arm the prediction (meter noise).",
     )
-    pid_kp: float = setting(2.0, min_value=0, max_value=1000, doc="PID proportional gain, per unit power per Hz.")
-    pid_ki: float = setting(1.0, min_value=0, max_value=1000, doc="PID integral gain, per unit power per Hz·s.")
-    pid_kd: float = setting(
-        1.0, min_value=0, max_value=1000, doc="PID gain on the rate of fall, per unit power per Hz/s."
+    pid_kp: float = setting(2.0, min_value=0, max_value=1000, doc="Not applied any more (kept so old configs load): "
+                            "the prediction only brings the droop forward; see `ffr_curve`.")
+    pid_ki: float = setting(1.0, min_value=0, max_value=1000, doc="Not applied any more (see `pid_kp`).")
+    pid_kd: float = setting(1.0, min_value=0, max_value=1000, doc="Not applied any more (see `pid_kp`).")
+    inverter_nameplate_w: float = setting(
+        0.0, key="inverter_nameplate", parse=parse_power_w, min_value=0, max_value=10_000_000, shown='"0W"',
+        doc="The inverter's nameplate rating, the base of the droop (IEEE 1547-2018). 0: the largest limit "
+        "the inverter has reported since the start (set it when the agent may start derated).",
+    )
+    response_ramp_pu_per_s: float = setting(
+        1.0, key="response_ramp", min_value=0.001, max_value=1000, shown="1.0",
+        doc="The frequency response moves by at most this per unit of nameplate per second (per step: x "
+        "meter_period).",
+    )
+    ffr_curve: tuple[tuple[float, float], ...] = setting(
+        (), parse=_parse_curve, shown="[]",
+        doc="Fast frequency response beyond droop, only when set: [[Hz, per-unit of nameplate], ...], "
+        "frequency falling, response rising (docs/control.md gives the grid codes' curves).",
+    )
+    ffr_ramp_pu_per_s: float = setting(
+        1.0, key="ffr_ramp", min_value=0.001, max_value=1000, shown="1.0",
+        doc="The fast frequency response moves by at most this per unit of nameplate per second.",
     )
     # --- trip windows and return to service ----------------------------------------------
     uf1_hz: float | None = _opt_hz("uf1", "Slow under-frequency trip level; 58.5Hz at 60 Hz.")

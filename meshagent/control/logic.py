@@ -44,6 +44,7 @@ from meshagent.control.codes import LATCHED, Action, Code, FaultEvent
 from meshagent.control.detect import DetectorSettings, Spike, SpikeDetector
 from meshagent.control.frequency import (
     DroopResponse,
+    FastFrequencyResponse,
     FrequencyProfile,
     PidState,
     PredictivePid,
@@ -87,6 +88,7 @@ class Inputs:
     share_w: float = 0.0  # discharge the allocation asks of this charger (magnitude)
     covered_w: float | None = None  # discharge the mesh applies in this scope (None: our own)
     base_setpoint_w: float = 0.0  # the charging session's own setpoint (+ charge)
+    read_at_s: float | None = None  # the loop's clock when the meter answered (None: ``now``)
 
 
 class ContactorCommand(enum.StrEnum):
@@ -154,6 +156,9 @@ class ControlLogic:
     detector: SpikeDetector = attrs.field(init=False)
     droop: DroopResponse = attrs.field(init=False)
     pid: PredictivePid = attrs.field(init=False)
+    ffr: FastFrequencyResponse | None = attrs.field(init=False)
+    nameplate_discharge_w: float = 0.0  # the droop's base (config, or the largest limit seen)
+    nameplate_charge_w: float = 0.0
     trips: TripMonitor = attrs.field(init=False)
     rts: ReturnToService = attrs.field(init=False)
     guard: ContactorGuard = attrs.field(init=False)
@@ -183,8 +188,10 @@ class ControlLogic:
         self.detector = SpikeDetector(
             DetectorSettings.from_section(s), scope=s.meter_scope, scope_id=self.scope_id, node_id=self.node_id
         )
-        self.droop = DroopResponse(self.profile)
+        self.droop = DroopResponse(self.profile, s.response_ramp_pu_per_s)
         self.pid = PredictivePid(self.profile)
+        self.ffr = FastFrequencyResponse(s.ffr_curve, s.ffr_ramp_pu_per_s) if s.ffr_curve else None
+        self.nameplate_discharge_w = self.nameplate_charge_w = s.inverter_nameplate_w
         self.trips = TripMonitor(self.profile)
         self.rts = ReturnToService(self.profile)
         self.guard = ContactorGuard(s.contactor_min_dwell_s, s.contactor_max_cycles_per_hour)
@@ -249,6 +256,11 @@ class ControlLogic:
             self._latency_last[what] = [now_s, 0, 0.0, budget]
         return out
 
+    @property
+    def last_sample_at_s(self) -> float | None:
+        """When (loop clock) the newest valid meter sample was taken, as judged from its age."""
+        return self._last_valid_s
+
     def active_faults(self) -> tuple[str, ...]:
         codes = {str(c) for c in self.latched}
         if self.thermal is not ThermalLevel.NORMAL:
@@ -286,7 +298,10 @@ class ControlLogic:
 
         # 1. meter
         meter = inputs.meter
-        meter_ok = meter is not None and self._fresh(meter, now_s)
+        # Freshness is judged on the clock at the read, not on the grid deadline: a late
+        # cycle must neither make a sample look older nor hide how long the meter is silent.
+        clock_s = now_s if inputs.read_at_s is None else max(now_s, inputs.read_at_s)
+        meter_ok = meter is not None and self._fresh(meter, clock_s)
         in_rts_band = False
         pid_state: PidState | None = None
         if meter_ok:
@@ -294,9 +309,15 @@ class ControlLogic:
             self.last_meter = meter
             spikes = self.detector.step(meter.load_w, now_s, covered_w)
             f = meter.frequency_hz
-            droop_pu = self.droop.step(f, now_s)
+            # the predictor is timing only: armed (below the fast-response threshold, or on
+            # its way there), it brings the droop forward to the predicted frequency
             pid_state = self.pid.step(f, now_s)
-            self.response_pu = max(droop_pu, pid_state.output_pu) if droop_pu >= 0 else droop_pu
+            lead_hz = min(f, pid_state.predicted_hz) if pid_state.armed else None
+            droop_pu = self.droop.step(f, now_s, lead_hz=lead_hz)
+            self.response_pu = droop_pu
+            if self.ffr is not None:
+                ffr_pu = self.ffr.step(f, now_s, lead_hz=lead_hz)
+                self.response_pu = max(droop_pu, ffr_pu) if droop_pu >= 0 else droop_pu
             trip = self.trips.step(f, now_s)
             in_rts_band = self.rts.step(f, now_s)
             if trip is not None and Code.ERR_GRID_SYNC_LOST not in self.latched:
@@ -308,7 +329,7 @@ class ControlLogic:
                             {"stage": trip.stage.name, "frequency_hz": f, "limit_hz": trip.stage.limit_hz,
                              "clearing_time_s": trip.stage.clearing_time_s}, events)
         assert self._last_valid_s is not None
-        silent_s = now_s - self._last_valid_s  # since the newest valid sample was taken
+        silent_s = clock_s - self._last_valid_s  # since the newest valid sample was taken
         if silent_s >= s.sensor_timeout_s - 1e-9:
             self.rts.reset()
             in_rts_band = False
@@ -336,10 +357,14 @@ class ControlLogic:
         command = ContactorCommand.NONE
         if dev is not None:
             command, dev = self._contactors(dev, now_s, want_open, emergency, events)
-        rated_w = 0.0
-        if dev is not None:
-            rated_w = dev.inverter_max_discharge_w if self.response_pu >= 0 else dev.inverter_max_charge_w
-            rated_w = rated_w if math.isfinite(rated_w) and rated_w > 0 else 0.0
+        if dev is not None and not s.inverter_nameplate_w:  # learn the nameplate: the largest limit seen
+            for name in ("discharge", "charge"):
+                seen = getattr(dev, f"inverter_max_{name}_w")
+                if isinstance(seen, int | float) and math.isfinite(seen) and seen > getattr(self, f"nameplate_{name}_w"):
+                    setattr(self, f"nameplate_{name}_w", float(seen))
+        # IEEE 1547-2018: the droop is per unit of the nameplate, not of today's limit; the
+        # clamp then keeps it inside the limit in force
+        rated_w = self.nameplate_discharge_w if self.response_pu >= 0 else self.nameplate_charge_w
         response_w = self.response_pu * rated_w
         request_w = inputs.base_setpoint_w - share_w - response_w
         if dev is None:
@@ -366,11 +391,13 @@ class ControlLogic:
         minus the device's ``Age`` register, so a frozen meter's sample moves back and forth
         by the transport's jitter and can look newer than the last one. So a sample's age
         is judged against the least offset ``now - taken_at`` seen (the clock offset plus the
-        fastest transport): ``age = offset - least offset`` is never less than its true age,
-        and the silence timer runs from when the newest sample was *taken*
-        (``now - age``), never from when a reply happened to arrive. A frozen meter is then
-        caught ``sensor_timeout`` after its last sample whatever the jitter. The reference
-        relaxes by 1000 ppm (clock drift) and resets when the device's clock restarts.
+        fastest transport), ``age = offset - least offset``, and the silence timer runs from
+        when the newest sample was *taken* (``now - age``), never from when a reply happened
+        to arrive. A frozen sample can then seem newer only by the jitter of its reply's
+        time in flight (which the driver's ``arrival - Age`` cannot see: a few ms), and it
+        never restarts the timer: a frozen meter is caught ``sensor_timeout`` after its last
+        sample, plus at most that jitter. The reference relaxes by 1000 ppm (clock drift)
+        and resets when the device's clock restarts.
         """
         if not (math.isfinite(meter.load_w) and math.isfinite(meter.frequency_hz) and math.isfinite(meter.taken_at_s)):
             return False

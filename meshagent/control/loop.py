@@ -310,6 +310,7 @@ class ControlLoop:
             self._meter_faults += 1
             self._last_device_fault = str(fault)
         t_meter = self._perf()
+        read_at = trio.current_time()
         self._sample_perf[now] = t_meter
         while len(self._sample_perf) > 1000:
             self._sample_perf.popitem(last=False)
@@ -323,7 +324,7 @@ class ControlLoop:
             self.logic.clear_faults(now)
         dev = await self._read_devices(now)
         decision = self.logic.step(
-            Inputs(meter, dev, self.share_w, self.covered_w, self.base_setpoint_w), now
+            Inputs(meter, dev, self.share_w, self.covered_w, self.base_setpoint_w, read_at), now
         )
         self.last_decision = decision
         for spike in decision.spikes:

