@@ -369,6 +369,10 @@ async def run_agent(config: NodeConfig, *, task_status: trio.TaskStatus[MeshNode
             await nursery.start(client.run)
             stats_sources["csms"] = client.statistics
         api = build_api(node, on_join, on_leave, keeper, stats_sources)
+        from meshagent.control.operator import add_routes as add_control_routes
+
+        # the control loop registers its statistics() there; the bound method knows its loop
+        add_control_routes(api, lambda: getattr(stats_sources.get("control"), "__self__", None))
         api_address = await nursery.start(api.serve, mesh.api[0], mesh.api[1])
         nursery.start_soon(_log_events(node))
         nursery.start_soon(_signals, node, nursery)

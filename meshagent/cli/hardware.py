@@ -17,8 +17,8 @@ import click
 
 from meshagent.errors import MeshagentError
 
-DEFAULT_INVERTER = "sim://site-a/inverter"
 TRANSITION_LIMIT_S = 0.100
+DEFAULT_API = "127.0.0.1:7947"
 
 
 def _url(value: str, param: str) -> Any:
@@ -90,8 +90,9 @@ def register(cli: click.Group) -> None:
     @cli.command("test-discharge")
     @click.option("--rate", default="10kW", show_default=True, help="Discharge power to command (e.g. 10kW).")
     @click.option("--duration", default="30s", show_default=True, help="How long to hold the discharge.")
-    @click.option("--device", "device_url", default=DEFAULT_INVERTER, show_default=True, help="The inverter's URL.")
-    def test_discharge(rate: str, duration: str, device_url: str) -> None:
+    @click.option("--device", "device_url", default=None,
+                  help="The inverter's URL (required; sim://SITE/inverter for a simulator).")
+    def test_discharge(rate: str, duration: str, device_url: str | None) -> None:
         """Inverter calibration from the seed procedure: charge, command a discharge of RATE,
         measure the charge-to-discharge transition, hold for DURATION, return to idle.
 
@@ -111,6 +112,10 @@ def register(cli: click.Group) -> None:
             raise click.BadParameter("must be a positive power", param_hint="--rate")
         if not 0 <= duration_s <= 3600:
             raise click.BadParameter("must be between 0s and 1h", param_hint="--duration")
+        if device_url is None:
+            raise MeshagentError("test-discharge: pass --device URL, the inverter to test (sim://site-a/inverter "
+                                 "for a simulator); a running agent's inverter is driven by its control loop: "
+                                 "stop the agent first")
         url = _url(device_url, "--device")
         report = _run(_test_discharge, url, rate_w, duration_s)
         for line in report["lines"]:
@@ -120,38 +125,40 @@ def register(cli: click.Group) -> None:
 
     @cli.command("clear-faults")
     @click.option("--device", "device_url", default=None,
-                  help=f"The inverter's URL [default without --config: {DEFAULT_INVERTER}].")
+                  help="An inverter's URL: reset its own latches now (sim://SITE/inverter for a simulator).")
     @click.option("--config", "config_path", default=None, type=click.Path(dir_okay=False),
-                  help="The node's config: also ask its control loop to release its latched faults.")
-    def clear_faults(device_url: str | None, config_path: str | None) -> None:
-        """Reset the latched faults of a charger (idempotent).
+                  help="The node's config: ask its control loop, through its state directory.")
+    @click.option("--api", "api_address", default=None,
+                  help=f"The running agent's API address [default without --device/--config: {DEFAULT_API}].")
+    @click.option("--wait", "wait_s", default=3.0, show_default=True, type=click.FloatRange(0.1, 60),
+                  help="Seconds to wait for the control loop's answer.")
+    def clear_faults(device_url: str | None, config_path: str | None, api_address: str | None, wait_s: float) -> None:
+        """Clear the latched faults of a charger, and say what happened.
 
-        With --device, the inverter's own latches are reset now; it refuses, with the
-        reason, while a cause is still present (welded contacts, an open enclosure, an
-        over-temperature). With --config, the node's control loop is asked to release its
-        latches (ERR_GRID_SYNC_LOST, ERR_SENSOR_LOST, ERR_TAMPER, ERR_CONTACTOR_WELD); it
-        does so within 100 ms, each fault once its return-to-service condition holds, and
-        a request made while the agent is down is applied at its next start.
+        With no flag, the agent running on this machine is asked through its API; --config
+        asks the node's control loop through its state directory; --device resets an
+        inverter's own latches. Each active code is answered: cleared, or refused with the
+        cause still present and what the code needs (exit status 1). A refused clear is not
+        remembered: clear again once the cause is gone.
         """
+        refused = False
+        if device_url is None and config_path is None and api_address is None:
+            api_address = DEFAULT_API
+        if api_address is not None:
+            answer = _clear_through_api(api_address, wait_s)
+            refused |= _print_answer(answer)
         if config_path is not None:
-            from pathlib import Path
-
-            from meshagent.config import load_config
-            from meshagent.control import journal
-
-            cfg = load_config(Path(config_path))
-            journal.request_clear(cfg.node.state_dir, by="meshagent clear-faults")
-            latched = journal.load_latched(cfg.node.state_dir)
-            click.echo(f"control loop: clear requested ({', '.join(latched) or 'nothing latched'}); "
-                       "each fault is released once its condition holds (e.g. 300 s of normal frequency)")
-            if device_url is None:
-                return
-        url = _url(device_url or DEFAULT_INVERTER, "--device")
-        result = _run(_clear, url)
-        if result.cleared:
-            click.echo(f"{url}: cleared {', '.join(result.cleared)}")
-        else:
-            click.echo(f"{url}: no latched faults; nothing to clear")
+            answer = _clear_through_state_dir(config_path, wait_s)
+            refused |= _print_answer(answer)
+        if device_url is not None:
+            url = _url(device_url, "--device")
+            result = _run(_clear, url)
+            if result.cleared:
+                click.echo(f"{url}: cleared {', '.join(result.cleared)}")
+            else:
+                click.echo(f"{url}: no latched faults; nothing to clear")
+        if refused:
+            raise SystemExit(1)
 
     @cli.command("emulator")
     @click.option("--mode", type=click.Choice(["iso15118-20"]), required=True,
@@ -191,6 +198,76 @@ def register(cli: click.Group) -> None:
 
 
 # --- the commands' bodies (trio) ---------------------------------------------------------
+
+
+def _print_answer(answer: dict[str, Any]) -> bool:
+    """Print a control loop's clear-faults answer; True when a code was refused."""
+    from meshagent.control.operator import describe
+
+    lines, ok = describe(answer)
+    for line in lines:
+        click.echo(line)
+    return not ok
+
+
+def _clear_through_api(address: str, wait_s: float) -> dict[str, Any]:
+    import functools
+
+    import trio
+
+    from meshagent.api.http import get_json
+    from meshagent.mesh.config import DEFAULT_API_PORT, parse_host_port
+
+    try:
+        host, port = parse_host_port(address, DEFAULT_API_PORT)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--api") from None
+
+    async def ask() -> tuple[int, Any]:
+        status, body = await get_json(host, port, "/v1/control/clear-faults", method="POST")
+        if status != 202 or not isinstance(body, dict) or not isinstance(body.get("id"), str):
+            return status, body
+        with trio.move_on_after(wait_s):
+            while True:
+                status, answer = await get_json(host, port, f"/v1/control/clear-faults?id={body['id']}")
+                if status != 202:
+                    return status, answer
+                await trio.sleep(0.02)
+        return 504, {"error": f"the control loop did not answer within {wait_s:g} s"}
+
+    try:
+        status, body = trio.run(ask)
+    except (OSError, trio.TooSlowError):
+        raise MeshagentError(f"no running agent at {host}:{port}: pass --config NODE.toml (its state directory), "
+                             "--api HOST:PORT, or --device URL (an inverter; sim://SITE/inverter for a simulator)"
+                             ) from None
+    if status != 200 or not isinstance(body, dict):
+        detail = body.get("error") if isinstance(body, dict) else body
+        raise MeshagentError(f"agent at {host}:{port}: {detail}")
+    return body
+
+
+def _clear_through_state_dir(config_path: str, wait_s: float) -> dict[str, Any]:
+    import secrets
+    import time
+    from pathlib import Path
+
+    from meshagent.config import load_config
+    from meshagent.control import journal
+
+    cfg = load_config(Path(config_path))
+    state_dir = cfg.node.state_dir
+    request_id = secrets.token_hex(8)
+    journal.request_clear(state_dir, by="meshagent clear-faults", request_id=request_id)
+    deadline = time.monotonic() + wait_s
+    while time.monotonic() < deadline:
+        answer = journal.read_clear_answer(state_dir, request_id)
+        if answer is not None:
+            return answer
+        time.sleep(0.02)
+    latched = ", ".join(journal.load_latched(state_dir)) or "nothing"
+    raise MeshagentError(f"no running agent answered within {wait_s:g} s (state_dir {state_dir}, latched: {latched}); "
+                         "the request stays there and its next start answers it")
 
 
 async def _read(url: Any, raw: bool, timeout_s: float) -> dict[str, Any]:

@@ -82,6 +82,7 @@ from meshagent.control.logic import ContactorCommand, ControlLogic, Decision, In
 
 SETPOINT_REFRESH_S = 1.0  # re-send an unchanged setpoint this often (a restarted inverter forgets)
 SAMPLES_KEPT = 20_000  # cycle-time and jitter samples kept for the percentiles
+CLEAR_ANSWERS_KEPT = 32  # answers to API clear-faults requests kept for their GET
 
 
 @attrs.frozen
@@ -196,6 +197,8 @@ class ControlLoop:
         self._held = {name: _Held() for name in ("inverter", "vehicle", "thermal", "tamper")}
         self._clear_requested = False
         self._clear_request_id: str | None = None  # of a file request, echoed in the answer file
+        self.pending_clear_ids: list[str] = []  # API requests waiting for the next cycle
+        self.clear_answers: collections.OrderedDict[str, dict[str, Any]] = collections.OrderedDict()
         self._clear_done = trio.Event()
         self.last_clear: dict[str, Any] | None = None  # the answer to the last clear-faults
         self._saved_latched: tuple[str, ...] | None = None
@@ -223,9 +226,14 @@ class ControlLoop:
                 raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
         self.share_w, self.covered_w = float(share_w), covered_w
 
-    def request_clear_faults(self) -> None:
-        """Operator's clear-faults, in process; carried out at the next cycle. Idempotent."""
+    def request_clear_faults(self, request_id: str | None = None) -> None:
+        """Operator's clear-faults, in process; carried out at the next cycle. Idempotent.
+
+        With ``request_id``, the answer is kept in ``clear_answers[request_id]`` (the API's).
+        """
         self._clear_requested = True
+        if request_id is not None:
+            self.pending_clear_ids.append(request_id)
 
     async def clear_faults(self) -> dict[str, Any]:
         """Clear-faults and wait for the answer (the next cycle): ``_answer_clear``'s shape.
@@ -402,6 +410,11 @@ class ControlLoop:
         if self.state_dir is not None and self._clear_request_id is not None:
             journal.write_clear_answer(self.state_dir, {"id": self._clear_request_id, **self.last_clear})
         self._clear_request_id = None
+        for rid in self.pending_clear_ids:
+            self.clear_answers[rid] = self.last_clear
+        self.pending_clear_ids.clear()
+        while len(self.clear_answers) > CLEAR_ANSWERS_KEPT:
+            self.clear_answers.popitem(last=False)
         done, self._clear_done = self._clear_done, trio.Event()
         done.set()
 

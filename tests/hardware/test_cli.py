@@ -99,3 +99,112 @@ async def test_emulator_serves_vehicles_over_modbus() -> None:
     assert out["vehicle"]["vehicle_id"] == "EV002-mitsubishi-outlander-phev"
     # old firmware: discharge capped at 50 % of the Outlander's 7.4 kW charge power
     assert out["vehicle"]["parameters"]["ev_maximum_discharge_power_w"] == 3700.0
+
+
+# --- operator commands on the running agent ------------------------------------------------------
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+async def test_clear_faults_without_an_agent_says_what_to_pass() -> None:
+    done = await run("clear-faults", "--api", f"127.0.0.1:{_free_port()}")
+    assert done.returncode == 1
+    err = done.stderr.decode()
+    assert err.count("\n") == 1 and "no running agent" in err and "Traceback" not in err
+    assert "--config" in err and "--device" in err
+
+
+async def test_test_discharge_without_a_device_does_not_test_a_simulator() -> None:
+    done = await run("test-discharge", "--duration", "0s")
+    assert done.returncode == 1
+    err = done.stderr.decode()
+    assert err.count("\n") == 1 and "pass --device URL" in err and "PASS" not in done.stdout.decode()
+
+
+async def test_clear_faults_acts_on_the_running_agent_through_its_api(tmp_path: Path) -> None:
+    """A running control loop with ERR_TAMPER latched, its API on loopback, the console
+    script with no flags but --api: refused (exit 1) with the cause and what the code
+    needs while the enclosure is open; cleared once it is shut."""
+    from hardware.simulated import SimInverter, SimSiteMeter, SimTamperSwitch, SimThermalSensor, SimVehicleLink
+    from meshagent.api.http import Api
+    from meshagent.control.codes import Code
+    from meshagent.control.loop import ControlLoop, Devices
+    from meshagent.control.operator import add_routes
+    from tests.meshagent.control.conftest import section
+
+    site = make_site()
+    site.set_grid(frequency_hz=60.0)
+    ch = site.chargers[0]
+    devices = Devices(SimSiteMeter("sim://s/meter", site=site), SimInverter("sim://s/inverter", charger=ch),
+                      SimVehicleLink("sim://s/vehicle", charger=ch), SimThermalSensor("sim://s/thermal", charger=ch),
+                      SimTamperSwitch("sim://s/tamper", charger=ch))
+    loop = ControlLoop(section(cycle_budget="1s"), devices,
+                       node_id="n1", state_dir=tmp_path)
+    api = Api()
+    add_routes(api, lambda: loop)
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            host, port = await nursery.start(api.serve, "127.0.0.1", 0)
+            await nursery.start(loop.run)
+            ch.open_enclosure()
+            while Code.ERR_TAMPER not in loop.logic.latched:
+                await trio.sleep(0.01)
+            refused = await run("clear-faults", "--api", f"{host}:{port}")
+            out = refused.stdout.decode()
+            assert refused.returncode == 1, (out, refused.stderr)
+            assert "ERR_TAMPER: refused, enclosure still open" in out and "needs enclosure shut" in out
+            assert "300 s" not in out  # that is for ERR_GRID_SYNC_LOST, not for tamper
+            assert "inverter: refused" in out
+            await trio.sleep(0.5)
+            assert Code.ERR_TAMPER in loop.logic.latched  # the refused clear released nothing later
+            ch.close_enclosure()
+            await trio.sleep(0.5)
+            assert Code.ERR_TAMPER in loop.logic.latched  # shut is not cleared
+            cleared = await run("clear-faults", "--api", f"{host}:{port}")
+            assert cleared.returncode == 0, (cleared.stdout, cleared.stderr)
+            assert "ERR_TAMPER: cleared" in cleared.stdout.decode()
+            assert Code.ERR_TAMPER not in loop.logic.latched
+            again = await run("clear-faults", "--api", f"{host}:{port}")
+            assert again.returncode == 0 and "nothing latched" in again.stdout.decode()
+            nursery.cancel_scope.cancel()
+
+
+async def test_clear_faults_config_answers_refused_with_the_cause(tmp_path: Path) -> None:
+    from hardware.simulated import SimInverter, SimSiteMeter, SimTamperSwitch, SimThermalSensor, SimVehicleLink
+    from meshagent.control.codes import Code
+    from meshagent.control.loop import ControlLoop, Devices
+    from tests.meshagent.control.conftest import section
+
+    state = tmp_path / "state"
+    cfg = tmp_path / "node.toml"
+    cfg.write_text(f'[node]\nid = "c1"\nstate_dir = "{state}"\n')
+    site = make_site()
+    site.set_grid(frequency_hz=60.0)
+    ch = site.chargers[0]
+    devices = Devices(SimSiteMeter("sim://s/meter", site=site), SimInverter("sim://s/inverter", charger=ch),
+                      SimVehicleLink("sim://s/vehicle", charger=ch), SimThermalSensor("sim://s/thermal", charger=ch),
+                      SimTamperSwitch("sim://s/tamper", charger=ch))
+    loop = ControlLoop(section(cycle_budget="1s"), devices,
+                       node_id="c1", state_dir=state)
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(loop.run)
+            site.freeze()
+            while Code.ERR_SENSOR_LOST not in loop.logic.latched:
+                await trio.sleep(0.01)
+            refused = await run("clear-faults", "--config", str(cfg))
+            assert refused.returncode == 1, (refused.stdout, refused.stderr)
+            assert "ERR_SENSOR_LOST: refused, no fresh meter sample" in refused.stdout.decode()
+            site.unfreeze()
+            await trio.sleep(0.3)
+            assert Code.ERR_SENSOR_LOST in loop.logic.latched
+            cleared = await run("clear-faults", "--config", str(cfg))
+            assert cleared.returncode == 0, (cleared.stdout, cleared.stderr)
+            assert "ERR_SENSOR_LOST: cleared" in cleared.stdout.decode()
+            nursery.cancel_scope.cancel()

@@ -562,8 +562,9 @@ async def test_latched_faults_survive_a_restart_and_the_clear_file(tmp_path: Pat
     assert json.loads((tmp_path / journal.FAULTS_FILE).read_text()) == {"latched": []}
 
 
-def test_clear_faults_cli_leaves_a_request_for_the_loop(tmp_path):
-    """`meshagent clear-faults --config` through the real console script, twice: one request."""
+def test_clear_faults_cli_with_no_agent_running_leaves_a_request_and_says_so(tmp_path):
+    """`meshagent clear-faults --config` through the real console script with no agent
+    running: one line, nonzero exit, and the request waits for the next start."""
     import subprocess
     import sys
     from pathlib import Path
@@ -575,9 +576,9 @@ def test_clear_faults_cli_leaves_a_request_for_the_loop(tmp_path):
     (tmp_path / "state").mkdir()
     journal.save_latched(tmp_path / "state", ["ERR_TAMPER"])
     script = Path(sys.executable).with_name("meshagent")
-    for _ in range(2):
-        r = subprocess.run([str(script), "clear-faults", "--config", str(cfg)], capture_output=True, text=True, timeout=30)
-        assert r.returncode == 0, r.stderr
-        assert "control loop: clear requested (ERR_TAMPER)" in r.stdout
+    r = subprocess.run([str(script), "clear-faults", "--config", str(cfg), "--wait", "0.2"], capture_output=True,
+                       text=True, timeout=30)
+    assert r.returncode == 1
+    assert r.stderr.count("\n") == 1 and "no running agent answered" in r.stderr and "ERR_TAMPER" in r.stderr
     assert journal.take_clear_request(tmp_path / "state") is not None
     assert journal.take_clear_request(tmp_path / "state") is None
