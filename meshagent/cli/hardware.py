@@ -211,7 +211,6 @@ def _print_answer(answer: dict[str, Any]) -> bool:
 
 
 def _clear_through_api(address: str, wait_s: float) -> dict[str, Any]:
-    import functools
 
     import trio
 

@@ -131,7 +131,13 @@ async def test_clear_faults_acts_on_the_running_agent_through_its_api(tmp_path: 
     """A running control loop with ERR_TAMPER latched, its API on loopback, the console
     script with no flags but --api: refused (exit 1) with the cause and what the code
     needs while the enclosure is open; cleared once it is shut."""
-    from hardware.simulated import SimInverter, SimSiteMeter, SimTamperSwitch, SimThermalSensor, SimVehicleLink
+    from hardware.simulated import (
+        SimInverter,
+        SimSiteMeter,
+        SimTamperSwitch,
+        SimThermalSensor,
+        SimVehicleLink,
+    )
     from meshagent.api.http import Api
     from meshagent.control.codes import Code
     from meshagent.control.loop import ControlLoop, Devices
@@ -153,7 +159,9 @@ async def test_clear_faults_acts_on_the_running_agent_through_its_api(tmp_path: 
             host, port = await nursery.start(api.serve, "127.0.0.1", 0)
             await nursery.start(loop.run)
             ch.open_enclosure()
-            while Code.ERR_TAMPER not in loop.logic.latched:
+            for _ in range(500):  # bounded poll of the loop's state
+                if Code.ERR_TAMPER in loop.logic.latched:
+                    break
                 await trio.sleep(0.01)
             refused = await run("clear-faults", "--api", f"{host}:{port}")
             out = refused.stdout.decode()
@@ -176,7 +184,13 @@ async def test_clear_faults_acts_on_the_running_agent_through_its_api(tmp_path: 
 
 
 async def test_clear_faults_config_answers_refused_with_the_cause(tmp_path: Path) -> None:
-    from hardware.simulated import SimInverter, SimSiteMeter, SimTamperSwitch, SimThermalSensor, SimVehicleLink
+    from hardware.simulated import (
+        SimInverter,
+        SimSiteMeter,
+        SimTamperSwitch,
+        SimThermalSensor,
+        SimVehicleLink,
+    )
     from meshagent.control.codes import Code
     from meshagent.control.loop import ControlLoop, Devices
     from tests.meshagent.control.conftest import section
@@ -196,7 +210,9 @@ async def test_clear_faults_config_answers_refused_with_the_cause(tmp_path: Path
         async with trio.open_nursery() as nursery:
             await nursery.start(loop.run)
             site.freeze()
-            while Code.ERR_SENSOR_LOST not in loop.logic.latched:
+            for _ in range(500):  # bounded poll of the loop's state
+                if Code.ERR_SENSOR_LOST in loop.logic.latched:
+                    break
                 await trio.sleep(0.01)
             refused = await run("clear-faults", "--config", str(cfg))
             assert refused.returncode == 1, (refused.stdout, refused.stderr)
