@@ -21,12 +21,16 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 Route = Callable[[dict[str, str]], tuple[int, Any]]
 
 
-def add_routes(api: Any, get_loop: Callable[[], Any]) -> None:
+class Routes(Protocol):
+    def route(self, method: str, path: str) -> Callable[[Route], Route]: ...
+
+
+def add_routes(api: Routes, get_loop: Callable[[], Any]) -> None:
     """Add the control routes to ``api`` (``meshagent.api.http.Api`` or anything with the
     same ``route(method, path)`` decorator); ``get_loop`` returns the running
     ``ControlLoop`` or None."""
