@@ -178,13 +178,29 @@ def register(cli: click.Group) -> None:
     @click.option("--min-soc", "min_soc_pct", type=click.FloatRange(0, 100), default=20.0, show_default=True,
                   help="MinimumSOC (the BMS stops discharge there: status 0x03 Battery_Lower_Limit).")
     @click.option("--duration", default=None, help="Stop after this long (default: run until Ctrl-C).")
+    @click.option("--frequency", default=None,
+                  help="The grid frequency the site meter reports [default: the agent's default nominal frequency, "
+                       "control.nominal_frequency].")
     def emulator(mode: str, vehicles: int, listen: str, models: tuple[str, ...], old_firmware: bool,
-                 max_discharge_amps: float | None, soc_pct: float, min_soc_pct: float, duration: str | None) -> None:
+                 max_discharge_amps: float | None, soc_pct: float, min_soc_pct: float, duration: str | None,
+                 frequency: str | None) -> None:
         """Serve simulated vehicles behind simulated chargers over real Modbus.
 
-        Unit 1 is the site meter; chargers are units 11, 12, ... (one per vehicle).
+        Unit 1 is the site meter; chargers are units 11, 12, ... (one per vehicle). A
+        request for any other unit is logged in one line and answered with Modbus
+        exception 0x0B (gateway target device failed to respond).
         """
-        from meshagent.config.units import parse_duration_s
+        from meshagent.config.units import parse_duration_s, parse_frequency_hz
+        from meshagent.control.config import ControlSection
+
+        frequency_hz = ControlSection().nominal_frequency_hz
+        if frequency is not None:
+            try:
+                frequency_hz = parse_frequency_hz(frequency)
+            except ValueError as exc:
+                raise click.BadParameter(str(exc), param_hint="--frequency") from None
+            if not 45.0 <= frequency_hz <= 65.0:
+                raise click.BadParameter("must be within 45Hz..65Hz", param_hint="--frequency")
 
         duration_s = None
         if duration is not None:
@@ -194,7 +210,8 @@ def register(cli: click.Group) -> None:
                 raise click.BadParameter(str(exc), param_hint="--duration") from None
         if min_soc_pct > soc_pct:
             raise click.BadParameter("must not exceed --soc", param_hint="--min-soc")
-        _run(_emulate, listen, vehicles, models, old_firmware, max_discharge_amps, soc_pct, min_soc_pct, duration_s)
+        _run(_emulate, listen, vehicles, models, old_firmware, max_discharge_amps, soc_pct, min_soc_pct, duration_s,
+             frequency_hz)
 
 
 # --- the commands' bodies (trio) ---------------------------------------------------------
@@ -375,8 +392,12 @@ async def _test_discharge(url: Any, rate_w: float, duration_s: float) -> dict[st
     return {"passed": passed, "transition_s": transition_s, "lines": lines}
 
 
+def _log_line(line: str) -> None:
+    click.echo(f"emulator: {line}", err=True)
+
+
 async def _emulate(listen: str, n: int, models: tuple[str, ...], old_firmware: bool, max_discharge_amps: float | None,
-                   soc_pct: float, min_soc_pct: float, duration_s: float | None) -> None:
+                   soc_pct: float, min_soc_pct: float, duration_s: float | None, frequency_hz: float = 60.0) -> None:
     import ipaddress
     import time
     import urllib.parse
@@ -394,7 +415,7 @@ async def _emulate(listen: str, n: int, models: tuple[str, ...], old_firmware: b
     vehicles = [VehicleConfig.of(names[i % len(names)], present_soc_pct=soc_pct, minimum_soc_pct=min_soc_pct,
                                  firmware="old" if old_firmware else "current", max_discharge_amps=max_discharge_amps,
                                  vehicle_id=f"EV{i + 1:03d}-{names[i % len(names)]}") for i in range(n)]
-    site = SimulatedSite.with_chargers(time.monotonic, n, name="emulator", vehicles=vehicles)
+    site = SimulatedSite.with_chargers(time.monotonic, n, name="emulator", vehicles=vehicles, frequency_hz=frequency_hz)
     units = site_units(site)
     parts = urllib.parse.urlsplit(listen)
     line = None
@@ -410,7 +431,7 @@ async def _emulate(listen: str, n: int, models: tuple[str, ...], old_firmware: b
             port = parts.port if parts.port is not None else 5020
         except ValueError:
             raise click.BadParameter(f"bad port in {listen!r}", param_hint="--listen") from None
-        server = SimServer(units, kind="tcp", host=host, port=port)
+        server = SimServer(units, kind="tcp", host=host, port=port, log=_log_line)
     elif parts.scheme == "modbus+rtu":
         query = urllib.parse.parse_qs(parts.query)
         baud = int(query.get("baud", ["115200"])[-1])
@@ -419,7 +440,7 @@ async def _emulate(listen: str, n: int, models: tuple[str, ...], old_firmware: b
             path = line.server_path
         else:
             path = parts.path
-        server = SimServer(units, kind="rtu", serial_path=path, baud=baud)
+        server = SimServer(units, kind="rtu", serial_path=path, baud=baud, log=_log_line)
     else:
         raise click.BadParameter(f"expected modbus+tcp://HOST:PORT or modbus+rtu:///dev/PORT, got {listen!r}",
                                  param_hint="--listen")
@@ -429,7 +450,7 @@ async def _emulate(listen: str, n: int, models: tuple[str, ...], old_firmware: b
         except OSError as exc:
             raise MeshagentError(f"cannot listen on {listen}: {exc}") from None
         client_url = (lambda uid: f"modbus+rtu://{line.client_path}?baud={baud}&unit={uid}") if line else server.url
-        click.echo(f"emulator: mode iso15118-20, {n} vehicle(s); Ctrl-C to stop", err=False)
+        click.echo(f"emulator: mode iso15118-20, {n} vehicle(s), grid {frequency_hz:g} Hz; Ctrl-C to stop", err=False)
         click.echo(f"site meter: {client_url(1)}")
         for i, v in enumerate(vehicles):
             click.echo(f"charger {i + 1}: {client_url(11 + i)}  vehicle {v.vehicle_id} "

@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import trio
 
@@ -224,3 +225,63 @@ async def test_clear_faults_config_answers_refused_with_the_cause(tmp_path: Path
             assert cleared.returncode == 0, (cleared.stdout, cleared.stderr)
             assert "ERR_SENSOR_LOST: cleared" in cleared.stdout.decode()
             nursery.cancel_scope.cancel()
+
+
+async def test_emulator_serves_the_agents_nominal_frequency_and_refuses_unknown_units() -> None:
+    """Following docs/simulation.md must not latch ERR_GRID_SYNC_LOST at once: the emulator's
+    grid defaults to the agent's 60 Hz; --frequency picks another. A request for a unit it
+    does not serve: Modbus exception 0x0B to the client, one line in its log, no traceback."""
+    import struct
+
+    async def start(*extra: str) -> tuple[Any, str]:
+        proc = await trio.lowlevel.open_process(
+            [MESHAGENT, "emulator", "--mode", "iso15118-20", "--listen", "modbus+tcp://127.0.0.1:0",
+             "--duration", "20s", *extra], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        assert proc.stdout is not None
+        lines = b""
+        with trio.fail_after(20):
+            while b"charger 1:" not in lines or not lines.endswith(b"\n"):
+                chunk = await proc.stdout.receive_some(4096)
+                assert chunk, "emulator exited"
+                lines += chunk
+        meter = next(x.split()[2] for x in lines.decode().splitlines() if x.startswith("site meter:"))
+        return proc, meter
+
+    async def stop(proc: Any) -> bytes:
+        proc.terminate()
+        with trio.fail_after(10):
+            await proc.wait()
+        err = b""
+        if proc.stderr is not None:
+            with trio.move_on_after(2):
+                while chunk := await proc.stderr.receive_some(65536):
+                    err += chunk
+        for s in (proc.stdout, proc.stderr):
+            if s is not None:
+                await s.aclose()
+        return err
+
+    proc, meter = await start()
+    try:
+        done = await run("read", meter, "--json")
+        assert done.returncode == 0, done.stderr
+        assert json.loads(done.stdout.decode().strip().splitlines()[-1])["meter"]["frequency_hz"] == 60.0
+        host, port = meter.removeprefix("modbus+tcp://").split("/")[0].rsplit(":", 1)
+        with trio.fail_after(10):
+            stream = await trio.open_tcp_stream(host, int(port))
+            async with stream:
+                await stream.send_all(struct.pack(">HHHBBHH", 7, 0, 6, 99, 3, 40000, 2))  # unit 99
+                reply = await stream.receive_some(100)
+        assert reply[6:9] == bytes([99, 0x83, 0x0B])  # exception 0x0B for unit 99
+    finally:
+        err = (await stop(proc)).decode()
+    unit_lines = [x for x in err.splitlines() if "unit 99" in x]
+    assert len(unit_lines) == 1 and "0x0B" in unit_lines[0]
+    assert "Traceback" not in err and "recv:" not in err
+
+    proc, meter = await start("--frequency", "50Hz")
+    try:
+        done = await run("read", meter, "--json")
+        assert json.loads(done.stdout.decode().strip().splitlines()[-1])["meter"]["frequency_hz"] == 50.0
+    finally:
+        await stop(proc)
