@@ -26,6 +26,7 @@ from meshagent.config.units import (
     parse_fraction,
     parse_frequency_hz,
     parse_power_w,
+    parse_size_bytes,
     parse_temperature_c,
 )
 from meshagent.errors import ConfigError
@@ -209,6 +210,18 @@ class ControlSection:
     telemetry_period_s: float = setting(
         0.1, key="telemetry_period", parse=parse_duration_s, min_value=0.01, max_value=3600, shown='"100ms"',
         doc="One telemetry line (state_dir/telemetry.jsonl) per this period.",
+    )
+
+    telemetry_max_size: int = setting(
+        20_000_000, parse=parse_size_bytes, min_value=1_000, max_value=10**12, shown='"20MB"',
+        doc="telemetry.jsonl is rotated (to telemetry.jsonl.1, .2, ...) before it grows past this ...",
+    )
+    telemetry_max_age_s: float = setting(
+        86_400.0, key="telemetry_max_age", parse=parse_duration_s, min_value=1, max_value=366 * 86_400,
+        shown='"24h"', doc="... or once it is this old; SIGHUP reopens it (for an external logrotate).",
+    )
+    telemetry_keep: int = setting(
+        7, min_value=0, max_value=1000, doc="Rotated telemetry files kept (the oldest is deleted).",
     )
 
     def __attrs_post_init__(self) -> None:

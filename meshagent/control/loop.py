@@ -149,6 +149,11 @@ class LoopStatistics:
     emergency_openings: int = 0  # of which emergency openings under load (heavy wear)
 
 
+def _w(watts: float) -> float:
+    """Watts to the metering resolution, 0.1 W ("+ 0.0": never a negative zero)."""
+    return round(watts, 1) + 0.0
+
+
 def _pct(samples: collections.deque[float], q: float) -> float:
     if not samples:
         return 0.0
@@ -192,7 +197,7 @@ class ControlLoop:
         self.last_status: InverterStatus | None = None
         self.last_vehicle: VehicleStatus | None = None
         self.last_device_state: DeviceState | None = None  # None: a device could not be read
-        self._telemetry: journal.JsonLines | None = None
+        self._telemetry: journal.RotatingJsonLines | None = None
         self._errors: journal.ErrorLog | None = None
         self._held = {name: _Held() for name in ("inverter", "vehicle", "thermal", "tamper")}
         self._clear_requested = False
@@ -271,42 +276,70 @@ class ControlLoop:
     async def run(self, *, cycles: int | None = None, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
         """Run until cancelled (or for ``cycles`` cycles). Closes its files on the way out."""
         s = self.section
-        period = s.meter_period_s
-        telemetry_every = max(1, round(s.telemetry_period_s / period))
         if self.state_dir is not None:
-            self._telemetry = journal.JsonLines(self.state_dir / journal.TELEMETRY_FILE)
+            self._telemetry = journal.RotatingJsonLines(
+                self.state_dir / journal.TELEMETRY_FILE, max_bytes=s.telemetry_max_size,
+                max_age_s=s.telemetry_max_age_s, keep=s.telemetry_keep)
             self._errors = journal.ErrorLog(self.state_dir / journal.ERRORS_FILE, self.node_id)
         try:
-            deadline = trio.current_time()
-            if self.state_dir is not None:
-                for event in self.logic.restore_latched(journal.load_latched(self.state_dir), deadline):
-                    self._log(event)
-            task_status.started()
-            k = 0
-            while cycles is None or k < cycles:
-                await trio.sleep_until(deadline)
-                self._jitter_s.append(max(0.0, trio.current_time() - deadline))
-                # The logic runs on the sampling grid (the deadline), not on the jittered wake
-                # time: a 20 ms minimum duration is then exactly 3 samples, and the PID's dt
-                # exactly one period, however late the scheduler woke us.
-                if k % telemetry_every == 0:
-                    self._poll_clear_request()
-                await self._cycle(deadline)
-                if k % telemetry_every == 0:
-                    self._write_telemetry(deadline)
-                    for event in self.logic.latency_summaries(deadline):
-                        self._log(event)
-                k += 1
-                deadline += period
-                late = trio.current_time() - deadline
-                if late > 0:
-                    skipped = math.ceil(late / period)
-                    self._missed += skipped
-                    deadline += skipped * period
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._watch_sighup)
+                await self._run(cycles, task_status)
+                nursery.cancel_scope.cancel()
         finally:
             for f in (self._telemetry, self._errors):
                 if f is not None:
                     f.close()
+
+    def reopen_logs(self) -> None:
+        """Close and reopen telemetry.jsonl and errors.jsonl (SIGHUP: after a logrotate)."""
+        if self._telemetry is not None:
+            self._telemetry.reopen()
+        if self._errors is not None:
+            self._errors.close()
+            self._errors = journal.ErrorLog(self._errors.path, self.node_id)
+
+    async def _watch_sighup(self) -> None:
+        import signal
+
+        try:
+            receiver = trio.open_signal_receiver(signal.SIGHUP)
+        except (ValueError, RuntimeError):  # not the main thread: no signals here
+            return
+        with receiver as signals:
+            async for _ in signals:
+                self.reopen_logs()
+
+    async def _run(self, cycles: int | None, task_status: Any) -> None:
+        s = self.section
+        period = s.meter_period_s
+        telemetry_every = max(1, round(s.telemetry_period_s / period))
+        deadline = trio.current_time()
+        if self.state_dir is not None:
+            for event in self.logic.restore_latched(journal.load_latched(self.state_dir), deadline):
+                self._log(event)
+        task_status.started()
+        k = 0
+        while cycles is None or k < cycles:
+            await trio.sleep_until(deadline)
+            self._jitter_s.append(max(0.0, trio.current_time() - deadline))
+            # The logic runs on the sampling grid (the deadline), not on the jittered wake
+            # time: a 20 ms minimum duration is then exactly 3 samples, and the PID's dt
+            # exactly one period, however late the scheduler woke us.
+            if k % telemetry_every == 0:
+                self._poll_clear_request()
+            await self._cycle(deadline)
+            if k % telemetry_every == 0:
+                self._write_telemetry(deadline)
+                for event in self.logic.latency_summaries(deadline):
+                    self._log(event)
+            k += 1
+            deadline += period
+            late = trio.current_time() - deadline
+            if late > 0:
+                skipped = math.ceil(late / period)
+                self._missed += skipped
+                deadline += skipped * period
 
     async def _cycle(self, now: float) -> None:
         t0 = self._perf()
@@ -515,19 +548,20 @@ class ControlLoop:
         held_vehicle = self._held["vehicle"].value
         p = held_vehicle.parameters if held_vehicle is not None else None
         spike = self.logic.detector.active
+        # every value to its resolution (0.1 W, 1 mHz, 0.001 %): never -1554.000000000001
         self._telemetry.write({
             "wall": round(self._wall(), 3),
             "t_s": round(now, 3),
             "node": self.node_id,
-            "load_w": m.load_w if m else None,
-            "frequency_hz": m.frequency_hz if m else None,
-            "setpoint_w": d.setpoint_w if d else None,
-            "actual_w": st.actual_power_w if st else None,
+            "load_w": _w(m.load_w) if m else None,
+            "frequency_hz": round(m.frequency_hz, 3) if m else None,
+            "setpoint_w": _w(d.setpoint_w) if d else None,
+            "actual_w": _w(st.actual_power_w) if st else None,
             "soc_pct": round(p.present_soc_pct, 3) if p else None,
-            "share_w": self.share_w,
-            "response_w": round(d.frequency_response_w, 1) if d else None,
+            "share_w": _w(self.share_w),
+            "response_w": _w(d.frequency_response_w) if d else None,
             "binding": d.binding if d else None,
             "offer": d.offer_available if d else False,
             "spike": {"id": spike.spike_id, "deficit_w": round(spike.deficit_w, 1)} if spike else None,
             "faults": list(d.faults) if d else [],
-        })
+        }, now)
