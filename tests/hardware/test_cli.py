@@ -285,3 +285,35 @@ async def test_emulator_serves_the_agents_nominal_frequency_and_refuses_unknown_
         assert json.loads(done.stdout.decode().strip().splitlines()[-1])["meter"]["frequency_hz"] == 50.0
     finally:
         await stop(proc)
+
+
+def test_clear_faults_with_no_flag_reaches_a_real_running_agent(tmp_path: Path) -> None:
+    """`meshagent run` (control loop on a simulated charger) and `meshagent clear-faults
+    --api` through the real console scripts: the agent's own route answers."""
+    import time
+
+    import pytest
+
+    from meshagent.transport.udp import port_free
+    from meshagent.trust import keystore
+    from tests.meshagent.mesh.test_agent_processes import BASE, make_node
+
+    host = f"{BASE}.1"
+    if not port_free(host):
+        pytest.skip(f"port 7946 is taken on {host}")
+    cfg, _host, _id = make_node(tmp_path, keystore.ca_init(tmp_path / "ca"), 0, [])
+    agent = subprocess.Popen([MESHAGENT, "run", "--config", str(cfg)], stdout=subprocess.PIPE,
+                             stderr=subprocess.STDOUT, text=True)
+    try:
+        done = None
+        for _ in range(60):  # the agent's start, bounded
+            done = subprocess.run([MESHAGENT, "clear-faults", "--api", f"{host}:7947"], capture_output=True,
+                                  text=True, timeout=30)
+            if done.returncode == 0:
+                break
+            time.sleep(0.5)
+        assert done is not None and done.returncode == 0, (done.stdout, done.stderr) if done else None
+        assert done.stdout.strip() == "control loop: nothing latched, nothing to clear"
+    finally:
+        agent.terminate()
+        agent.communicate(timeout=30)
