@@ -16,7 +16,8 @@ The CSMS side (billing and authorization, never the spike path): the SQLite file
 agent's nursery; before it connects, transactions a crash left open are ended (PowerLoss).
 Without one, the file holds only the local authorization list. Either way ``AuthSync``
 replicates that list over the mesh (``meshagent.csms.authsync``), and ``GET /v1/authorize``
-answers from it. The state record is published by one ``RecordPublisher``, which merges the
+answers from it. The API (``meshagent.api``) needs a bearer token from the state
+directory (``api/<role>.token``) for everything but the page and the loopback probes. The state record is published by one ``RecordPublisher``, which merges the
 control loop's offer and the list's summary.
 
 SIGINT and SIGTERM leave the mesh gracefully (peers see ``left``, not ``dead``); a second
@@ -34,7 +35,9 @@ from typing import Any
 
 import trio
 
-from meshagent.api.http import Api
+from meshagent.api.app import AgentView
+from meshagent.api.auth import Tokens
+from meshagent.api.server import serve_api
 from meshagent.config import NodeConfig
 from meshagent.csms.authsync import (
     AuthListKeeper,
@@ -42,7 +45,6 @@ from meshagent.csms.authsync import (
     ClientAuthList,
     RecordPublisher,
     StoredAuthList,
-    local_decision,
 )
 from meshagent.errors import MeshagentError
 from meshagent.mesh.config import MeshSection, parse_host_port
@@ -124,145 +126,6 @@ def parse_scope(text: str) -> Scope:
     if kind == "transformer" and ident:
         return Scope.transformer(ident)
     raise ValueError(f"scope must be 'all', 'site:ID' or 'transformer:ID', not {text!r}")
-
-
-def build_api(
-    node: MeshNode,
-    on_join: Any,
-    on_leave: Any,
-    auth: AuthListKeeper | None = None,
-    stats_sources: dict[str, Any] | None = None,
-) -> Api:
-    """The agent's HTTP routes. ``stats_sources``: name -> ``statistics()`` of other services
-    (control loop, authorization sync, CSMS client), shown by /v1/stats and /metrics."""
-    sources: dict[str, Any] = stats_sources if stats_sources is not None else {}
-    api = Api()
-
-    if auth is not None:
-
-        @api.route("GET", "/v1/authorize")
-        def authorize(params: dict[str, str]) -> tuple[int, Any]:
-            # The decision from the local list alone: what the charger does with the CSMS
-            # unreachable (a token not on the list is refused). It never waits on the CSMS.
-            from urllib.parse import unquote
-
-            token = unquote(params.get("id_token", ""))
-            token_type = unquote(params.get("type", "ISO14443"))
-            if not token:
-                raise ValueError("give id_token=TOKEN (and type=, default ISO14443)")
-            auth_list = auth.auth_list
-            decision = local_decision(auth_list, token, token_type, node.endpoint.wall_clock_ms())
-            return 200, {
-                "id_token": token, "type": token_type, "accepted": decision.accepted,
-                "status": decision.status, "source": decision.source,
-                "list_version": auth_list.version, "answered_by": node.node_id,
-            }
-
-    @api.route("GET", "/v1/members")
-    def members(_params: dict[str, str]) -> tuple[int, Any]:
-        now = trio.current_time()
-        rows = [
-            {
-                "node_id": node.node_id,
-                "status": "alive (self)",
-                "incarnation": node.core.incarnation,
-                "address": format_address(node.address),
-                "site_id": node.local.site_id,
-                "transformer_id": node.local.transformer_id,
-                "record_age_s": _record_age(node, node.node_id),
-                "since_s": None,
-            }
-        ]
-        for m in sorted(node.members(), key=lambda m: m.node_id):
-            rows.append(
-                {
-                    "node_id": m.node_id,
-                    "status": m.status.value,
-                    "incarnation": m.incarnation,
-                    "address": format_address(m.address),
-                    "site_id": m.site_id,
-                    "transformer_id": m.transformer_id,
-                    "record_age_s": _record_age(node, m.node_id),
-                    "since_s": round(now - m.changed_at, 3),
-                }
-            )
-        return 200, {"node_id": node.node_id, "members": rows}
-
-    @api.route("GET", "/v1/capacity")
-    def capacity(params: dict[str, str]) -> tuple[int, Any]:
-        cap = node.capacity(parse_scope(params.get("scope", "all")))
-        return 200, {
-            "scope": {"kind": cap.scope.kind.name.lower(), "id": cap.scope.id},
-            "discharge_available_w": cap.discharge_available_w,
-            "energy_above_min_soc_wh": cap.energy_above_min_soc_wh,
-            "nodes": cap.nodes,
-            "nodes_with_faults": cap.nodes_with_faults,
-            "oldest_updated_at_ms": cap.oldest_updated_at_ms,
-            "answered_by": node.node_id,
-        }
-
-    @api.route("GET", "/v1/stats")
-    def stats(_params: dict[str, str]) -> tuple[int, Any]:
-        import attrs
-
-        body = {"node": attrs.asdict(node.statistics())}
-        body.update({name: attrs.asdict(fn()) for name, fn in sorted(sources.items())})
-        return 200, body
-
-    @api.route("POST", "/v1/join")
-    def join(params: dict[str, str]) -> tuple[int, Any]:
-        seeds = [parse_host_port(s) for s in params.get("seeds", "").split(",") if s]
-        if not seeds:
-            raise ValueError("give seeds=HOST[:PORT][,HOST[:PORT]...]")
-        on_join(seeds)
-        return 202, {"joining": [format_address(s) for s in seeds]}
-
-    @api.route("POST", "/v1/leave")
-    def leave(_params: dict[str, str]) -> tuple[int, Any]:
-        on_leave()
-        return 202, {"leaving": node.node_id}
-
-    @api.route("POST", "/v1/revocations")
-    def revoke(params: dict[str, str]) -> tuple[int, Any]:
-        try:
-            record = bytes.fromhex(params.get("record", ""))
-        except ValueError:
-            raise ValueError("record must be hex") from None
-        revoked = node.revoke(record)
-        return 200, {"revoked": revoked}
-
-    @api.route("GET", "/metrics")
-    def metrics(_params: dict[str, str]) -> tuple[int, Any]:
-        s = node.statistics()
-        m = s.membership
-        lines = [
-            f"meshagent_members{{status=\"alive\"}} {m.alive}",
-            f"meshagent_members{{status=\"suspect\"}} {m.suspect}",
-            f"meshagent_members{{status=\"dead\"}} {m.dead}",
-            f"meshagent_members{{status=\"left\"}} {m.left}",
-            f"meshagent_health_score {m.health_score}",
-            f"meshagent_datagrams_sent_total {s.datagrams_sent}",
-            f"meshagent_datagrams_received_total {s.datagrams_received}",
-        ]
-        lines += [f"meshagent_dropped_total{{reason=\"{k}\"}} {v}" for k, v in sorted(s.dropped.items())]
-        import attrs
-
-        for name, fn in sorted(sources.items()):
-            for key, value in attrs.asdict(fn()).items():
-                if isinstance(value, bool):
-                    value = int(value)
-                if isinstance(value, int | float):
-                    lines.append(f"meshagent_{name}_{key} {value}")
-        return 200, "\n".join(lines) + "\n"
-
-    return api
-
-
-def _record_age(node: MeshNode, node_id: str) -> float | None:
-    rec = node.core.record(node_id)
-    if rec is None:
-        return None
-    return round(max(0, node.endpoint.wall_clock_ms() - rec.updated_at_ms) / 1000, 3)
 
 
 # --- running -------------------------------------------------------------------------------------
@@ -368,12 +231,9 @@ async def run_agent(config: NodeConfig, *, task_status: trio.TaskStatus[MeshNode
             await client.end_interrupted_transactions()
             await nursery.start(client.run)
             stats_sources["csms"] = client.statistics
-        api = build_api(node, on_join, on_leave, keeper, stats_sources)
-        from meshagent.control.operator import add_routes as add_control_routes
-
-        # the control loop registers its statistics() there; the bound method knows its loop
-        add_control_routes(api, lambda: getattr(stats_sources.get("control"), "__self__", None))
-        api_address = await nursery.start(api.serve, mesh.api[0], mesh.api[1])
+        api_view = AgentView(node, Tokens.load(state_dir), on_join, on_leave, keeper, stats_sources,
+                             tls=config.section("api"))
+        api_address = await nursery.start(serve_api, api_view, mesh.api[0], mesh.api[1])
         nursery.start_soon(_log_events(node))
         nursery.start_soon(_signals, node, nursery)
         if mesh.zeroconf:

@@ -43,12 +43,12 @@ def _say(text: str = "") -> None:
     print(text, flush=True)
 
 
-def _write_config(directory: Path, node_id: str, host: str, port: int, seeds: list[str]) -> Path:
+def _write_config(directory: Path, node_id: str, host: str, port: int, seeds: list[str], api_port: int = 0) -> Path:
     cfg = directory / "node.toml"
     seed_list = ", ".join(f'"{s}"' for s in seeds)
     cfg.write_text(
         f'[node]\nid = "{node_id}"\n\n'
-        f'[mesh]\npreset = "local"\nbind = "{host}:{port}"\napi = "{host}:0"\nseeds = [{seed_list}]\n\n'
+        f'[mesh]\npreset = "local"\nbind = "{host}:{port}"\napi = "{host}:{api_port}"\nseeds = [{seed_list}]\n\n'
         f'[devices]\nmeter = "sim://site/meter"\ncharger = "sim://site/charger"\n'
     )
     return cfg
@@ -85,12 +85,15 @@ async def _demo(workdir: Path) -> int:
          f"{'port 7946' if port else 'port 7946 busy: ephemeral ports'}")
 
     nodes: list[Any] = []
+    page_port = 0
     scopes: dict[str, trio.CancelScope] = {}
     async with trio.open_nursery() as nursery:
         for (node_id, site, tx), host in zip(NODES, hosts, strict=True):
             bundle = keystore.enroll(ca, node_id, workdir / node_id, site_id=site, transformer_id=tx)
             seeds = [format_address(nodes[0].address)] if nodes else []
-            config = load_config(_write_config(bundle.directory, node_id, host, port, seeds))
+            api_port = 7947 if not nodes and port_free(host, 7947) else 0  # charger-1 serves the page
+            page_port = api_port if not nodes else page_port
+            config = load_config(_write_config(bundle.directory, node_id, host, port, seeds, api_port))
 
             async def run_one(config: Any = config, node_id: str = node_id, *,
                               task_status: trio.TaskStatus[Any] = trio.TASK_STATUS_IGNORED) -> None:
@@ -100,6 +103,11 @@ async def _demo(workdir: Path) -> int:
 
             nodes.append(await nursery.start(run_one))
         by_id = {n.node_id: n for n in nodes}
+        if page_port:
+            from meshagent.api.auth import read_token_file
+
+            token = read_token_file(workdir / "charger-1" / "state" / "api" / "operator.token")
+            _say(f"  operator page: http://{hosts[0]}:{page_port}/  (token {token}; live while the demo runs)")
         for n in nodes:
             _say(f"    {n.node_id:<10} udp+tcp {format_address(n.address):<20} site {n.local.site_id}, {n.local.transformer_id}")
 

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import click
 
+from meshagent.cli.api import token_file_option
 from meshagent.errors import MeshagentError
 
 DEFAULT_DB = "csms.sqlite3"
@@ -30,6 +31,7 @@ def register(cli: click.Group) -> None:
 @click.argument("id_token")
 @click.option("--type", "token_type", default="ISO14443", show_default=True, help="The idToken's type.")
 @click.option("--api", default="127.0.0.1:7947", show_default=True, help="The running agent's API address.")
+@token_file_option
 def authorize(id_token: str, token_type: str, api: str) -> None:
     """Ask a running agent whether its local list authorizes ID_TOKEN (as with the CSMS down).
 
@@ -41,6 +43,7 @@ def authorize(id_token: str, token_type: str, api: str) -> None:
     import trio
 
     from meshagent.api.http import get_json
+    from meshagent.cli.api import current_ssl_context, current_token
     from meshagent.mesh.config import DEFAULT_API_PORT, parse_host_port
 
     try:
@@ -49,8 +52,9 @@ def authorize(id_token: str, token_type: str, api: str) -> None:
         raise click.BadParameter(str(exc), param_hint="--api") from None
     path = f"/v1/authorize?id_token={quote(id_token, safe='')}&type={quote(token_type, safe='')}"
     try:
-        status, body = trio.run(functools.partial(get_json, host, port, path))
-    except (OSError, trio.TooSlowError) as exc:
+        status, body = trio.run(functools.partial(get_json, host, port, path, token=current_token(),
+                                                  ssl_context=current_ssl_context()))
+    except (OSError, trio.TooSlowError, trio.BrokenResourceError) as exc:
         raise MeshagentError(f"no agent API at {host}:{port} ({exc.__class__.__name__}); "
                              "is `meshagent run` running?") from None
     if status != 200 or not isinstance(body, dict):

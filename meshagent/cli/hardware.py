@@ -65,6 +65,12 @@ def _print_record(title: str, record: dict[str, Any]) -> None:
             click.echo(f"  {key} = {value}")
 
 
+def _token_file_option(fn: Any) -> Any:
+    from meshagent.cli.api import token_file_option
+
+    return token_file_option(fn)
+
+
 def register(cli: click.Group) -> None:
     @cli.command("read")
     @click.argument("device_url")
@@ -132,6 +138,7 @@ def register(cli: click.Group) -> None:
                   help=f"The running agent's API address [default without --device/--config: {DEFAULT_API}].")
     @click.option("--wait", "wait_s", default=3.0, show_default=True, type=click.FloatRange(0.1, 60),
                   help="Seconds to wait for the control loop's answer.")
+    @_token_file_option
     def clear_faults(device_url: str | None, config_path: str | None, api_address: str | None, wait_s: float) -> None:
         """Clear the latched faults of a charger, and say what happened.
 
@@ -239,13 +246,19 @@ def _clear_through_api(address: str, wait_s: float) -> dict[str, Any]:
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--api") from None
 
+    from meshagent.cli.api import current_ssl_context, current_token
+
+    token, tls = current_token(), current_ssl_context()
+
     async def ask() -> tuple[int, Any]:
-        status, body = await get_json(host, port, "/v1/control/clear-faults", method="POST")
+        status, body = await get_json(host, port, "/v1/control/clear-faults", method="POST", token=token,
+                                      ssl_context=tls)
         if status != 202 or not isinstance(body, dict) or not isinstance(body.get("id"), str):
             return status, body
         with trio.move_on_after(wait_s):
             while True:
-                status, answer = await get_json(host, port, f"/v1/control/clear-faults?id={body['id']}")
+                status, answer = await get_json(host, port, f"/v1/control/clear-faults?id={body['id']}",
+                                                token=token, ssl_context=tls)
                 if status != 202:
                     return status, answer
                 await trio.sleep(0.02)
@@ -259,6 +272,8 @@ def _clear_through_api(address: str, wait_s: float) -> dict[str, Any]:
                              ) from None
     if status != 200 or not isinstance(body, dict):
         detail = body.get("error") if isinstance(body, dict) else body
+        if status == 401:
+            detail = f"{detail} (pass --token-file FILE; `meshagent api token --config NODE.toml` prints one)"
         raise MeshagentError(f"agent at {host}:{port}: {detail}")
     return body
 

@@ -158,7 +158,7 @@ def demo() -> None:
 def bench(name: str, as_json: bool, quick: bool) -> None:
     """Run benchmark NAME and print a table (see BENCHMARKS.md).
 
-    Names: wire, gossip, urgent, modbus, control, ocpp.
+    Names: wire, gossip, urgent, modbus, control, ocpp, api.
     """
     from sims.bench import run_benchmark
 
@@ -171,7 +171,8 @@ def bench(name: str, as_json: bool, quick: bool) -> None:
 # Modules that define more subcommands; each has ``register(cli: click.Group) -> None``.
 # A layer adds its module here (importing it must stay cheap: heavy imports go inside the
 # command functions).
-COMMAND_MODULES: tuple[str, ...] = ("meshagent.cli.mesh", "meshagent.cli.csms", "meshagent.cli.hardware")
+COMMAND_MODULES: tuple[str, ...] = ("meshagent.cli.mesh", "meshagent.cli.csms", "meshagent.cli.hardware",
+                                   "meshagent.cli.api")
 
 
 def _attach() -> None:

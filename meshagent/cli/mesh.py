@@ -33,19 +33,32 @@ def _call(api: str, path: str, method: str = "GET") -> Any:
     import trio
 
     from meshagent.api.http import get_json
+    from meshagent.cli.api import current_ssl_context, current_token
 
     host, port = _api_address(api)
+    token = current_token()
+    ssl_context = current_ssl_context()
     try:
-        status, body = trio.run(functools.partial(get_json, host, port, path, method=method))
-    except (OSError, trio.TooSlowError) as exc:
+        status, body = trio.run(functools.partial(get_json, host, port, path, method=method, token=token,
+                                                  ssl_context=ssl_context))
+    except (OSError, trio.TooSlowError, trio.BrokenResourceError) as exc:
         raise MeshagentError(f"no agent API at {host}:{port} ({exc.__class__.__name__}); is `meshagent run` running?") from None
     if status >= 400:
         detail = body.get("error") if isinstance(body, dict) else body
+        if status == 401:
+            detail = f"{detail} (pass --token-file FILE; `meshagent api token --config NODE.toml` prints one)"
         raise MeshagentError(f"agent at {host}:{port} refused: {detail}")
     return body
 
 
-api_option = click.option("--api", default=DEFAULT_API, show_default=True, help="The running agent's API address.")
+_api_address_option = click.option("--api", default=DEFAULT_API, show_default=True, help="The running agent's API address.")
+
+
+def api_option(fn: Any) -> Any:
+    """``--api`` and ``--token-file`` (the API asks for a token: ``meshagent api token``)."""
+    from meshagent.cli.api import token_file_option
+
+    return token_file_option(_api_address_option(fn))
 
 
 def register(cli: click.Group) -> None:
@@ -125,7 +138,7 @@ def register(cli: click.Group) -> None:
     def capacity(scope: str, peer: str | None, identity_dir: Path | None, api: str) -> None:
         """Aggregate discharge capacity of the live members in SCOPE, as one peer sees it.
 
-        Without --identity the peer's HTTP API answers (unauthenticated; local by default).
+        Without --identity the peer's HTTP API answers (with --token-file: a utility-reader or operator token).
         With --identity the question is a signed message to any member's mesh port; only
         certificates with the utility-reader or operator role get an answer, and the
         answer is signed by the node that gave it.

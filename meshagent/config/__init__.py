@@ -130,6 +130,7 @@ SECTION_MODULES: tuple[str, ...] = (
     "meshagent.config.devices",
     "meshagent.control.config",
     "meshagent.csms.config",
+    "meshagent.api.config",
 )
 _sections_loaded = False
 

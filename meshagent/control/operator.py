@@ -5,7 +5,8 @@ Theory of operation
 ``meshagent clear-faults`` with neither ``--device`` nor ``--config`` asks the agent running
 on this machine. Handlers of the API are synchronous and must not block, and a clear is
 carried out by the loop's next cycle (it first asks the inverter to clear its own latches),
-so a clear is two requests:
+so a clear is two requests (declared in ``meshagent.api.app.ROUTES``, "write" access: an
+operator token):
 
 ``POST /v1/control/clear-faults``
     asks the loop to clear; answers ``202 {"id": ...}``.
@@ -21,41 +22,32 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Any
 
-Route = Callable[[dict[str, str]], tuple[int, Any]]
-
-
-class Routes(Protocol):
-    def route(self, method: str, path: str) -> Callable[[Route], Route]: ...
+NO_LOOP = {"error": "this agent runs no control loop (its config has no [devices] section)"}
 
 
-def add_routes(api: Routes, get_loop: Callable[[], Any]) -> None:
-    """Add the control routes to ``api`` (``meshagent.api.http.Api`` or anything with the
-    same ``route(method, path)`` decorator); ``get_loop`` returns the running
-    ``ControlLoop`` or None."""
+def clear_request(get_loop: Callable[[], Any]) -> tuple[int, Any]:
+    """``POST /v1/control/clear-faults``."""
+    loop = get_loop()
+    if loop is None:
+        return 409, NO_LOOP
+    request_id = secrets.token_hex(8)
+    loop.request_clear_faults(request_id)
+    return 202, {"id": request_id}
 
-    @api.route("POST", "/v1/control/clear-faults")
-    def clear_faults(_params: dict[str, str]) -> tuple[int, Any]:
-        loop = get_loop()
-        if loop is None:
-            return 409, {"error": "this agent runs no control loop (its config has no [devices] section)"}
-        request_id = secrets.token_hex(8)
-        loop.request_clear_faults(request_id)
-        return 202, {"id": request_id}
 
-    @api.route("GET", "/v1/control/clear-faults")
-    def clear_answer(params: dict[str, str]) -> tuple[int, Any]:
-        loop = get_loop()
-        if loop is None:
-            return 409, {"error": "this agent runs no control loop (its config has no [devices] section)"}
-        request_id = params.get("id", "")
-        answer = loop.clear_answers.get(request_id)
-        if answer is not None:
-            return 200, answer
-        if request_id in loop.pending_clear_ids:
-            return 202, {"pending": True}
-        return 404, {"error": f"no clear-faults request {request_id!r}"}
+def clear_answer(get_loop: Callable[[], Any], request_id: str) -> tuple[int, Any]:
+    """``GET /v1/control/clear-faults?id=ID``."""
+    loop = get_loop()
+    if loop is None:
+        return 409, NO_LOOP
+    answer = loop.clear_answers.get(request_id)
+    if answer is not None:
+        return 200, answer
+    if request_id in loop.pending_clear_ids:
+        return 202, {"pending": True}
+    return 404, {"error": f"no clear-faults request {request_id!r}"}
 
 
 def describe(answer: dict[str, Any]) -> tuple[list[str], bool]:

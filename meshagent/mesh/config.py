@@ -111,7 +111,7 @@ class MeshSection:
                                          doc="Members to join through, `HOST[:PORT]`; retried while this node is isolated.")
     zeroconf: bool = setting(False, shown="false", doc="Advertise and discover peers on the LAN (`_meshagent._udp.local.`).")
     api: Address = setting(("127.0.0.1", DEFAULT_API_PORT), parse=_bind_address, shown='"127.0.0.1:7947"',
-                           doc="HTTP API for `meshagent members/join/leave` and utilities; unauthenticated, keep it local (port 0: any free port).")
+                           doc="HTTP API, operator page and metrics; bearer token per role (`meshagent api token`), probes and /metrics on loopback only (port 0: any free port).")
     max_packet: int = setting(1400, parse=parse_size_bytes, min_value=512, max_value=65507, shown="1400",
                               doc="Largest gossip datagram.")
     probe_interval: float | None = setting(None, parse=_duration, shown="preset", doc="Time between probes (`lan`: 1s).")

@@ -25,6 +25,7 @@ BENCHMARKS: dict[str, str] = {
     "urgent": "sims.bench.urgent",
     "control": "sims.bench.control",
     "modbus": "sims.bench.modbus",
+    "api": "sims.bench.api",
 }
 
 

@@ -128,10 +128,11 @@ async def test_test_discharge_without_a_device_does_not_test_a_simulator() -> No
     assert err.count("\n") == 1 and "pass --device URL" in err and "PASS" not in done.stdout.decode()
 
 
-async def test_clear_faults_acts_on_the_running_agent_through_its_api(tmp_path: Path) -> None:
-    """A running control loop with ERR_TAMPER latched, its API on loopback, the console
-    script with no flags but --api: refused (exit 1) with the cause and what the code
-    needs while the enclosure is open; cleared once it is shut."""
+async def test_clear_faults_on_a_running_loop_refuses_then_clears_tamper(tmp_path: Path) -> None:
+    """A running control loop with ERR_TAMPER latched, the console script through its state
+    directory: refused (exit 1) with the cause and what the code needs while the enclosure
+    is open, nothing released later by itself; cleared once it is shut. (The API path is
+    the same loop code: test_clear_faults_with_no_flag_reaches_a_real_running_agent.)"""
     from hardware.simulated import (
         SimInverter,
         SimSiteMeter,
@@ -139,32 +140,29 @@ async def test_clear_faults_acts_on_the_running_agent_through_its_api(tmp_path: 
         SimThermalSensor,
         SimVehicleLink,
     )
-    from meshagent.api.http import Api
     from meshagent.control.codes import Code
     from meshagent.control.loop import ControlLoop, Devices
-    from meshagent.control.operator import add_routes
     from tests.meshagent.control.conftest import section
 
+    state = tmp_path / "state"
+    cfg = tmp_path / "node.toml"
+    cfg.write_text(f'[node]\nid = "n1"\nstate_dir = "{state}"\n')
     site = make_site()
     site.set_grid(frequency_hz=60.0)
     ch = site.chargers[0]
     devices = Devices(SimSiteMeter("sim://s/meter", site=site), SimInverter("sim://s/inverter", charger=ch),
                       SimVehicleLink("sim://s/vehicle", charger=ch), SimThermalSensor("sim://s/thermal", charger=ch),
                       SimTamperSwitch("sim://s/tamper", charger=ch))
-    loop = ControlLoop(section(cycle_budget="1s"), devices,
-                       node_id="n1", state_dir=tmp_path)
-    api = Api()
-    add_routes(api, lambda: loop)
+    loop = ControlLoop(section(cycle_budget="1s"), devices, node_id="n1", state_dir=state)
     with trio.fail_after(60):
         async with trio.open_nursery() as nursery:
-            host, port = await nursery.start(api.serve, "127.0.0.1", 0)
             await nursery.start(loop.run)
             ch.open_enclosure()
             for _ in range(500):  # bounded poll of the loop's state
                 if Code.ERR_TAMPER in loop.logic.latched:
                     break
                 await trio.sleep(0.01)
-            refused = await run("clear-faults", "--api", f"{host}:{port}")
+            refused = await run("clear-faults", "--config", str(cfg))
             out = refused.stdout.decode()
             assert refused.returncode == 1, (out, refused.stderr)
             assert "ERR_TAMPER: refused, enclosure still open" in out and "needs enclosure shut" in out
@@ -175,11 +173,11 @@ async def test_clear_faults_acts_on_the_running_agent_through_its_api(tmp_path: 
             ch.close_enclosure()
             await trio.sleep(0.5)
             assert Code.ERR_TAMPER in loop.logic.latched  # shut is not cleared
-            cleared = await run("clear-faults", "--api", f"{host}:{port}")
+            cleared = await run("clear-faults", "--config", str(cfg))
             assert cleared.returncode == 0, (cleared.stdout, cleared.stderr)
             assert "ERR_TAMPER: cleared" in cleared.stdout.decode()
             assert Code.ERR_TAMPER not in loop.logic.latched
-            again = await run("clear-faults", "--api", f"{host}:{port}")
+            again = await run("clear-faults", "--config", str(cfg))
             assert again.returncode == 0 and "nothing latched" in again.stdout.decode()
             nursery.cancel_scope.cancel()
 
@@ -302,13 +300,18 @@ def test_clear_faults_with_no_flag_reaches_a_real_running_agent(tmp_path: Path) 
     if not port_free(host):
         pytest.skip(f"port 7946 is taken on {host}")
     cfg, _host, _id = make_node(tmp_path, keystore.ca_init(tmp_path / "ca"), 0, [])
+    token = subprocess.run([MESHAGENT, "api", "token", "--config", str(cfg)], capture_output=True, text=True,
+                           timeout=30, check=True).stdout.strip()
+    token_file = tmp_path / "operator.token"
+    token_file.write_text(token + "\n")
+    token_file.chmod(0o600)
     agent = subprocess.Popen([MESHAGENT, "run", "--config", str(cfg)], stdout=subprocess.PIPE,
                              stderr=subprocess.STDOUT, text=True)
     try:
         done = None
         for _ in range(60):  # the agent's start, bounded
-            done = subprocess.run([MESHAGENT, "clear-faults", "--api", f"{host}:7947"], capture_output=True,
-                                  text=True, timeout=30)
+            done = subprocess.run([MESHAGENT, "clear-faults", "--api", f"{host}:7947", "--token-file",
+                                   str(token_file)], capture_output=True, text=True, timeout=30)
             if done.returncode == 0:
                 break
             time.sleep(0.5)

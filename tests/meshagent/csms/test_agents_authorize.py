@@ -26,6 +26,7 @@ from meshagent.csms.client import ClientSettings, CsmsClient
 from meshagent.csms.store import CsmsStore
 from meshagent.transport.udp import port_free
 from meshagent.trust import keystore
+from tests.meshagent.api.agents import OPERATOR_TOKEN, write_token
 from tests.meshagent.csms.helpers import CsmsProcess
 
 SCRIPT = Path(sys.executable).with_name("meshagent")
@@ -43,6 +44,7 @@ def make_agent(tmp: Path, ca, i: int, seeds: list[str], csms_url: str | None) ->
                  f'reconnect_max = "500ms"\n')
     cfg = tmp / node_id / "node.toml"
     cfg.write_text(text)
+    write_token(tmp / node_id / "state", "operator", OPERATOR_TOKEN)  # the API asks for a token
     return cfg, host
 
 
@@ -53,7 +55,8 @@ def spawn(cfg: Path, log: Path) -> subprocess.Popen[bytes]:
 
 async def ask(host: str, token: str) -> dict:
     try:
-        status, body = await get_json(host, 7947, f"/v1/authorize?id_token={token}", timeout_s=3)
+        status, body = await get_json(host, 7947, f"/v1/authorize?id_token={token}", timeout_s=3,
+                                      token=OPERATOR_TOKEN)
     except (OSError, trio.TooSlowError):
         return {}
     return body if status == 200 else {}
@@ -66,7 +69,11 @@ async def wait_for(predicate, timeout_s: float) -> None:
 
 
 @pytest.mark.slow
-async def test_a_charger_that_got_the_list_only_from_a_peer_authorizes_with_the_csms_down(tmp_path: Path) -> None:
+async def test_a_charger_that_got_the_list_only_from_a_peer_authorizes_with_the_csms_down(tmp_path: Path, monkeypatch) -> None:
+    token_file = tmp_path / "operator.token"
+    token_file.write_text(OPERATOR_TOKEN)
+    token_file.chmod(0o600)
+    monkeypatch.setenv("MESHAGENT_TOKEN_FILE", str(token_file))
     hosts = [f"{BASE}.{i + 1}" for i in range(3)]
     if not all(port_free(h) for h in hosts):
         pytest.skip(f"port 7946 is taken on {BASE}.x")
@@ -135,7 +142,7 @@ async def test_a_charger_that_got_the_list_only_from_a_peer_authorizes_with_the_
             unknown = await ask(host, "BOB")
             assert (unknown["accepted"], unknown["status"], unknown["source"]) == (False, "Unknown", "unavailable")
 
-        status, body = await get_json(hosts[2], 7947, "/v1/authorize", timeout_s=3)
+        status, body = await get_json(hosts[2], 7947, "/v1/authorize", timeout_s=3, token=OPERATOR_TOKEN)
         assert status == 400 and "id_token" in body["error"]
 
         # the command-line face: exit 0 for a known token, 3 for a refused one

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from meshagent.trust import keystore
+from tests.meshagent.api.agents import OPERATOR_TOKEN, write_token
 from tests.netns import NetnsLab
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
@@ -30,7 +31,16 @@ def write_node(tmp: Path, ca, node_id: str, address: str, *, seeds: list[str], z
         f'[node]\nid = "{node_id}"\n\n[mesh]\npreset = "local"\nbind = "{address}:7946"\n'
         f'seeds = {json.dumps(seeds)}\nzeroconf = {"true" if zeroconf else "false"}\n'
     )
+    write_token(tmp / node_id / "state", "operator", OPERATOR_TOKEN)  # the API asks for a token
     return cfg
+
+
+def use_token(tmp: Path, monkeypatch) -> None:
+    """`meshagent members` (run inside each namespace, inheriting our environment) sends it."""
+    token_file = tmp / "operator.token"
+    token_file.write_text(OPERATOR_TOKEN)
+    token_file.chmod(0o600)
+    monkeypatch.setenv("MESHAGENT_TOKEN_FILE", str(token_file))
 
 
 def view(lab: NetnsLab, node) -> dict[str, str]:
@@ -49,7 +59,8 @@ def wait_for(predicate, timeout_s: float) -> bool:
     return False
 
 
-def test_seed_join_and_a_partition_that_heals(tmp_path):
+def test_seed_join_and_a_partition_that_heals(tmp_path, monkeypatch):
+    use_token(tmp_path, monkeypatch)
     with NetnsLab() as lab:
         ca = keystore.ca_init(tmp_path / "ca")
         nodes = [lab.node(name) for name in "abcd"]
@@ -79,7 +90,8 @@ def test_seed_join_and_a_partition_that_heals(tmp_path):
     assert lab.leftovers() == []
 
 
-def test_zeroconf_discovery_between_namespaces(tmp_path):
+def test_zeroconf_discovery_between_namespaces(tmp_path, monkeypatch):
+    use_token(tmp_path, monkeypatch)
     with NetnsLab() as lab:
         ca = keystore.ca_init(tmp_path / "ca")
         a, b = lab.node("a"), lab.node("b")
