@@ -408,6 +408,9 @@ class SimServer:
     faults: ServerFaults = attrs.field(factory=ServerFaults)
     tick_s: float = 0.02  # how often the units' timers run with no request
     requests: int = attrs.field(init=False, default=0)
+    unknown_unit_requests: int = attrs.field(init=False, default=0)
+    log: Callable[[str], None] = attrs.field(default=lambda line: None, kw_only=True)  # one line per event
+    _asked_unit: int | None = attrs.field(init=False, default=None)
     _thread: threading.Thread | None = attrs.field(init=False, default=None)
     _loop: asyncio.AbstractEventLoop | None = attrs.field(init=False, default=None)
     _server: Any = attrs.field(init=False, default=None)
@@ -438,7 +441,27 @@ class SimServer:
         blank = SimData(unit.layout.base, values=[0] * unit.layout.size, datatype=DataType.REGISTERS)
         return SimDevice(unit_id, simdata=[blank], action=action)
 
+    def _catch_all(self) -> SimDevice:
+        """pymodbus hands a request for a unit it does not know to device 0 (and, with none,
+        logs a traceback and hex dumps): ours answers GATEWAY_NO_RESPONSE (0x0B, "gateway
+        target device failed to respond": no such unit behind this server) and logs one line."""
+
+        async def action(function_code: int, start_address: int, address: int, count: int,
+                         registers: list[int], set_values: list[int] | list[bool] | None) -> ExcCodes | None:
+            self.unknown_unit_requests += 1
+            asked = "?" if self._asked_unit is None else str(self._asked_unit)
+            self.log(f"request for unit {asked}, which this server does not serve (units "
+                     f"{', '.join(str(u) for u in sorted(self.units))}): answered Modbus exception 0x0B")
+            return ExcCodes.GATEWAY_NO_RESPONSE
+
+        everywhere = SimData(0, values=[0] * 0x10000, datatype=DataType.REGISTERS)  # no ILLEGAL_ADDRESS first
+        return SimDevice(0, simdata=[everywhere], action=action)
+
     def _trace_packet(self, sending: bool, data: bytes) -> bytes:
+        if not sending and self.kind == "tcp" and len(data) >= 7:
+            self._asked_unit = data[6]  # the MBAP header's unit id
+        elif not sending and data:
+            self._asked_unit = data[0]  # RTU: the address byte
         if sending and self.faults.garbage is not None:
             return self.faults.garbage
         if sending and self.faults.silent:
@@ -449,6 +472,8 @@ class SimServer:
         from pymodbus.server import ModbusSerialServer, ModbusTcpServer
 
         devices = [self._device(uid, unit) for uid, unit in self.units.items()]
+        if 0 not in self.units:
+            devices.append(self._catch_all())
         if self.kind == "tcp":
             server: Any = ModbusTcpServer(devices, address=(self.host, self.port), trace_packet=self._trace_packet)
         else:

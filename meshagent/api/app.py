@@ -364,6 +364,11 @@ ROUTES: tuple[RouteSpec, ...] = (
     RouteSpec("POST", "/v1/leave", "write", "Leave the mesh gracefully and stop the agent."),
     RouteSpec("POST", "/v1/revoke", "write", "Apply and spread a CA-signed revocation (hex).", (("record", "query", True),)),
     RouteSpec("POST", "/v1/revocations", "write", "Old name of /v1/revoke.", (("record", "query", True),)),
+    RouteSpec("POST", "/v1/control/clear-faults", "write",
+              "Ask the control loop to clear its latched faults; answers 202 with the request's id."),
+    RouteSpec("GET", "/v1/control/clear-faults", "write",
+              "The control loop's answer to a clear-faults request: each code cleared or refused, with the cause.",
+              (("id", "query", True),)),
 )
 
 
@@ -587,6 +592,11 @@ def build_app(view: AgentView, hub: EventHub | None = None) -> Starlette:
         return StreamingResponse(stream(), media_type="text/event-stream",
                                  headers={"cache-control": "no-store", "x-accel-buffering": "no"})
 
+    from meshagent.control.operator import clear_answer, clear_request
+
+    def control_loop() -> Any:  # the control loop registers its statistics(); the method knows its loop
+        return getattr(view.stats_sources.get("control"), "__self__", None)
+
     handlers: dict[tuple[str, str], Callable[[Request, dict[str, str]], Any]] = {
         ("GET", "/"): index, ("GET", "/openapi.json"): openapi_json, ("GET", "/healthz"): healthz,
         ("GET", "/readyz"): readyz, ("GET", "/metrics"): metrics, ("GET", "/v1/members"): members,
@@ -595,6 +605,8 @@ def build_app(view: AgentView, hub: EventHub | None = None) -> Starlette:
         ("GET", "/v1/authorize/{token}"): authorize_path, ("GET", "/v1/authorize"): authorize_query,
         ("GET", "/v1/events"): events, ("POST", "/v1/join"): join, ("POST", "/v1/leave"): leave,
         ("POST", "/v1/revoke"): revoke, ("POST", "/v1/revocations"): revoke,
+        ("POST", "/v1/control/clear-faults"): lambda _r, _p: clear_request(control_loop),
+        ("GET", "/v1/control/clear-faults"): lambda _r, p: clear_answer(control_loop, p.get("id", "")),
     }
     routes = [endpoint(spec, handlers[(spec.method, spec.path)]) for spec in ROUTES]
 

@@ -18,8 +18,8 @@ import click
 
 from meshagent.errors import MeshagentError
 
-DEFAULT_INVERTER = "sim://site-a/inverter"
 TRANSITION_LIMIT_S = 0.100
+DEFAULT_API = "127.0.0.1:7947"
 
 
 def _url(value: str, param: str) -> Any:
@@ -69,6 +69,12 @@ def _print_record(title: str, record: dict[str, Any]) -> None:
             click.echo(f"  {key} = {value}")
 
 
+def _token_file_option(fn: Any) -> Any:
+    from meshagent.cli.api import token_file_option
+
+    return token_file_option(fn)
+
+
 def register(cli: click.Group) -> None:
     @cli.command("read")
     @click.argument("device_url")
@@ -98,8 +104,9 @@ def register(cli: click.Group) -> None:
     @cli.command("test-discharge")
     @click.option("--rate", default="10kW", show_default=True, help="Discharge power to command (e.g. 10kW).")
     @click.option("--duration", default="30s", show_default=True, help="How long to hold the discharge.")
-    @click.option("--device", "device_url", default=DEFAULT_INVERTER, show_default=True, help="The inverter's URL.")
-    def test_discharge(rate: str, duration: str, device_url: str) -> None:
+    @click.option("--device", "device_url", default=None,
+                  help="The inverter's URL (required; sim://SITE/inverter for a simulator).")
+    def test_discharge(rate: str, duration: str, device_url: str | None) -> None:
         """Inverter calibration from the seed procedure: charge, command a discharge of RATE,
         measure the charge-to-discharge transition, hold for DURATION, return to idle.
 
@@ -119,6 +126,10 @@ def register(cli: click.Group) -> None:
             raise click.BadParameter("must be a positive power", param_hint="--rate")
         if not 0 <= duration_s <= 3600:
             raise click.BadParameter("must be between 0s and 1h", param_hint="--duration")
+        if device_url is None:
+            raise MeshagentError("test-discharge: pass --device URL, the inverter to test (sim://site-a/inverter "
+                                 "for a simulator); a running agent's inverter is driven by its control loop: "
+                                 "stop the agent first")
         url = _url(device_url, "--device")
         report = _run(_test_discharge, url, rate_w, duration_s)
         for line in report["lines"]:
@@ -128,38 +139,41 @@ def register(cli: click.Group) -> None:
 
     @cli.command("clear-faults")
     @click.option("--device", "device_url", default=None,
-                  help=f"The inverter's URL [default without --config: {DEFAULT_INVERTER}].")
+                  help="An inverter's URL: reset its own latches now (sim://SITE/inverter for a simulator).")
     @click.option("--config", "config_path", default=None, type=click.Path(dir_okay=False),
-                  help="The node's config: also ask its control loop to release its latched faults.")
-    def clear_faults(device_url: str | None, config_path: str | None) -> None:
-        """Reset the latched faults of a charger (idempotent).
+                  help="The node's config: ask its control loop, through its state directory.")
+    @click.option("--api", "api_address", default=None,
+                  help=f"The running agent's API address [default without --device/--config: {DEFAULT_API}].")
+    @click.option("--wait", "wait_s", default=3.0, show_default=True, type=click.FloatRange(0.1, 60),
+                  help="Seconds to wait for the control loop's answer.")
+    @_token_file_option
+    def clear_faults(device_url: str | None, config_path: str | None, api_address: str | None, wait_s: float) -> None:
+        """Clear the latched faults of a charger, and say what happened.
 
-        With --device, the inverter's own latches are reset now; it refuses, with the
-        reason, while a cause is still present (welded contacts, an open enclosure, an
-        over-temperature). With --config, the node's control loop is asked to release its
-        latches (ERR_GRID_SYNC_LOST, ERR_SENSOR_LOST, ERR_TAMPER, ERR_CONTACTOR_WELD); it
-        does so within 100 ms, each fault once its return-to-service condition holds, and
-        a request made while the agent is down is applied at its next start.
+        With no flag, the agent running on this machine is asked through its API; --config
+        asks the node's control loop through its state directory; --device resets an
+        inverter's own latches. Each active code is answered: cleared, or refused with the
+        cause still present and what the code needs (exit status 1). A refused clear is not
+        remembered: clear again once the cause is gone.
         """
+        refused = False
+        if device_url is None and config_path is None and api_address is None:
+            api_address = DEFAULT_API
+        if api_address is not None:
+            answer = _clear_through_api(api_address, wait_s)
+            refused |= _print_answer(answer)
         if config_path is not None:
-            from pathlib import Path
-
-            from meshagent.config import load_config
-            from meshagent.control import journal
-
-            cfg = load_config(Path(config_path))
-            journal.request_clear(cfg.node.state_dir, by="meshagent clear-faults")
-            latched = journal.load_latched(cfg.node.state_dir)
-            click.echo(f"control loop: clear requested ({', '.join(latched) or 'nothing latched'}); "
-                       "each fault is released once its condition holds (e.g. 300 s of normal frequency)")
-            if device_url is None:
-                return
-        url = _url(device_url or DEFAULT_INVERTER, "--device")
-        result = _run(_clear, url)
-        if result.cleared:
-            click.echo(f"{url}: cleared {', '.join(result.cleared)}")
-        else:
-            click.echo(f"{url}: no latched faults; nothing to clear")
+            answer = _clear_through_state_dir(config_path, wait_s)
+            refused |= _print_answer(answer)
+        if device_url is not None:
+            url = _url(device_url, "--device")
+            result = _run(_clear, url)
+            if result.cleared:
+                click.echo(f"{url}: cleared {', '.join(result.cleared)}")
+            else:
+                click.echo(f"{url}: no latched faults; nothing to clear")
+        if refused:
+            raise SystemExit(1)
 
     @cli.command("emulator")
     @click.option("--mode", type=click.Choice(["iso15118-20"]), required=True,
@@ -179,13 +193,29 @@ def register(cli: click.Group) -> None:
     @click.option("--min-soc", "min_soc_pct", type=click.FloatRange(0, 100), default=20.0, show_default=True,
                   help="MinimumSOC (the BMS stops discharge there: status 0x03 Battery_Lower_Limit).")
     @click.option("--duration", default=None, help="Stop after this long (default: run until Ctrl-C).")
+    @click.option("--frequency", default=None,
+                  help="The grid frequency the site meter reports [default: the agent's default nominal frequency, "
+                       "control.nominal_frequency].")
     def emulator(mode: str, vehicles: int, listen: str, models: tuple[str, ...], old_firmware: bool,
-                 max_discharge_amps: float | None, soc_pct: float, min_soc_pct: float, duration: str | None) -> None:
+                 max_discharge_amps: float | None, soc_pct: float, min_soc_pct: float, duration: str | None,
+                 frequency: str | None) -> None:
         """Serve simulated vehicles behind simulated chargers over real Modbus.
 
-        Unit 1 is the site meter; chargers are units 11, 12, ... (one per vehicle).
+        Unit 1 is the site meter; chargers are units 11, 12, ... (one per vehicle). A
+        request for any other unit is logged in one line and answered with Modbus
+        exception 0x0B (gateway target device failed to respond).
         """
-        from meshagent.config.units import parse_duration_s
+        from meshagent.config.units import parse_duration_s, parse_frequency_hz
+        from meshagent.control.config import ControlSection
+
+        frequency_hz = ControlSection().nominal_frequency_hz
+        if frequency is not None:
+            try:
+                frequency_hz = parse_frequency_hz(frequency)
+            except ValueError as exc:
+                raise click.BadParameter(str(exc), param_hint="--frequency") from None
+            if not 45.0 <= frequency_hz <= 65.0:
+                raise click.BadParameter("must be within 45Hz..65Hz", param_hint="--frequency")
 
         duration_s = None
         if duration is not None:
@@ -195,10 +225,88 @@ def register(cli: click.Group) -> None:
                 raise click.BadParameter(str(exc), param_hint="--duration") from None
         if min_soc_pct > soc_pct:
             raise click.BadParameter("must not exceed --soc", param_hint="--min-soc")
-        _run(_emulate, listen, vehicles, models, old_firmware, max_discharge_amps, soc_pct, min_soc_pct, duration_s)
+        _run(_emulate, listen, vehicles, models, old_firmware, max_discharge_amps, soc_pct, min_soc_pct, duration_s,
+             frequency_hz)
 
 
 # --- the commands' bodies (trio) ---------------------------------------------------------
+
+
+def _print_answer(answer: dict[str, Any]) -> bool:
+    """Print a control loop's clear-faults answer; True when a code was refused."""
+    from meshagent.control.operator import describe
+
+    lines, ok = describe(answer)
+    for line in lines:
+        click.echo(line)
+    return not ok
+
+
+def _clear_through_api(address: str, wait_s: float) -> dict[str, Any]:
+
+    import trio
+
+    from meshagent.api.http import get_json
+    from meshagent.mesh.config import DEFAULT_API_PORT, parse_host_port
+
+    try:
+        host, port = parse_host_port(address, DEFAULT_API_PORT)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--api") from None
+
+    from meshagent.cli.api import current_ssl_context, current_token
+
+    token, tls = current_token(), current_ssl_context()
+
+    async def ask() -> tuple[int, Any]:
+        status, body = await get_json(host, port, "/v1/control/clear-faults", method="POST", token=token,
+                                      ssl_context=tls)
+        if status != 202 or not isinstance(body, dict) or not isinstance(body.get("id"), str):
+            return status, body
+        with trio.move_on_after(wait_s):
+            while True:
+                status, answer = await get_json(host, port, f"/v1/control/clear-faults?id={body['id']}",
+                                                token=token, ssl_context=tls)
+                if status != 202:
+                    return status, answer
+                await trio.sleep(0.02)
+        return 504, {"error": f"the control loop did not answer within {wait_s:g} s"}
+
+    try:
+        status, body = trio.run(ask)
+    except (OSError, trio.TooSlowError):
+        raise MeshagentError(f"no running agent at {host}:{port}: pass --config NODE.toml (its state directory), "
+                             "--api HOST:PORT, or --device URL (an inverter; sim://SITE/inverter for a simulator)"
+                             ) from None
+    if status != 200 or not isinstance(body, dict):
+        detail = body.get("error") if isinstance(body, dict) else body
+        if status == 401:
+            detail = f"{detail} (pass --token-file FILE; `meshagent api token --config NODE.toml` prints one)"
+        raise MeshagentError(f"agent at {host}:{port}: {detail}")
+    return body
+
+
+def _clear_through_state_dir(config_path: str, wait_s: float) -> dict[str, Any]:
+    import secrets
+    import time
+    from pathlib import Path
+
+    from meshagent.config import load_config
+    from meshagent.control import journal
+
+    cfg = load_config(Path(config_path))
+    state_dir = cfg.node.state_dir
+    request_id = secrets.token_hex(8)
+    journal.request_clear(state_dir, by="meshagent clear-faults", request_id=request_id)
+    deadline = time.monotonic() + wait_s
+    while time.monotonic() < deadline:
+        answer = journal.read_clear_answer(state_dir, request_id)
+        if answer is not None:
+            return answer
+        time.sleep(0.02)
+    latched = ", ".join(journal.load_latched(state_dir)) or "nothing"
+    raise MeshagentError(f"no running agent answered within {wait_s:g} s (state_dir {state_dir}, latched: {latched}); "
+                         "the request stays there and its next start answers it")
 
 
 async def _read(url: Any, raw: bool, timeout_s: float) -> dict[str, Any]:
@@ -369,8 +477,12 @@ async def _test_discharge(url: Any, rate_w: float, duration_s: float) -> dict[st
     return {"passed": passed, "transition_s": transition_s, "lines": lines}
 
 
+def _log_line(line: str) -> None:
+    click.echo(f"emulator: {line}", err=True)
+
+
 async def _emulate(listen: str, n: int, models: tuple[str, ...], old_firmware: bool, max_discharge_amps: float | None,
-                   soc_pct: float, min_soc_pct: float, duration_s: float | None) -> None:
+                   soc_pct: float, min_soc_pct: float, duration_s: float | None, frequency_hz: float = 60.0) -> None:
     import ipaddress
     import time
     import urllib.parse
@@ -388,7 +500,7 @@ async def _emulate(listen: str, n: int, models: tuple[str, ...], old_firmware: b
     vehicles = [VehicleConfig.of(names[i % len(names)], present_soc_pct=soc_pct, minimum_soc_pct=min_soc_pct,
                                  firmware="old" if old_firmware else "current", max_discharge_amps=max_discharge_amps,
                                  vehicle_id=f"EV{i + 1:03d}-{names[i % len(names)]}") for i in range(n)]
-    site = SimulatedSite.with_chargers(time.monotonic, n, name="emulator", vehicles=vehicles)
+    site = SimulatedSite.with_chargers(time.monotonic, n, name="emulator", vehicles=vehicles, frequency_hz=frequency_hz)
     units = site_units(site)
     parts = urllib.parse.urlsplit(listen)
     line = None
@@ -404,7 +516,7 @@ async def _emulate(listen: str, n: int, models: tuple[str, ...], old_firmware: b
             port = parts.port if parts.port is not None else 5020
         except ValueError:
             raise click.BadParameter(f"bad port in {listen!r}", param_hint="--listen") from None
-        server = SimServer(units, kind="tcp", host=host, port=port)
+        server = SimServer(units, kind="tcp", host=host, port=port, log=_log_line)
     elif parts.scheme == "modbus+rtu":
         query = urllib.parse.parse_qs(parts.query)
         baud = int(query.get("baud", ["115200"])[-1])
@@ -413,7 +525,7 @@ async def _emulate(listen: str, n: int, models: tuple[str, ...], old_firmware: b
             path = line.server_path
         else:
             path = parts.path
-        server = SimServer(units, kind="rtu", serial_path=path, baud=baud)
+        server = SimServer(units, kind="rtu", serial_path=path, baud=baud, log=_log_line)
     else:
         raise click.BadParameter(f"expected modbus+tcp://HOST:PORT or modbus+rtu:///dev/PORT, got {listen!r}",
                                  param_hint="--listen")
@@ -423,7 +535,7 @@ async def _emulate(listen: str, n: int, models: tuple[str, ...], old_firmware: b
         except OSError as exc:
             raise MeshagentError(f"cannot listen on {listen}: {exc}") from None
         client_url = (lambda uid: f"modbus+rtu://{line.client_path}?baud={baud}&unit={uid}") if line else server.url
-        click.echo(f"emulator: mode iso15118-20, {n} vehicle(s); Ctrl-C to stop", err=False)
+        click.echo(f"emulator: mode iso15118-20, {n} vehicle(s), grid {frequency_hz:g} Hz; Ctrl-C to stop", err=False)
         click.echo(f"site meter: {client_url(1)}")
         for i, v in enumerate(vehicles):
             click.echo(f"charger {i + 1}: {client_url(11 + i)}  vehicle {v.vehicle_id} "

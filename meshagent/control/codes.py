@@ -43,7 +43,8 @@ class Action(enum.StrEnum):
     RAISED = "raised"
     CLEARED = "cleared"
     REPORTED = "reported"  # a one-off report that holds no state (budget overruns)
-    CLEAR_REQUESTED = "clear_requested"  # operator asked; the release condition is not met yet
+    CLEAR_REQUESTED = "clear_requested"  # older logs: an operator's request (no longer written)
+    CLEAR_REFUSED = "clear_refused"  # operator asked while the cause is present: still latched
 
 
 @attrs.frozen

@@ -26,12 +26,19 @@ from meshagent.config.units import (
     parse_fraction,
     parse_frequency_hz,
     parse_power_w,
+    parse_size_bytes,
     parse_temperature_c,
 )
 from meshagent.errors import ConfigError
 
 if TYPE_CHECKING:
     from meshagent.control.frequency import FrequencyProfile
+
+
+def _parse_curve(value: object) -> Any:
+    from meshagent.control.frequency import parse_curve
+
+    return parse_curve(value)
 
 
 def _opt_hz(key: str, doc: str) -> Any:
@@ -114,10 +121,28 @@ class ControlSection:
         0.05, key="min_rocof", min_value=0, max_value=10, shown="0.05",
         doc="Falls slower than this (Hz/s) never arm the prediction (meter noise).",
     )
-    pid_kp: float = setting(2.0, min_value=0, max_value=1000, doc="PID proportional gain, per unit power per Hz.")
-    pid_ki: float = setting(1.0, min_value=0, max_value=1000, doc="PID integral gain, per unit power per Hz·s.")
-    pid_kd: float = setting(
-        1.0, min_value=0, max_value=1000, doc="PID gain on the rate of fall, per unit power per Hz/s."
+    pid_kp: float = setting(2.0, min_value=0, max_value=1000, doc="Not applied any more (kept so old configs load): "
+                            "the prediction only brings the droop forward; see `ffr_curve`.")
+    pid_ki: float = setting(1.0, min_value=0, max_value=1000, doc="Not applied any more (see `pid_kp`).")
+    pid_kd: float = setting(1.0, min_value=0, max_value=1000, doc="Not applied any more (see `pid_kp`).")
+    inverter_nameplate_w: float = setting(
+        0.0, key="inverter_nameplate", parse=parse_power_w, min_value=0, max_value=10_000_000, shown='"0W"',
+        doc="The inverter's nameplate rating, the base of the droop (IEEE 1547-2018). 0: the largest limit "
+        "the inverter has reported since the start (set it when the agent may start derated).",
+    )
+    response_ramp_pu_per_s: float = setting(
+        1.0, key="response_ramp", min_value=0.001, max_value=1000, shown="1.0",
+        doc="The frequency response moves by at most this per unit of nameplate per second (per step: x "
+        "meter_period).",
+    )
+    ffr_curve: tuple[tuple[float, float], ...] = setting(
+        (), parse=_parse_curve, shown="[]",
+        doc="Fast frequency response beyond droop, only when set: [[Hz, per-unit of nameplate], ...], "
+        "frequency falling, response rising (docs/control.md gives the grid codes' curves).",
+    )
+    ffr_ramp_pu_per_s: float = setting(
+        1.0, key="ffr_ramp", min_value=0.001, max_value=1000, shown="1.0",
+        doc="The fast frequency response moves by at most this per unit of nameplate per second.",
     )
     # --- trip windows and return to service ----------------------------------------------
     uf1_hz: float | None = _opt_hz("uf1", "Slow under-frequency trip level; 58.5Hz at 60 Hz.")
@@ -185,6 +210,18 @@ class ControlSection:
     telemetry_period_s: float = setting(
         0.1, key="telemetry_period", parse=parse_duration_s, min_value=0.01, max_value=3600, shown='"100ms"',
         doc="One telemetry line (state_dir/telemetry.jsonl) per this period.",
+    )
+
+    telemetry_max_size: int = setting(
+        20_000_000, parse=parse_size_bytes, min_value=1_000, max_value=10**12, shown='"20MB"',
+        doc="telemetry.jsonl is rotated (to telemetry.jsonl.1, .2, ...) before it grows past this ...",
+    )
+    telemetry_max_age_s: float = setting(
+        86_400.0, key="telemetry_max_age", parse=parse_duration_s, min_value=1, max_value=366 * 86_400,
+        shown='"24h"', doc="... or once it is this old; SIGHUP reopens it (for an external logrotate).",
+    )
+    telemetry_keep: int = setting(
+        7, min_value=0, max_value=1000, doc="Rotated telemetry files kept (the oldest is deleted).",
     )
 
     def __attrs_post_init__(self) -> None:

@@ -42,6 +42,7 @@ Defaults per nominal frequency (``FrequencyProfile.defaults``):
 from __future__ import annotations
 
 import collections
+import itertools
 import math
 from typing import Any
 
@@ -174,22 +175,92 @@ def droop_target_pu(frequency_hz: float, p: FrequencyProfile) -> float:
     return 0.0
 
 
+def _ramped(output: float, target: float, ramp_pu_per_s: float, dt: float) -> float:
+    """``output`` moved toward ``target`` by at most ``ramp_pu_per_s`` x ``dt``."""
+    max_step = ramp_pu_per_s * dt if dt > 0 else 0.0
+    return output + max(-max_step, min(max_step, target - output))
+
+
 @attrs.define
 class DroopResponse:
-    """The droop target through a first-order lag: 90 % of a step after ``response_time_s``."""
+    """The droop target through a first-order lag: 90 % of a step after ``response_time_s``.
+
+    ``lead``: the predictor says the frequency will cross the fast-response threshold, or
+    is below it. The target is then taken at ``lead_hz`` (the lower of the frequency and
+    its prediction) and reached without the lag: the same droop curve, earlier. Either way
+    the output moves by at most ``ramp_pu_per_s`` x dt per step (``math.inf``: no limit).
+    """
 
     profile: FrequencyProfile
+    ramp_pu_per_s: float = math.inf
     output_pu: float = 0.0
     _last_s: float | None = None
 
-    def step(self, frequency_hz: float, now_s: float) -> float:
-        target = droop_target_pu(frequency_hz, self.profile)
+    def step(self, frequency_hz: float, now_s: float, *, lead_hz: float | None = None) -> float:
         if self._last_s is None:
             self.output_pu = 0.0
         dt = 0.0 if self._last_s is None else max(0.0, now_s - self._last_s)
         self._last_s = now_s
-        tau = self.profile.response_time_s / math.log(10.0)
-        self.output_pu += (target - self.output_pu) * (1.0 - math.exp(-dt / tau))
+        if lead_hz is not None:
+            target = droop_target_pu(min(frequency_hz, lead_hz), self.profile)
+            # never less than the lag would give: a lead only brings the response forward
+            tau = self.profile.response_time_s / math.log(10.0)
+            lagged = self.output_pu + (target - self.output_pu) * (1.0 - math.exp(-dt / tau))
+            target = max(target, lagged) if target >= 0 else target
+        else:
+            target = droop_target_pu(frequency_hz, self.profile)
+            tau = self.profile.response_time_s / math.log(10.0)
+            target = self.output_pu + (target - self.output_pu) * (1.0 - math.exp(-dt / tau))
+        self.output_pu = _ramped(self.output_pu, target, self.ramp_pu_per_s, dt)
+        return self.output_pu
+
+
+def parse_curve(value: object) -> tuple[tuple[float, float], ...]:
+    """A fast-frequency-response curve: ``[[Hz, pu], ...]`` with the frequency falling and
+    the response (per unit of nameplate, 0..1) rising; piecewise linear between the points,
+    0 above the first, the last point's response below the last. ``[]``: no such service."""
+    from meshagent.config.units import parse_frequency_hz
+
+    if not isinstance(value, list | tuple):
+        raise ValueError(f"expected a list of [frequency, per-unit] points, got {value!r}")
+    points: list[tuple[float, float]] = []
+    for item in value:
+        if not (isinstance(item, list | tuple) and len(item) == 2):
+            raise ValueError(f"expected a [frequency, per-unit] point, got {item!r}")
+        hz = parse_frequency_hz(item[0]) if isinstance(item[0], str) else float(item[0])
+        pu = float(item[1])
+        if not (math.isfinite(hz) and math.isfinite(pu) and 0.0 <= pu <= 1.0):
+            raise ValueError(f"point {item!r}: per-unit response must be within 0..1")
+        if points and not (hz < points[-1][0] and pu >= points[-1][1]):
+            raise ValueError(f"point {item!r}: frequencies must fall and responses must not fall, point by point")
+        points.append((hz, pu))
+    return tuple(points)
+
+
+def curve_pu(frequency_hz: float, points: tuple[tuple[float, float], ...]) -> float:
+    if not points or frequency_hz >= points[0][0]:
+        return 0.0
+    for (f1, p1), (f2, p2) in itertools.pairwise(points):
+        if frequency_hz >= f2:
+            return p1 + (p2 - p1) * (f1 - frequency_hz) / (f1 - f2)
+    return points[-1][1]
+
+
+@attrs.define
+class FastFrequencyResponse:
+    """A configured fast-frequency-response service beyond droop: its own curve (at the
+    lead frequency, so the prediction starts it early too) and its own ramp limit."""
+
+    points: tuple[tuple[float, float], ...]
+    ramp_pu_per_s: float
+    output_pu: float = 0.0
+    _last_s: float | None = None
+
+    def step(self, frequency_hz: float, now_s: float, *, lead_hz: float | None = None) -> float:
+        dt = 0.0 if self._last_s is None else max(0.0, now_s - self._last_s)
+        self._last_s = now_s
+        f = frequency_hz if lead_hz is None else min(frequency_hz, lead_hz)
+        self.output_pu = _ramped(self.output_pu, curve_pu(f, self.points), self.ramp_pu_per_s, dt)
         return self.output_pu
 
 

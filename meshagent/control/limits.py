@@ -100,18 +100,26 @@ def thermal_factor(temperature_max_c: float, temperature_min_c: float, limits: L
     return (limits.thermal_stop_c - hi) / (limits.thermal_stop_c - limits.thermal_derate_c)
 
 
-def clamp_setpoint(request_w: float, state: DeviceState, limits: Limits, blocked: bool = False) -> Clamped:
+def clamp_setpoint(request_w: float, state: DeviceState, limits: Limits, blocked: bool = False, *,
+                   thermal_cap: float = 1.0, no_discharge: bool = False) -> Clamped:
     """The setpoint to send (+ charge, - discharge): ``request_w`` cut to every limit.
 
-    ``blocked``: a fault forbids any power.
+    ``blocked``: a fault forbids any power. ``thermal_cap``: the derating factor an active
+    ERR_THERMAL holds (the logic's hysteresis: 0 while stopped, however the temperature has
+    moved since); the lower of it and today's temperature's factor wins. ``no_discharge``:
+    an active ERR_BATTERY_LOWER_LIMIT holds discharge at 0 until it clears (with its
+    hysteresis), whatever the SoC reads in between.
     """
     factor = thermal_factor(state.temperature_max_c, state.temperature_min_c, limits)
+    cap = thermal_cap if isinstance(thermal_cap, int | float) and math.isfinite(thermal_cap) else 0.0
+    factor = min(factor, max(0.0, cap))
     inv_d, inv_c = _cap(state.inverter_max_discharge_w), _cap(state.inverter_max_charge_w)
     caps_d = [("inverter", inv_d), ("vehicle", _cap(state.ev_max_discharge_w)), ("thermal", factor * inv_d)]
     caps_c = [("inverter", inv_c), ("vehicle", _cap(state.ev_max_charge_w)), ("thermal", factor * inv_c)]
     soc = state.soc_pct
     # Comparisons with NaN are False, so an unknown SoC blocks both directions.
-    if state.bms_status in (BMS_LOWER_LIMIT, BMS_OVER_TEMPERATURE, BMS_FAULT) or not soc > state.min_soc_pct:
+    if (state.bms_status in (BMS_LOWER_LIMIT, BMS_OVER_TEMPERATURE, BMS_FAULT) or not soc > state.min_soc_pct
+            or no_discharge):
         caps_d.append(("battery_lower_limit" if state.bms_status in (0, BMS_LOWER_LIMIT) else "bms", 0.0))
     if state.bms_status in (BMS_UPPER_LIMIT, BMS_OVER_TEMPERATURE, BMS_FAULT) or not soc < state.target_soc_pct:
         caps_c.append(("battery_upper_limit" if state.bms_status in (0, BMS_UPPER_LIMIT) else "bms", 0.0))

@@ -44,6 +44,7 @@ from meshagent.control.codes import LATCHED, Action, Code, FaultEvent
 from meshagent.control.detect import DetectorSettings, Spike, SpikeDetector
 from meshagent.control.frequency import (
     DroopResponse,
+    FastFrequencyResponse,
     FrequencyProfile,
     PidState,
     PredictivePid,
@@ -58,7 +59,19 @@ from meshagent.control.limits import (
     thermal_factor,
 )
 
-LATENCY_REPORT_INTERVAL_S = 1.0  # at most one LATENCY_OVER_BUDGET line per source per second
+LATENCY_REPORT_INTERVAL_S = 60.0  # a repeating LATENCY_OVER_BUDGET: the first, then a count per minute
+CLOCK_DRIFT_ALLOWANCE = 1e-3  # s/s: the meter clock's offset reference relaxes this fast (1000 ppm)
+CLOCK_RESET_S = 1.0  # a sample this much older than the newest one: the device's clock restarted
+
+# What an operator must do, or wait for, to clear each code (the clear-faults answer says it).
+CLEAR_NEEDS: dict[Code, str] = {
+    Code.ERR_GRID_SYNC_LOST: "frequency inside the return-to-service band for its delay (300 s at 60 Hz), then clear-faults",
+    Code.ERR_TAMPER: "enclosure shut (tamper switch closed, inverter latch reset), then clear-faults",
+    Code.ERR_SENSOR_LOST: "the site meter answering with fresh samples, then clear-faults",
+    Code.ERR_CONTACTOR_WELD: "contactor replaced (no longer reported welded), then clear-faults",
+    Code.ERR_THERMAL: "clears by itself: temperature back inside the limits by thermal_hysteresis",
+    Code.ERR_BATTERY_LOWER_LIMIT: "clears by itself: SoC above the minimum by soc_hysteresis and BMS status not 0x03",
+}
 
 
 @attrs.frozen
@@ -75,6 +88,7 @@ class Inputs:
     share_w: float = 0.0  # discharge the allocation asks of this charger (magnitude)
     covered_w: float | None = None  # discharge the mesh applies in this scope (None: our own)
     base_setpoint_w: float = 0.0  # the charging session's own setpoint (+ charge)
+    read_at_s: float | None = None  # the loop's clock when the meter answered (None: ``now``)
 
 
 class ContactorCommand(enum.StrEnum):
@@ -102,12 +116,25 @@ class Decision:
     frequency_response_w: float  # discharge added for frequency (negative: over-frequency)
     pid: PidState | None
     faults: tuple[str, ...]  # active codes (latched and not), sorted
+    clear_outcomes: tuple[ClearOutcome, ...] = ()  # the answer to a clear-faults carried out this cycle
+
+
+@attrs.frozen
+class ClearOutcome:
+    """What a clear-faults did to one active code."""
+
+    code: str
+    cleared: bool
+    cause: str  # why it was refused ("" when cleared)
+    needs: str  # what the code needs to clear
+
+    def as_json(self) -> dict[str, Any]:
+        return {"code": self.code, "cleared": self.cleared, "cause": self.cause, "needs": self.needs}
 
 
 @attrs.define
 class _Latch:
     raised_at_s: float
-    clear_requested: bool = False
 
 
 @attrs.frozen
@@ -129,20 +156,28 @@ class ControlLogic:
     detector: SpikeDetector = attrs.field(init=False)
     droop: DroopResponse = attrs.field(init=False)
     pid: PredictivePid = attrs.field(init=False)
+    ffr: FastFrequencyResponse | None = attrs.field(init=False)
+    nameplate_discharge_w: float = 0.0  # the droop's base (config, or the largest limit seen)
+    nameplate_charge_w: float = 0.0
     trips: TripMonitor = attrs.field(init=False)
     rts: ReturnToService = attrs.field(init=False)
     guard: ContactorGuard = attrs.field(init=False)
     latched: dict[Code, _Latch] = attrs.field(factory=dict)
     thermal: ThermalLevel = ThermalLevel.NORMAL
+    thermal_peak_c: float = -math.inf  # hottest reading since ERR_THERMAL derating began
     lower_limit: bool = False
     response_pu: float = 0.0
     last_meter: MeterSample | None = None
     last_decision: Decision | None = None
     _started_s: float | None = None
-    _last_valid_s: float | None = None
+    _last_valid_s: float | None = None  # loop time at which the newest meter sample was taken
+    _newest_taken_s: float | None = None  # the newest sample's taken_at_s (device clock)
+    _offset_ref_s: float | None = None  # least (loop time - taken_at_s) seen: the clock offset
+    _offset_at_s: float = 0.0
+    _clear_pending: bool = False
     _open_sent_s: float | None = None
     _contactor_was_closed: bool | None = None
-    _latency_last: dict[str, tuple[float, int]] = attrs.field(factory=dict)
+    _latency_last: dict[str, list[Any]] = attrs.field(factory=dict)  # what -> [since, count, worst, budget]
     _cycles: int = 0
     _raised: int = 0
 
@@ -153,8 +188,10 @@ class ControlLogic:
         self.detector = SpikeDetector(
             DetectorSettings.from_section(s), scope=s.meter_scope, scope_id=self.scope_id, node_id=self.node_id
         )
-        self.droop = DroopResponse(self.profile)
+        self.droop = DroopResponse(self.profile, s.response_ramp_pu_per_s)
         self.pid = PredictivePid(self.profile)
+        self.ffr = FastFrequencyResponse(s.ffr_curve, s.ffr_ramp_pu_per_s) if s.ffr_curve else None
+        self.nameplate_discharge_w = self.nameplate_charge_w = s.inverter_nameplate_w
         self.trips = TripMonitor(self.profile)
         self.rts = ReturnToService(self.profile)
         self.guard = ContactorGuard(s.contactor_min_dwell_s, s.contactor_max_cycles_per_hour)
@@ -162,18 +199,15 @@ class ControlLogic:
     # --- operator and shell entry points ---------------------------------------------------
 
     def clear_faults(self, now_s: float) -> list[FaultEvent]:
-        """Operator's clear: each latched fault is released once its condition also holds.
+        """Operator's clear, carried out by the next ``step`` (``Decision.clear_outcomes``).
 
-        Idempotent: a second call (or a call with nothing latched) changes nothing and
-        returns no events.
+        There, each latched code whose release condition holds *that cycle* is cleared; any
+        other is refused with its cause (a ``clear_refused`` line) and stays latched: a
+        refused clear is not remembered, so it never releases a latch later by itself.
+        Idempotent: with nothing latched it changes nothing and logs nothing.
         """
-        events = []
-        for code, latch in sorted(self.latched.items()):
-            if not latch.clear_requested:
-                latch.clear_requested = True
-                events.append(FaultEvent(code, Action.CLEAR_REQUESTED, now_s, "clear-faults received",
-                                         {"raised_at_s": latch.raised_at_s}))
-        return events
+        self._clear_pending = True
+        return []
 
     def restore_latched(self, codes: tuple[str, ...] | list[str], now_s: float) -> list[FaultEvent]:
         """Raise again the latched faults a previous run left (a restart never clears one)."""
@@ -188,18 +222,44 @@ class ControlLogic:
         return events
 
     def report_latency(self, what: str, elapsed_s: float, budget_s: float, now_s: float) -> FaultEvent | None:
-        """A cycle or round trip ran over its budget: one event per source per second at most."""
+        """A cycle or round trip ran over its budget: the first occurrence is logged, the
+        repeats only counted (``latency_summaries`` logs the count once a minute)."""
         if elapsed_s <= budget_s:
             return None
-        last_s, suppressed = self._latency_last.get(what, (-math.inf, 0))
-        if now_s - last_s < LATENCY_REPORT_INTERVAL_S:
-            self._latency_last[what] = (last_s, suppressed + 1)
+        window = self._latency_last.get(what)
+        if window is not None:
+            window[1] += 1
+            window[2] = max(window[2], elapsed_s)
             return None
-        self._latency_last[what] = (now_s, 0)
+        self._latency_last[what] = [now_s, 0, 0.0, budget_s]
         return FaultEvent(Code.LATENCY_OVER_BUDGET, Action.REPORTED, now_s,
-                          f"{what} took {elapsed_s * 1e3:.2f} ms (budget {budget_s * 1e3:g} ms)",
-                          {"what": what, "elapsed_ms": elapsed_s * 1e3, "budget_ms": budget_s * 1e3,
-                           "suppressed_since_last": suppressed})
+                          f"{what} took {elapsed_s * 1e3:.2f} ms (budget {budget_s * 1e3:g} ms); "
+                          "repeats are counted once a minute",
+                          {"what": what, "elapsed_ms": elapsed_s * 1e3, "budget_ms": budget_s * 1e3})
+
+    def latency_summaries(self, now_s: float) -> list[FaultEvent]:
+        """Once a minute per source: how many overruns were not logged (none: the source is
+        quiet again, and its next overrun is a first occurrence)."""
+        out = []
+        for what, window in list(self._latency_last.items()):
+            since, count, worst, budget = window
+            if now_s - since < LATENCY_REPORT_INTERVAL_S - 1e-9:
+                continue
+            if count == 0:
+                del self._latency_last[what]
+                continue
+            out.append(FaultEvent(Code.LATENCY_OVER_BUDGET, Action.REPORTED, now_s,
+                                  f"{what} over budget {count} more times in the last {now_s - since:.0f} s "
+                                  f"(worst {worst * 1e3:.2f} ms)",
+                                  {"what": what, "repeated": count, "max_elapsed_ms": worst * 1e3,
+                                   "budget_ms": budget * 1e3, "window_s": now_s - since}))
+            self._latency_last[what] = [now_s, 0, 0.0, budget]
+        return out
+
+    @property
+    def last_sample_at_s(self) -> float | None:
+        """When (loop clock) the newest valid meter sample was taken, as judged from its age."""
+        return self._last_valid_s
 
     def active_faults(self) -> tuple[str, ...]:
         codes = {str(c) for c in self.latched}
@@ -238,21 +298,26 @@ class ControlLogic:
 
         # 1. meter
         meter = inputs.meter
-        # A sample is valid if its values are finite and it is newer than the last one: a
-        # meter whose measurement stopped advancing (hung board) is lost, even if it answers.
-        meter_ok = (meter is not None and math.isfinite(meter.load_w) and math.isfinite(meter.frequency_hz)
-                    and (self.last_meter is None or meter.taken_at_s > self.last_meter.taken_at_s))
+        # Freshness is judged on the clock at the read, not on the grid deadline: a late
+        # cycle must neither make a sample look older nor hide how long the meter is silent.
+        clock_s = now_s if inputs.read_at_s is None else max(now_s, inputs.read_at_s)
+        meter_ok = meter is not None and self._fresh(meter, clock_s)
         in_rts_band = False
         pid_state: PidState | None = None
         if meter_ok:
             assert meter is not None
-            # taken_at_s is on the device's clock (only compared with itself); age is ours
-            self._last_valid_s, self.last_meter = now_s, meter
+            self.last_meter = meter
             spikes = self.detector.step(meter.load_w, now_s, covered_w)
             f = meter.frequency_hz
-            droop_pu = self.droop.step(f, now_s)
+            # the predictor is timing only: armed (below the fast-response threshold, or on
+            # its way there), it brings the droop forward to the predicted frequency
             pid_state = self.pid.step(f, now_s)
-            self.response_pu = max(droop_pu, pid_state.output_pu) if droop_pu >= 0 else droop_pu
+            lead_hz = min(f, pid_state.predicted_hz) if pid_state.armed else None
+            droop_pu = self.droop.step(f, now_s, lead_hz=lead_hz)
+            self.response_pu = droop_pu
+            if self.ffr is not None:
+                ffr_pu = self.ffr.step(f, now_s, lead_hz=lead_hz)
+                self.response_pu = max(droop_pu, ffr_pu) if droop_pu >= 0 else droop_pu
             trip = self.trips.step(f, now_s)
             in_rts_band = self.rts.step(f, now_s)
             if trip is not None and Code.ERR_GRID_SYNC_LOST not in self.latched:
@@ -263,45 +328,50 @@ class ControlLogic:
                             f"for {trip.outside_for_s:.3f} s: safe mode",
                             {"stage": trip.stage.name, "frequency_hz": f, "limit_hz": trip.stage.limit_hz,
                              "clearing_time_s": trip.stage.clearing_time_s}, events)
-        else:
+        assert self._last_valid_s is not None
+        silent_s = clock_s - self._last_valid_s  # since the newest valid sample was taken
+        if silent_s >= s.sensor_timeout_s - 1e-9:
             self.rts.reset()
-            assert self._last_valid_s is not None
-            silent_s = now_s - self._last_valid_s
-            if silent_s >= s.sensor_timeout_s - 1e-9:
-                self._raise(Code.ERR_SENSOR_LOST, now_s,
-                            f"no valid meter reading for {silent_s * 1e3:.0f} ms: discharge to 0",
-                            {"silent_ms": silent_s * 1e3, "timeout_ms": s.sensor_timeout_s * 1e3}, events)
+            in_rts_band = False
+            self._raise(Code.ERR_SENSOR_LOST, now_s,
+                        f"no valid meter reading for {silent_s * 1e3:.0f} ms: discharge to 0",
+                        {"silent_ms": silent_s * 1e3, "timeout_ms": s.sensor_timeout_s * 1e3}, events)
 
         # 2. interlocks
         dev = inputs.device
         if dev is not None:
             self._interlocks(dev, now_s, events)
 
-        # 3. latches
-        for code, latch in sorted(self.latched.items()):
-            if latch.clear_requested and self._released(code, dev, meter_ok, in_rts_band):
-                del self.latched[code]
-                events.append(FaultEvent(code, Action.CLEARED, now_s, "released: cleared by operator and condition holds",
-                                         {"latched_for_s": now_s - latch.raised_at_s}))
+        # 3. latches: released only by a clear-faults that finds the condition holding now
+        outcomes: list[ClearOutcome] = []
+        if self._clear_pending:
+            self._clear_pending = False
+            outcomes = self._carry_out_clear(dev, meter_ok, in_rts_band, now_s, events)
 
         # 4. contactors and setpoint
         emergency = Code.ERR_TAMPER in self.latched
         want_open = bool({Code.ERR_GRID_SYNC_LOST, Code.ERR_TAMPER, Code.ERR_CONTACTOR_WELD} & self.latched.keys())
         safe_mode = want_open
         blocked = bool(self.latched) or dev is None
+        thermal_cap = self._thermal_cap(dev)
         command = ContactorCommand.NONE
         if dev is not None:
             command, dev = self._contactors(dev, now_s, want_open, emergency, events)
-        rated_w = 0.0
-        if dev is not None:
-            rated_w = dev.inverter_max_discharge_w if self.response_pu >= 0 else dev.inverter_max_charge_w
-            rated_w = rated_w if math.isfinite(rated_w) and rated_w > 0 else 0.0
+        if dev is not None and not s.inverter_nameplate_w:  # learn the nameplate: the largest limit seen
+            for name in ("discharge", "charge"):
+                seen = getattr(dev, f"inverter_max_{name}_w")
+                if isinstance(seen, int | float) and math.isfinite(seen) and seen > getattr(self, f"nameplate_{name}_w"):
+                    setattr(self, f"nameplate_{name}_w", float(seen))
+        # IEEE 1547-2018: the droop is per unit of the nameplate, not of today's limit; the
+        # clamp then keeps it inside the limit in force
+        rated_w = self.nameplate_discharge_w if self.response_pu >= 0 else self.nameplate_charge_w
         response_w = self.response_pu * rated_w
         request_w = inputs.base_setpoint_w - share_w - response_w
         if dev is None:
             setpoint_w, binding = 0.0, "device_unreadable"
         else:
-            clamped = clamp_setpoint(request_w, dev, self.limits, blocked=blocked)
+            clamped = clamp_setpoint(request_w, dev, self.limits, blocked=blocked, thermal_cap=thermal_cap,
+                                     no_discharge=self.lower_limit)
             setpoint_w, binding = clamped.setpoint_w, clamped.binding
         offer = (dev is not None and dev.vehicle_connected and not self.lower_limit and not self.latched
                  and self.thermal is not ThermalLevel.STOP)
@@ -309,9 +379,106 @@ class ControlLogic:
             setpoint_w=setpoint_w, request_w=request_w, binding=binding, safe_mode=safe_mode,
             contactor=command, spikes=tuple(spikes), events=tuple(events), offer_available=offer,
             frequency_response_w=response_w, pid=pid_state, faults=self.active_faults(),
+            clear_outcomes=tuple(outcomes),
         )
         self.last_decision = decision
         return decision
+
+    def _fresh(self, meter: MeterSample, now_s: float) -> bool:
+        """Is this meter sample valid and newer than the last, and how old is the newest?
+
+        ``taken_at_s`` is on the device's clock, and over Modbus it is the reply's arrival
+        minus the device's ``Age`` register, so a frozen meter's sample moves back and forth
+        by the transport's jitter and can look newer than the last one. So a sample's age
+        is judged against the least offset ``now - taken_at`` seen (the clock offset plus the
+        fastest transport), ``age = offset - least offset``, and the silence timer runs from
+        when the newest sample was *taken* (``now - age``), never from when a reply happened
+        to arrive. A frozen sample can then seem newer only by the jitter of its reply's
+        time in flight (which the driver's ``arrival - Age`` cannot see: a few ms), and it
+        never restarts the timer: a frozen meter is caught ``sensor_timeout`` after its last
+        sample, plus at most that jitter. The reference relaxes by 1000 ppm (clock drift)
+        and resets when the device's clock restarts.
+        """
+        if not (math.isfinite(meter.load_w) and math.isfinite(meter.frequency_hz) and math.isfinite(meter.taken_at_s)):
+            return False
+        taken = meter.taken_at_s
+        if self._newest_taken_s is not None and taken < self._newest_taken_s - CLOCK_RESET_S:
+            self._newest_taken_s = self._offset_ref_s = None  # the device restarted its clock
+        offset = now_s - taken
+        ref = self._offset_ref_s
+        if ref is not None:
+            ref += CLOCK_DRIFT_ALLOWANCE * max(0.0, now_s - self._offset_at_s)
+        if ref is None or offset < ref:
+            ref = offset
+        self._offset_ref_s, self._offset_at_s = ref, now_s
+        age = offset - ref
+        advanced = self._newest_taken_s is None or taken > self._newest_taken_s
+        if not advanced:
+            return False
+        self._newest_taken_s = taken
+        taken_loop_s = now_s - age
+        if self._last_valid_s is None or taken_loop_s > self._last_valid_s:
+            self._last_valid_s = taken_loop_s
+        return bool(age < self.section.sensor_timeout_s - 1e-9)
+
+    def _thermal_cap(self, dev: DeviceState | None) -> float:
+        """The derating an active ERR_THERMAL holds, with the hysteresis on the power too.
+
+        Stopped: 0 until the code clears. Derating: the curve at the hottest reading since
+        it began, handed back only as the temperature falls more than the hysteresis
+        (``min(peak, t + hysteresis)``), so power reaches 1 exactly where the code clears.
+        """
+        if self.thermal is ThermalLevel.STOP:
+            return 0.0
+        if self.thermal is ThermalLevel.DERATING and dev is not None:
+            hi = min(self.thermal_peak_c, dev.temperature_max_c + self.section.thermal_hysteresis_c)
+            return thermal_factor(hi, dev.temperature_min_c, self.limits)
+        return 1.0
+
+    def _carry_out_clear(self, dev: DeviceState | None, meter_ok: bool, in_rts_band: bool, now_s: float,
+                         events: list[FaultEvent]) -> list[ClearOutcome]:
+        outcomes: list[ClearOutcome] = []
+        for code, latch in sorted(self.latched.items()):
+            cause = self._cause(code, dev, meter_ok, in_rts_band, now_s)
+            needs = CLEAR_NEEDS.get(code, "")
+            if cause:
+                outcomes.append(ClearOutcome(str(code), False, cause, needs))
+                events.append(FaultEvent(code, Action.CLEAR_REFUSED, now_s, f"clear-faults refused: {cause}",
+                                         {"cause": cause, "needs": needs, "raised_at_s": latch.raised_at_s}))
+            else:
+                del self.latched[code]
+                outcomes.append(ClearOutcome(str(code), True, "", needs))
+                events.append(FaultEvent(code, Action.CLEARED, now_s, "released: cleared by operator and condition holds",
+                                         {"latched_for_s": now_s - latch.raised_at_s}))
+        for code, active in ((Code.ERR_THERMAL, self.thermal is not ThermalLevel.NORMAL),
+                             (Code.ERR_BATTERY_LOWER_LIMIT, self.lower_limit)):
+            if active:
+                outcomes.append(ClearOutcome(str(code), False, "not latched: the cause is still present",
+                                             CLEAR_NEEDS[code]))
+        return outcomes
+
+    def _cause(self, code: Code, dev: DeviceState | None, meter_ok: bool, in_rts_band: bool, now_s: float) -> str:
+        """Why ``code`` cannot be released now ("" when it can)."""
+        p = self.profile
+        if code is Code.ERR_GRID_SYNC_LOST:
+            if in_rts_band:
+                return ""
+            since = self.rts.inside_since_s
+            f = self.last_meter.frequency_hz if self.last_meter is not None else math.nan
+            if since is None or not meter_ok:
+                return (f"frequency {f:.3f} Hz outside the return-to-service band "
+                        f"{p.rts_low_hz:g}-{p.rts_high_hz:g} Hz")
+            return (f"frequency inside {p.rts_low_hz:g}-{p.rts_high_hz:g} Hz for {now_s - since:.1f} s "
+                    f"of {p.rts_delay_s:g} s")
+        if code is Code.ERR_SENSOR_LOST:
+            return "" if meter_ok else "no fresh meter sample"
+        if dev is None:
+            return "devices could not be read"
+        if code is Code.ERR_TAMPER:
+            return "enclosure still open (or the inverter's tamper latch still set)" if dev.tamper else ""
+        if code is Code.ERR_CONTACTOR_WELD:
+            return "contacts still reported welded" if dev.contactor_welded else ""
+        return ""
 
     def _interlocks(self, dev: DeviceState, now_s: float, events: list[FaultEvent]) -> None:
         s = self.section
@@ -337,6 +504,12 @@ class ControlLogic:
             level = ThermalLevel.STOP
         if self.thermal is not ThermalLevel.NORMAL and level is ThermalLevel.NORMAL and hi > s.thermal_derate_c - h:
             level = ThermalLevel.DERATING
+        if level is ThermalLevel.DERATING:
+            # leaving a stop, the curve starts from the stop; entering from normal, from now
+            start = s.thermal_stop_c if self.thermal is ThermalLevel.STOP else hi
+            if self.thermal is not ThermalLevel.DERATING:
+                self.thermal_peak_c = start
+            self.thermal_peak_c = max(self.thermal_peak_c, hi)
         if level is not self.thermal:
             figures = {"level": str(level), "temperature_max_c": hi, "temperature_min_c": lo,
                        "derating_factor": factor}
@@ -357,19 +530,6 @@ class ControlLogic:
             self.lower_limit = False
             events.append(FaultEvent(Code.ERR_BATTERY_LOWER_LIMIT, Action.CLEARED, now_s, "vehicle back above its minimum SoC",
                                      {"soc_pct": soc, "min_soc_pct": floor}))
-
-    def _released(self, code: Code, dev: DeviceState | None, meter_ok: bool, in_rts_band: bool) -> bool:
-        if code is Code.ERR_GRID_SYNC_LOST:
-            return in_rts_band
-        if code is Code.ERR_SENSOR_LOST:
-            return meter_ok
-        if dev is None:
-            return False
-        if code is Code.ERR_TAMPER:
-            return not dev.tamper
-        if code is Code.ERR_CONTACTOR_WELD:
-            return not dev.contactor_welded
-        return True
 
     def _contactors(self, dev: DeviceState, now_s: float, want_open: bool, emergency: bool,
                     events: list[FaultEvent]) -> tuple[ContactorCommand, DeviceState]:

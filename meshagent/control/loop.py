@@ -83,6 +83,7 @@ from protocol.stats import percentile
 
 SETPOINT_REFRESH_S = 1.0  # re-send an unchanged setpoint this often (a restarted inverter forgets)
 SAMPLES_KEPT = 20_000  # cycle-time and jitter samples kept for the percentiles
+CLEAR_ANSWERS_KEPT = 32  # answers to API clear-faults requests kept for their GET
 
 
 @attrs.frozen
@@ -149,6 +150,11 @@ class LoopStatistics:
     emergency_openings: int = 0  # of which emergency openings under load (heavy wear)
 
 
+def _w(watts: float) -> float:
+    """Watts to the metering resolution, 0.1 W ("+ 0.0": never a negative zero)."""
+    return round(watts, 1) + 0.0
+
+
 def _pct(samples: collections.deque[float], q: float) -> float:
     return percentile(samples, q, default=0.0)
 
@@ -190,10 +196,15 @@ class ControlLoop:
         self.last_status: InverterStatus | None = None
         self.last_vehicle: VehicleStatus | None = None
         self.last_device_state: DeviceState | None = None  # None: a device could not be read
-        self._telemetry: journal.JsonLines | None = None
+        self._telemetry: journal.RotatingJsonLines | None = None
         self._errors: journal.ErrorLog | None = None
         self._held = {name: _Held() for name in ("inverter", "vehicle", "thermal", "tamper")}
         self._clear_requested = False
+        self._clear_request_id: str | None = None  # of a file request, echoed in the answer file
+        self.pending_clear_ids: list[str] = []  # API requests waiting for the next cycle
+        self.clear_answers: collections.OrderedDict[str, dict[str, Any]] = collections.OrderedDict()
+        self._clear_done = trio.Event()
+        self.last_clear: dict[str, Any] | None = None  # the answer to the last clear-faults
         self._saved_latched: tuple[str, ...] | None = None
         self._last_written_w: float | None = None
         self._last_write_s = -math.inf
@@ -219,9 +230,25 @@ class ControlLoop:
                 raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
         self.share_w, self.covered_w = float(share_w), covered_w
 
-    def request_clear_faults(self) -> None:
-        """Operator's clear-faults, in process; carried out at the next cycle. Idempotent."""
+    def request_clear_faults(self, request_id: str | None = None) -> None:
+        """Operator's clear-faults, in process; carried out at the next cycle. Idempotent.
+
+        With ``request_id``, the answer is kept in ``clear_answers[request_id]`` (the API's).
+        """
         self._clear_requested = True
+        if request_id is not None:
+            self.pending_clear_ids.append(request_id)
+
+    async def clear_faults(self) -> dict[str, Any]:
+        """Clear-faults and wait for the answer (the next cycle): ``_answer_clear``'s shape.
+
+        Wrap in ``trio.fail_after``: a loop that is not running never answers.
+        """
+        self._clear_requested = True
+        done = self._clear_done
+        await done.wait()
+        assert self.last_clear is not None
+        return self.last_clear
 
     def report_latency(self, what: str, elapsed_s: float, budget_s: float) -> None:
         """Any round trip with a budget (allocation, gossip) reports overruns here."""
@@ -248,40 +275,70 @@ class ControlLoop:
     async def run(self, *, cycles: int | None = None, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
         """Run until cancelled (or for ``cycles`` cycles). Closes its files on the way out."""
         s = self.section
-        period = s.meter_period_s
-        telemetry_every = max(1, round(s.telemetry_period_s / period))
         if self.state_dir is not None:
-            self._telemetry = journal.JsonLines(self.state_dir / journal.TELEMETRY_FILE)
+            self._telemetry = journal.RotatingJsonLines(
+                self.state_dir / journal.TELEMETRY_FILE, max_bytes=s.telemetry_max_size,
+                max_age_s=s.telemetry_max_age_s, keep=s.telemetry_keep)
             self._errors = journal.ErrorLog(self.state_dir / journal.ERRORS_FILE, self.node_id)
         try:
-            deadline = trio.current_time()
-            if self.state_dir is not None:
-                for event in self.logic.restore_latched(journal.load_latched(self.state_dir), deadline):
-                    self._log(event)
-            task_status.started()
-            k = 0
-            while cycles is None or k < cycles:
-                await trio.sleep_until(deadline)
-                self._jitter_s.append(max(0.0, trio.current_time() - deadline))
-                # The logic runs on the sampling grid (the deadline), not on the jittered wake
-                # time: a 20 ms minimum duration is then exactly 3 samples, and the PID's dt
-                # exactly one period, however late the scheduler woke us.
-                if k % telemetry_every == 0:
-                    self._poll_clear_request()
-                await self._cycle(deadline)
-                if k % telemetry_every == 0:
-                    self._write_telemetry(deadline)
-                k += 1
-                deadline += period
-                late = trio.current_time() - deadline
-                if late > 0:
-                    skipped = math.ceil(late / period)
-                    self._missed += skipped
-                    deadline += skipped * period
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._watch_sighup)
+                await self._run(cycles, task_status)
+                nursery.cancel_scope.cancel()
         finally:
             for f in (self._telemetry, self._errors):
                 if f is not None:
                     f.close()
+
+    def reopen_logs(self) -> None:
+        """Close and reopen telemetry.jsonl and errors.jsonl (SIGHUP: after a logrotate)."""
+        if self._telemetry is not None:
+            self._telemetry.reopen()
+        if self._errors is not None:
+            self._errors.close()
+            self._errors = journal.ErrorLog(self._errors.path, self.node_id)
+
+    async def _watch_sighup(self) -> None:
+        import signal
+
+        try:
+            receiver = trio.open_signal_receiver(signal.SIGHUP)
+        except (ValueError, RuntimeError):  # not the main thread: no signals here
+            return
+        with receiver as signals:
+            async for _ in signals:
+                self.reopen_logs()
+
+    async def _run(self, cycles: int | None, task_status: Any) -> None:
+        s = self.section
+        period = s.meter_period_s
+        telemetry_every = max(1, round(s.telemetry_period_s / period))
+        deadline = trio.current_time()
+        if self.state_dir is not None:
+            for event in self.logic.restore_latched(journal.load_latched(self.state_dir), deadline):
+                self._log(event)
+        task_status.started()
+        k = 0
+        while cycles is None or k < cycles:
+            await trio.sleep_until(deadline)
+            self._jitter_s.append(max(0.0, trio.current_time() - deadline))
+            # The logic runs on the sampling grid (the deadline), not on the jittered wake
+            # time: a 20 ms minimum duration is then exactly 3 samples, and the PID's dt
+            # exactly one period, however late the scheduler woke us.
+            if k % telemetry_every == 0:
+                self._poll_clear_request()
+            await self._cycle(deadline)
+            if k % telemetry_every == 0:
+                self._write_telemetry(deadline)
+                for event in self.logic.latency_summaries(deadline):
+                    self._log(event)
+            k += 1
+            deadline += period
+            late = trio.current_time() - deadline
+            if late > 0:
+                skipped = math.ceil(late / period)
+                self._missed += skipped
+                deadline += skipped * period
 
     async def _cycle(self, now: float) -> None:
         t0 = self._perf()
@@ -294,16 +351,21 @@ class ControlLoop:
             self._meter_faults += 1
             self._last_device_fault = str(fault)
         t_meter = self._perf()
+        read_at = trio.current_time()
         self._sample_perf[now] = t_meter
         while len(self._sample_perf) > 1000:
             self._sample_perf.popitem(last=False)
 
-        dev = await self._read_devices(now)
+        clearing: dict[str, Any] | None = None
         if self._clear_requested:
+            # the inverter's own latches first (the tamper latch lives there), so this
+            # cycle's reads already show what its clear did
             self._clear_requested = False
-            await self._clear_faults(now)
+            clearing = await self._clear_inverter()
+            self.logic.clear_faults(now)
+        dev = await self._read_devices(now)
         decision = self.logic.step(
-            Inputs(meter, dev, self.share_w, self.covered_w, self.base_setpoint_w), now
+            Inputs(meter, dev, self.share_w, self.covered_w, self.base_setpoint_w, read_at), now
         )
         self.last_decision = decision
         for spike in decision.spikes:
@@ -312,7 +374,11 @@ class ControlLoop:
         for event in decision.events:
             if opened is not None and event.code is Code.ERR_TAMPER and event.action is Action.RAISED:
                 event = attrs.evolve(event, figures={**event.figures, **opened})
+            if clearing and event.action in (Action.CLEARED, Action.CLEAR_REFUSED):
+                event = attrs.evolve(event, figures={**event.figures, **clearing})
             self._log(event)
+        if clearing is not None:
+            self._answer_clear(decision, clearing, now)
         self._save_latched()
         elapsed = self._perf() - t0
         self._cycle_s.append(elapsed)
@@ -352,17 +418,38 @@ class ControlLoop:
         self.last_device_state = device_state(inv, veh, th, ta)
         return self.last_device_state
 
-    async def _clear_faults(self, now: float) -> None:
+    async def _clear_inverter(self) -> dict[str, Any]:
         figures: dict[str, Any] = {}
         try:
             result = await self.devices.inverter.clear_faults()
             figures["inverter_cleared"] = list(result.cleared)
         except DeviceFault as fault:
             figures["inverter_refused"] = str(fault)
-        # What the inverter did rides on our clear_requested lines; with nothing of ours
-        # latched a clear logs nothing (clear-faults is idempotent).
-        for event in self.logic.clear_faults(now):
-            self._log(attrs.evolve(event, figures={**event.figures, **figures}))
+        for name in ("inverter", "tamper"):  # read them again, after its clear
+            self._held[name].at_s = -math.inf
+        return figures
+
+    def _answer_clear(self, decision: Decision, inverter: dict[str, Any], now: float) -> None:
+        """The answer to a clear-faults: each active code cleared, or refused with its cause.
+
+        What the inverter did rides on the cleared / clear_refused lines; with nothing of
+        ours active a clear logs nothing (clear-faults is idempotent).
+        """
+        outcomes = [o.as_json() for o in decision.clear_outcomes]
+        self.last_clear = {
+            "node": self.node_id, "t_s": round(now, 3), "codes": outcomes, **inverter,
+            "still_active": list(decision.faults), "ok": all(o["cleared"] for o in outcomes),
+        }
+        if self.state_dir is not None and self._clear_request_id is not None:
+            journal.write_clear_answer(self.state_dir, {"id": self._clear_request_id, **self.last_clear})
+        self._clear_request_id = None
+        for rid in self.pending_clear_ids:
+            self.clear_answers[rid] = self.last_clear
+        self.pending_clear_ids.clear()
+        while len(self.clear_answers) > CLEAR_ANSWERS_KEPT:
+            self.clear_answers.popitem(last=False)
+        done, self._clear_done = self._clear_done, trio.Event()
+        done.set()
 
     async def _actuate(self, decision: Decision, now: float) -> dict[str, Any] | None:
         """Carry out the decision; returns the figures of an emergency opening it made."""
@@ -445,8 +532,13 @@ class ControlLoop:
             self._saved_latched = latched
 
     def _poll_clear_request(self) -> None:
-        if self.state_dir is not None and journal.take_clear_request(self.state_dir) is not None:
+        if self.state_dir is None:
+            return
+        request = journal.take_clear_request(self.state_dir)
+        if request is not None:
             self._clear_requested = True
+            rid = request.get("id")
+            self._clear_request_id = rid if isinstance(rid, str) else ""
 
     def _write_telemetry(self, now: float) -> None:
         if self._telemetry is None:
@@ -456,19 +548,20 @@ class ControlLoop:
         held_vehicle = self._held["vehicle"].value
         p = held_vehicle.parameters if held_vehicle is not None else None
         spike = self.logic.detector.active
+        # every value to its resolution (0.1 W, 1 mHz, 0.001 %): never -1554.000000000001
         self._telemetry.write({
             "wall": round(self._wall(), 3),
             "t_s": round(now, 3),
             "node": self.node_id,
-            "load_w": m.load_w if m else None,
-            "frequency_hz": m.frequency_hz if m else None,
-            "setpoint_w": d.setpoint_w if d else None,
-            "actual_w": st.actual_power_w if st else None,
+            "load_w": _w(m.load_w) if m else None,
+            "frequency_hz": round(m.frequency_hz, 3) if m else None,
+            "setpoint_w": _w(d.setpoint_w) if d else None,
+            "actual_w": _w(st.actual_power_w) if st else None,
             "soc_pct": round(p.present_soc_pct, 3) if p else None,
-            "share_w": self.share_w,
-            "response_w": round(d.frequency_response_w, 1) if d else None,
+            "share_w": _w(self.share_w),
+            "response_w": _w(d.frequency_response_w) if d else None,
             "binding": d.binding if d else None,
             "offer": d.offer_available if d else False,
             "spike": {"id": spike.spike_id, "deficit_w": round(spike.deficit_w, 1)} if spike else None,
             "faults": list(d.faults) if d else [],
-        })
+        }, now)

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import trio
 
@@ -125,3 +126,223 @@ async def test_emulator_serves_vehicles_over_modbus() -> None:
     assert out["vehicle"]["parameters"]["ev_maximum_discharge_power_w"] == 3700.0
     assert out["vehicle"]["EVMaximumDischargePower"] == "3700 W"
     assert [c["cap"] for c in out["vehicle"]["discharge_caps"] if c["binding"]] == ["old_firmware"]
+
+
+# --- operator commands on the running agent ------------------------------------------------------
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+async def test_clear_faults_without_an_agent_says_what_to_pass() -> None:
+    done = await run("clear-faults", "--api", f"127.0.0.1:{_free_port()}")
+    assert done.returncode == 1
+    err = done.stderr.decode()
+    assert err.count("\n") == 1 and "no running agent" in err and "Traceback" not in err
+    assert "--config" in err and "--device" in err
+
+
+async def test_test_discharge_without_a_device_does_not_test_a_simulator() -> None:
+    done = await run("test-discharge", "--duration", "0s")
+    assert done.returncode == 1
+    err = done.stderr.decode()
+    assert err.count("\n") == 1 and "pass --device URL" in err and "PASS" not in done.stdout.decode()
+
+
+async def test_clear_faults_on_a_running_loop_refuses_then_clears_tamper(tmp_path: Path) -> None:
+    """A running control loop with ERR_TAMPER latched, the console script through its state
+    directory: refused (exit 1) with the cause and what the code needs while the enclosure
+    is open, nothing released later by itself; cleared once it is shut. (The API path is
+    the same loop code: test_clear_faults_with_no_flag_reaches_a_real_running_agent.)"""
+    from hardware.simulated import (
+        SimInverter,
+        SimSiteMeter,
+        SimTamperSwitch,
+        SimThermalSensor,
+        SimVehicleLink,
+    )
+    from meshagent.control.codes import Code
+    from meshagent.control.loop import ControlLoop, Devices
+    from tests.meshagent.control.conftest import section
+
+    state = tmp_path / "state"
+    cfg = tmp_path / "node.toml"
+    cfg.write_text(f'[node]\nid = "n1"\nstate_dir = "{state}"\n')
+    site = make_site()
+    site.set_grid(frequency_hz=60.0)
+    ch = site.chargers[0]
+    devices = Devices(SimSiteMeter("sim://s/meter", site=site), SimInverter("sim://s/inverter", charger=ch),
+                      SimVehicleLink("sim://s/vehicle", charger=ch), SimThermalSensor("sim://s/thermal", charger=ch),
+                      SimTamperSwitch("sim://s/tamper", charger=ch))
+    loop = ControlLoop(section(cycle_budget="1s"), devices, node_id="n1", state_dir=state)
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(loop.run)
+            ch.open_enclosure()
+            for _ in range(500):  # bounded poll of the loop's state
+                if Code.ERR_TAMPER in loop.logic.latched:
+                    break
+                await trio.sleep(0.01)
+            refused = await run("clear-faults", "--config", str(cfg))
+            out = refused.stdout.decode()
+            assert refused.returncode == 1, (out, refused.stderr)
+            assert "ERR_TAMPER: refused, enclosure still open" in out and "needs enclosure shut" in out
+            assert "300 s" not in out  # that is for ERR_GRID_SYNC_LOST, not for tamper
+            assert "inverter: refused" in out
+            await trio.sleep(0.5)
+            assert Code.ERR_TAMPER in loop.logic.latched  # the refused clear released nothing later
+            ch.close_enclosure()
+            await trio.sleep(0.5)
+            assert Code.ERR_TAMPER in loop.logic.latched  # shut is not cleared
+            cleared = await run("clear-faults", "--config", str(cfg))
+            assert cleared.returncode == 0, (cleared.stdout, cleared.stderr)
+            assert "ERR_TAMPER: cleared" in cleared.stdout.decode()
+            assert Code.ERR_TAMPER not in loop.logic.latched
+            again = await run("clear-faults", "--config", str(cfg))
+            assert again.returncode == 0 and "nothing latched" in again.stdout.decode()
+            nursery.cancel_scope.cancel()
+
+
+async def test_clear_faults_config_answers_refused_with_the_cause(tmp_path: Path) -> None:
+    from hardware.simulated import (
+        SimInverter,
+        SimSiteMeter,
+        SimTamperSwitch,
+        SimThermalSensor,
+        SimVehicleLink,
+    )
+    from meshagent.control.codes import Code
+    from meshagent.control.loop import ControlLoop, Devices
+    from tests.meshagent.control.conftest import section
+
+    state = tmp_path / "state"
+    cfg = tmp_path / "node.toml"
+    cfg.write_text(f'[node]\nid = "c1"\nstate_dir = "{state}"\n')
+    site = make_site()
+    site.set_grid(frequency_hz=60.0)
+    ch = site.chargers[0]
+    devices = Devices(SimSiteMeter("sim://s/meter", site=site), SimInverter("sim://s/inverter", charger=ch),
+                      SimVehicleLink("sim://s/vehicle", charger=ch), SimThermalSensor("sim://s/thermal", charger=ch),
+                      SimTamperSwitch("sim://s/tamper", charger=ch))
+    loop = ControlLoop(section(cycle_budget="1s"), devices,
+                       node_id="c1", state_dir=state)
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(loop.run)
+            site.freeze()
+            for _ in range(500):  # bounded poll of the loop's state
+                if Code.ERR_SENSOR_LOST in loop.logic.latched:
+                    break
+                await trio.sleep(0.01)
+            refused = await run("clear-faults", "--config", str(cfg))
+            assert refused.returncode == 1, (refused.stdout, refused.stderr)
+            assert "ERR_SENSOR_LOST: refused, no fresh meter sample" in refused.stdout.decode()
+            site.unfreeze()
+            await trio.sleep(0.3)
+            assert Code.ERR_SENSOR_LOST in loop.logic.latched
+            cleared = await run("clear-faults", "--config", str(cfg))
+            assert cleared.returncode == 0, (cleared.stdout, cleared.stderr)
+            assert "ERR_SENSOR_LOST: cleared" in cleared.stdout.decode()
+            nursery.cancel_scope.cancel()
+
+
+async def test_emulator_serves_the_agents_nominal_frequency_and_refuses_unknown_units() -> None:
+    """Following docs/simulation.md must not latch ERR_GRID_SYNC_LOST at once: the emulator's
+    grid defaults to the agent's 60 Hz; --frequency picks another. A request for a unit it
+    does not serve: Modbus exception 0x0B to the client, one line in its log, no traceback."""
+    import struct
+
+    async def start(*extra: str) -> tuple[Any, str]:
+        proc = await trio.lowlevel.open_process(
+            [MESHAGENT, "emulator", "--mode", "iso15118-20", "--listen", "modbus+tcp://127.0.0.1:0",
+             "--duration", "20s", *extra], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        assert proc.stdout is not None
+        lines = b""
+        with trio.fail_after(20):
+            while b"charger 1:" not in lines or not lines.endswith(b"\n"):
+                chunk = await proc.stdout.receive_some(4096)
+                assert chunk, "emulator exited"
+                lines += chunk
+        meter = next(x.split()[2] for x in lines.decode().splitlines() if x.startswith("site meter:"))
+        return proc, meter
+
+    async def stop(proc: Any) -> bytes:
+        proc.terminate()
+        with trio.fail_after(10):
+            await proc.wait()
+        err = b""
+        if proc.stderr is not None:
+            with trio.move_on_after(2):
+                while chunk := await proc.stderr.receive_some(65536):
+                    err += chunk
+        for s in (proc.stdout, proc.stderr):
+            if s is not None:
+                await s.aclose()
+        return err
+
+    proc, meter = await start()
+    try:
+        done = await run("read", meter, "--json")
+        assert done.returncode == 0, done.stderr
+        assert json.loads(done.stdout.decode().strip().splitlines()[-1])["meter"]["frequency_hz"] == 60.0
+        host, port = meter.removeprefix("modbus+tcp://").split("/")[0].rsplit(":", 1)
+        with trio.fail_after(10):
+            stream = await trio.open_tcp_stream(host, int(port))
+            async with stream:
+                await stream.send_all(struct.pack(">HHHBBHH", 7, 0, 6, 99, 3, 40000, 2))  # unit 99
+                reply = await stream.receive_some(100)
+        assert reply[6:9] == bytes([99, 0x83, 0x0B])  # exception 0x0B for unit 99
+    finally:
+        err = (await stop(proc)).decode()
+    unit_lines = [x for x in err.splitlines() if "unit 99" in x]
+    assert len(unit_lines) == 1 and "0x0B" in unit_lines[0]
+    assert "Traceback" not in err and "recv:" not in err
+
+    proc, meter = await start("--frequency", "50Hz")
+    try:
+        done = await run("read", meter, "--json")
+        assert json.loads(done.stdout.decode().strip().splitlines()[-1])["meter"]["frequency_hz"] == 50.0
+    finally:
+        await stop(proc)
+
+
+def test_clear_faults_with_no_flag_reaches_a_real_running_agent(tmp_path: Path) -> None:
+    """`meshagent run` (control loop on a simulated charger) and `meshagent clear-faults
+    --api` through the real console scripts: the agent's own route answers."""
+    import time
+
+    import pytest
+
+    from meshagent.transport.udp import port_free
+    from meshagent.trust import keystore
+    from tests.meshagent.mesh.test_agent_processes import BASE, make_node
+
+    host = f"{BASE}.1"
+    if not port_free(host):
+        pytest.skip(f"port 7946 is taken on {host}")
+    cfg, _host, _id = make_node(tmp_path, keystore.ca_init(tmp_path / "ca"), 0, [])
+    token = subprocess.run([MESHAGENT, "api", "token", "--config", str(cfg)], capture_output=True, text=True,
+                           timeout=30, check=True).stdout.strip()
+    token_file = tmp_path / "operator.token"
+    token_file.write_text(token + "\n")
+    token_file.chmod(0o600)
+    agent = subprocess.Popen([MESHAGENT, "run", "--config", str(cfg)], stdout=subprocess.PIPE,
+                             stderr=subprocess.STDOUT, text=True)
+    try:
+        done = None
+        for _ in range(60):  # the agent's start, bounded
+            done = subprocess.run([MESHAGENT, "clear-faults", "--api", f"{host}:7947", "--token-file",
+                                   str(token_file)], capture_output=True, text=True, timeout=30)
+            if done.returncode == 0:
+                break
+            time.sleep(0.5)
+        assert done is not None and done.returncode == 0, (done.stdout, done.stderr) if done else None
+        assert done.stdout.strip() == "control loop: nothing latched, nothing to clear"
+    finally:
+        agent.terminate()
+        agent.communicate(timeout=30)

@@ -153,3 +153,18 @@ def test_the_logic_never_commands_past_a_limit(sequence):
                              bool(logic.latched))
         if not state.contactor_closed and not logic.guard.may_close(now):
             assert d.setpoint_w == 0
+
+
+def test_a_repeating_overrun_is_logged_once_then_counted_each_minute():
+    from meshagent.control.logic import ControlLogic
+
+    logic = ControlLogic(section())
+    first = logic.report_latency("plan", 0.02, 0.01, 0.0)
+    assert first is not None and first.figures["elapsed_ms"] == 20.0
+    for i in range(1, 100):
+        assert logic.report_latency("plan", 0.03, 0.01, i * 0.5) is None
+    assert logic.latency_summaries(59.0) == []
+    (summary,) = logic.latency_summaries(60.0)
+    assert summary.figures["repeated"] == 99 and summary.figures["max_elapsed_ms"] == 30.0
+    assert logic.latency_summaries(120.0) == []  # quiet for a minute: the window closes
+    assert logic.report_latency("plan", 0.02, 0.01, 130.0) is not None  # a new first occurrence
