@@ -74,7 +74,7 @@ async def agents(pki, n: int, *, net: MemoryNetwork, detectors=(0,), transformer
             out.append(a)
         for a in out:
             a.publish()
-        await wait_until(lambda: all(len(a.node.core.records()) == n for a in out), timeout_s=60, step_s=0.1)
+        await wait_until(lambda: all(len(a.node.records.records()) == n for a in out), timeout_s=60, step_s=0.1)
         yield out
         nursery.cancel_scope.cancel()
 
