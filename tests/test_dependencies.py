@@ -103,7 +103,7 @@ def test_the_agent_starts_without_the_simulator_extras():
         "        if name.split('.')[0] in {'numpy', 'matplotlib', 'rich', 'distributed', 'scipy'}:\n"
         "            raise ImportError('blocked: ' + name)\n"
         "sys.meta_path.insert(0, Block())\n"
-        "import meshagent.cli.main, meshagent.agent\n"
+        "import meshagent.cli.main, meshagent.agent, meshagent.api.app, sims.demo\n"
         "print('ok')\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
