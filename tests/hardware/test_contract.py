@@ -113,8 +113,8 @@ def _fault_of(read):  # type: ignore[no-untyped-def]
 # --- inverter --------------------------------------------------------------------------------
 
 
+@pytest.mark.needs_64900("contactor cycle count and 0.1 W power read-back")
 async def test_inverter_charges_then_discharges(rig: Rig) -> None:
-    rig.needs_64900("contactor cycle count and 0.1 W power read-back")
     status = await rig.inverter.status()
     assert status.state is InverterState.IDLE
     assert status.contactor is ContactorState.OPEN and status.contactor_cycles == 0
@@ -156,8 +156,8 @@ async def test_safe_mode_holds_zero_and_refuses_setpoints(rig: Rig) -> None:
     assert await rig.inverter.set_power(1000.0) == 1000.0
 
 
+@pytest.mark.needs_64900("latched faults and their clearing")
 async def test_clear_faults_is_idempotent(rig: Rig) -> None:
-    rig.needs_64900("latched faults and their clearing")
     assert (await rig.inverter.clear_faults()).cleared == ()
     assert (await rig.inverter.clear_faults()).cleared == ()
     rig.charger.open_enclosure()
@@ -167,8 +167,8 @@ async def test_clear_faults_is_idempotent(rig: Rig) -> None:
     assert not (await rig.tamper.read()).latched
 
 
+@pytest.mark.needs_64900("latched faults and their clearing")
 async def test_clear_faults_refuses_while_the_cause_is_present(rig: Rig) -> None:
-    rig.needs_64900("latched faults and their clearing")
     rig.charger.open_enclosure()
     fault = await expect_fault(FaultKind.CAUSE_PRESENT, rig.inverter.clear_faults())
     assert fault.codes == ("tamper",)
@@ -177,8 +177,8 @@ async def test_clear_faults_refuses_while_the_cause_is_present(rig: Rig) -> None
     assert (await rig.inverter.clear_faults()).cleared == ("tamper",)
 
 
+@pytest.mark.needs_64900("contactor state and commands")
 async def test_welded_contactor_is_a_fault_that_cannot_be_cleared(rig: Rig) -> None:
-    rig.needs_64900("contactor state and commands")
     rig.charger.contactor_cycle_budget = 0  # worn out: the next close welds it
     await rig.inverter.set_power(2000.0)
     status = await rig.wait_for(rig.inverter.status, lambda s: s.state is InverterState.FAULT)
@@ -198,8 +198,8 @@ async def test_welded_contactor_is_a_fault_that_cannot_be_cleared(rig: Rig) -> N
     assert (await rig.inverter.status()).state is InverterState.IDLE
 
 
+@pytest.mark.needs_64900("contactor commands")
 async def test_contactors_open_normally_only_at_zero_current(rig: Rig) -> None:
-    rig.needs_64900("contactor commands")
     await rig.inverter.set_power(3000.0)
     await rig.wait_for(rig.inverter.status, lambda s: s.actual_power_w == 3000.0)
     fault = await expect_fault(FaultKind.UNDER_LOAD, rig.inverter.open_contactors())
@@ -228,8 +228,8 @@ async def test_contactors_open_normally_only_at_zero_current(rig: Rig) -> None:
     assert not status.contactors_held_open
 
 
+@pytest.mark.needs_64900("contactor commands")
 async def test_emergency_open_breaks_the_current_with_heavy_wear(rig: Rig) -> None:
-    rig.needs_64900("contactor commands")
     await rig.inverter.set_power(-5000.0)
     await rig.wait_for(rig.inverter.status, lambda s: s.actual_power_w == -5000.0)
     wear = rig.charger.contactor_wear
@@ -245,8 +245,8 @@ async def test_emergency_open_breaks_the_current_with_heavy_wear(rig: Rig) -> No
     assert rig.charger.contactor_wear == wear + UNDER_LOAD_WEAR
 
 
+@pytest.mark.needs_64900("contactor commands")
 async def test_emergency_open_at_zero_current_costs_no_extra_wear(rig: Rig) -> None:
-    rig.needs_64900("contactor commands")
     await rig.inverter.set_power(1000.0)
     await rig.wait_for(rig.inverter.status, lambda s: s.actual_power_w == 1000.0)
     await rig.inverter.set_power(0.0)
@@ -257,8 +257,8 @@ async def test_emergency_open_at_zero_current_costs_no_extra_wear(rig: Rig) -> N
     assert rig.charger.contactor_wear == wear
 
 
+@pytest.mark.needs_64900("the sample age (Age)")
 async def test_inverter_status_goes_stale(rig: Rig) -> None:
-    rig.needs_64900("the sample age (Age)")
     rig.charger.freeze()
     await trio.sleep(STALE_AFTER_S + 0.05)  # the freeze itself is what is timed here
     await expect_fault(FaultKind.STALE, rig.inverter.status())
@@ -276,14 +276,14 @@ async def test_thermal_sensor_reads_the_power_stage(rig: Rig) -> None:
 
 
 @pytest.mark.parametrize("bad", [math.nan, 200.0, -60.0])
+@pytest.mark.needs_64900("a float temperature (SunSpec integer points cannot say NaN)")
 async def test_thermal_sensor_refuses_impossible_values(rig: Rig, bad: float) -> None:
-    rig.needs_64900("a float temperature (SunSpec integer points cannot say NaN)")
     rig.charger.inject(temperature_c=bad)
     await expect_fault(FaultKind.OUT_OF_RANGE, rig.thermal.read())
 
 
+@pytest.mark.needs_64900("the tamper latch")
 async def test_tamper_switch_latches(rig: Rig) -> None:
-    rig.needs_64900("the tamper latch")
     r = await rig.tamper.read()
     assert (r.open, r.latched) == (False, False)
     rig.charger.open_enclosure()
@@ -297,8 +297,8 @@ async def test_tamper_switch_latches(rig: Rig) -> None:
 # --- vehicle link ----------------------------------------------------------------------------
 
 
+@pytest.mark.needs_64900("the ISO 15118-20 vehicle link")
 async def test_vehicle_parameters_are_the_iso15118_20_set(rig: Rig) -> None:
-    rig.needs_64900("the ISO 15118-20 vehicle link")
     status = await rig.vehicle.read()
     assert status.connected and status.bms_status is BmsStatus.NORMAL
     assert status.vehicle_id == "nissan-leaf-40"
@@ -312,8 +312,8 @@ async def test_vehicle_parameters_are_the_iso15118_20_set(rig: Rig) -> None:
     assert set(p.iso_names()) == set(ISO15118_20_NAMES.values())
 
 
+@pytest.mark.needs_64900("the ISO 15118-20 vehicle link and BMS status")
 async def test_vehicle_at_minimum_soc_reports_battery_lower_limit(rig: Rig) -> None:
-    rig.needs_64900("the ISO 15118-20 vehicle link and BMS status")
     rig.charger.connect_vehicle(VehicleConfig.of("nissan-leaf-40", present_soc_pct=20.0, minimum_soc_pct=20.0))
     status = await rig.vehicle.read()
     assert status.bms_status is BmsStatus.BATTERY_LOWER_LIMIT
@@ -341,7 +341,7 @@ async def test_vehicle_disconnected(rig: Rig) -> None:
 
 @pytest.mark.parametrize("field,value", [("present_soc_pct", -5.0), ("present_soc_pct", math.nan),
                                          ("ev_maximum_discharge_power_w", -1.0), ("bms_status", 0x42)])
+@pytest.mark.needs_64900("the ISO 15118-20 vehicle link")
 async def test_vehicle_link_refuses_bad_values(rig: Rig, field: str, value: float) -> None:
-    rig.needs_64900("the ISO 15118-20 vehicle link")
     rig.charger.inject(**{field: value})
     await expect_fault(FaultKind.OUT_OF_RANGE, rig.vehicle.read())
