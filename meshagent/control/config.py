@@ -196,7 +196,9 @@ class ControlSection:
     )
     sensor_timeout_s: float = setting(
         0.1, key="sensor_timeout", parse=parse_duration_s, min_value=0.01, max_value=10, shown='"100ms"',
-        doc="No valid meter reading for this long: discharge to 0, latched ERR_SENSOR_LOST.",
+        doc="A silent or frozen meter is caught within this time: discharge to 0, latched ERR_SENSOR_LOST. "
+        "The loop raises at this time less two meter_period of silence (the wait for the next cycle, and "
+        "the frozen sample's reply in flight with the cycle's own reads). At least three meter_period.",
     )
     device_period_s: float = setting(
         0.05, key="device_period", parse=parse_duration_s, min_value=0, max_value=1, shown='"50ms"',
@@ -229,6 +231,9 @@ class ControlSection:
             raise ConfigError(f"control.nominal_frequency: expected 50Hz or 60Hz, got {self.nominal_frequency_hz:g}Hz")
         if not self.thermal_low_c < self.thermal_derate_c < self.thermal_stop_c:
             raise ConfigError("control.thermal_derate: expected thermal_low < thermal_derate < thermal_stop")
+        if self.sensor_timeout_s < 3 * self.meter_period_s - 1e-9:
+            raise ConfigError(f"control.sensor_timeout: expected at least three meter_period "
+                              f"({3 * self.meter_period_s * 1e3:g}ms), got {self.sensor_timeout_s * 1e3:g}ms")
         # Resolving the profile checks that the windows nest; the error names the key.
         self.frequency_profile()
 

@@ -11,8 +11,10 @@ log. Tests drive the same object from tables, and simulations in virtual time.
 One cycle, in order:
 
 1. **Meter.** A valid sample (finite, and newer than the last one) feeds spike detection, the droop, the predictive PID, the trip
-   windows and the return-to-service timer. No valid sample for ``sensor_timeout``
-   (100 ms) raises the latched ``ERR_SENSOR_LOST``; until then the last response is held.
+   windows and the return-to-service timer. A meter silent or frozen is caught within
+   ``sensor_timeout`` (100 ms): the cycle that finds the newest sample
+   ``sensor_timeout - 2 x meter_period`` old raises the latched ``ERR_SENSOR_LOST``; until
+   then the last response is held.
 2. **Interlocks.** The tamper switch (``ERR_TAMPER``, latched, emergency opening of the
    contactors), welded contacts (``ERR_CONTACTOR_WELD``, latched), temperatures
    (``ERR_THERMAL``: derating, stop, cleared, with hysteresis), the vehicle's minimum SoC and
@@ -330,7 +332,11 @@ class ControlLogic:
                              "clearing_time_s": trip.stage.clearing_time_s}, events)
         assert self._last_valid_s is not None
         silent_s = clock_s - self._last_valid_s  # since the newest valid sample was taken
-        if silent_s >= s.sensor_timeout_s - 1e-9:
+        # A frozen meter must be caught within sensor_timeout of the freeze. Raise once the
+        # newest sample is two meter_period short of it: one period is the wait for the next
+        # cycle on the grid, the other the frozen sample's reply in flight (its time looks
+        # that much later than the freeze) and this cycle's own reads before it decides.
+        if silent_s >= s.sensor_timeout_s - 2 * s.meter_period_s - 1e-9:
             self.rts.reset()
             in_rts_band = False
             self._raise(Code.ERR_SENSOR_LOST, now_s,
@@ -395,7 +401,7 @@ class ControlLogic:
         when the newest sample was *taken* (``now - age``), never from when a reply happened
         to arrive. A frozen sample can then seem newer only by the jitter of its reply's
         time in flight (which the driver's ``arrival - Age`` cannot see: a few ms), and it
-        never restarts the timer: a frozen meter is caught ``sensor_timeout`` after its last
+        never restarts the timer: a frozen meter is caught within ``sensor_timeout`` of its last
         sample, plus at most that jitter. The reference relaxes by 1000 ppm (clock drift)
         and resets when the device's clock restarts.
         """

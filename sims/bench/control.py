@@ -10,7 +10,9 @@ loopback (the site behind a real pymodbus server, ``modbus_*`` keys). Reported:
 * ``detect_ms``: median, over the spikes, from the meter sample that first crossed the
   threshold to the deficit handed on; it includes the 20 ms minimum duration that keeps
   glitches out (``spike_min_duration``), and ``detect_processing_ms`` is the part after
-  the deciding sample.
+  the deciding sample;
+* ``modbus_sensor_loss_*``: a frozen meter (it answers, its sample stops) to ERR_SENSOR_LOST
+  latched, over Modbus TCP, at random phases of the grid (``sensor_loss_over_modbus``).
 
 Virtual time (``trio.testing.MockClock``): a generator trip (``GeneratorTrip``: a
 single-area swing equation with governor droop; 6 % of generation lost at t = 1 s, inertia
@@ -23,6 +25,7 @@ the default ``predict_horizon`` (500 ms) and once with 0 (the 59.5 Hz threshold 
 from __future__ import annotations
 
 import bisect
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -202,6 +205,76 @@ def generator_trip_response(horizon: str, trip: GeneratorTrip | None = None, sec
     return trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
 
 
+@attrs.frozen
+class SensorLoss:
+    """Frozen-meter trials over Modbus TCP (``sensor_loss_over_modbus``)."""
+
+    took_ms: tuple[float, ...]  # freeze -> ERR_SENSOR_LOST latched, as the caller saw it
+    sample_after_ms: tuple[float, ...]  # the newest sample the loop accepted, after the freeze
+    stalls: int  # trials skipped: the machine stalled the loop past the timeout before the freeze
+
+
+async def sensor_loss_over_modbus(trials: int, state_dir: Path, seed: int = 13) -> SensorLoss:
+    """Freeze the site meter ``trials`` times, each at a random phase of the 10 ms grid.
+
+    The real ``ControlLoop`` reaches a simulated site through a real pymodbus server on
+    127.0.0.1 and the Modbus TCP drivers. A frozen meter still answers; its ``Age`` register
+    grows. Each trial times the freeze to ``ERR_SENSOR_LOST`` latched (1 ms polls), then
+    unfreezes and clears the fault through the loop, as an operator would.
+    """
+    import random
+    import time
+
+    from hardware.connect import open_charger, open_site_meter
+    from hardware.simulated import SimulatedSite, VehicleConfig
+    from hardware.simulated.serve import SimServer, site_units
+    from meshagent.control.codes import Code
+    from meshagent.control.loop import ControlLoop, Devices
+
+    rng = random.Random(seed)
+    site = SimulatedSite.with_chargers(time.monotonic, 1, base_load_w=400_000.0, frequency_hz=60.0,
+                                       vehicles=[VehicleConfig.of("ford-f150-lightning-er")])
+    took: list[float] = []
+    after: list[float] = []
+    stalls = 0
+    async with SimServer(site_units(site)) as server:
+        meter = open_site_meter(server.url(1), timeout_s=0.3)
+        ch = open_charger(server.url(11), timeout_s=0.3)
+        loop = ControlLoop(_section(cycle_budget="1s"), Devices(meter, ch.inverter, ch.vehicle, ch.thermal, ch.tamper),
+                           node_id="bench", scope_id="bench", state_dir=state_dir)
+        try:
+            with trio.fail_after(60 + trials * 2):
+                async with trio.open_nursery() as nursery:
+                    await nursery.start(loop.run)
+                    while loop.statistics().cycles < 20:  # noqa: ASYNC110 (the loop's own counter)
+                        await trio.sleep(0.01)
+                    while len(took) < trials:
+                        await trio.sleep(rng.uniform(0.0, PERIOD_S))
+                        if loop.logic.latched:  # a stall left the loop without a sample: a
+                            stalls += 1  # true loss, but not this trial's
+                            await loop.clear_faults()
+                            continue
+                        site.freeze()
+                        t0 = trio.current_time()
+                        for _ in range(2000):
+                            if Code.ERR_SENSOR_LOST in loop.logic.latched:
+                                break
+                            await trio.sleep(0.001)
+                        took.append((trio.current_time() - t0) * 1e3)
+                        last = loop.logic.last_sample_at_s
+                        after.append((last - t0) * 1e3 if last is not None else float("nan"))
+                        site.unfreeze()
+                        await trio.sleep(0.03)
+                        answer = await loop.clear_faults()
+                        if not answer["ok"]:
+                            raise RuntimeError(f"clear-faults refused after the meter came back: {answer}")
+                    nursery.cancel_scope.cancel()
+        finally:
+            await meter.aclose()
+            await ch.aclose()
+    return SensorLoss(tuple(took), tuple(after), stalls)
+
+
 def _median(xs: tuple[float, ...] | list[float]) -> float:
     return percentile(xs, 0.5)
 
@@ -210,6 +283,8 @@ def run(quick: bool = False) -> BenchResult:
     cycles = 300 if quick else 3000
     stats = measure_real_time(cycles)
     mb = measure_real_time(100 if quick else 1000, modbus=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        lost = trio.run(sensor_loss_over_modbus, 10 if quick else 100, Path(tmp))
     trip = GeneratorTrip()
     predicted = generator_trip_response("500ms", trip)
     threshold = generator_trip_response("0s", trip)
@@ -240,6 +315,11 @@ def run(quick: bool = False) -> BenchResult:
         "modbus_detect_ms": round(_median(mb.detect_ms), 3),
         "modbus_missed_periods": mb.missed_periods,
         "modbus_cycles": mb.cycles,
+        "modbus_sensor_loss_p50_ms": round(percentile(lost.took_ms, 0.5), 1),
+        "modbus_sensor_loss_p99_ms": round(percentile(lost.took_ms, 0.99), 1),
+        "modbus_sensor_loss_max_ms": round(max(lost.took_ms), 1),
+        "modbus_sensor_loss_trials": len(lost.took_ms),
+        "modbus_sensor_loss_stalls": lost.stalls,
         "trip_crosses_59_5_at_s": round(crossing, 3) if crossing is not None else None,
         "trip_nadir_hz": round(nadir_f, 3),
         "trip_nadir_at_s": round(nadir_t, 3),
@@ -258,6 +338,9 @@ def run(quick: bool = False) -> BenchResult:
         ("over Modbus TCP: cycle p50 / p99", f"{mb.cycle_p50_ms:.3f} / {mb.cycle_p99_ms:.3f} ms "
                                              f"({mb.cycles} cycles, {mb.missed_periods} missed)"),
         ("  jitter p99 / detect (median)", f"{mb.jitter_p99_ms:.3f} / {_median(mb.detect_ms):.3f} ms"),
+        ("over Modbus TCP: frozen meter -> ERR_SENSOR_LOST", f"p50 {data['modbus_sensor_loss_p50_ms']} / p99 "
+         f"{data['modbus_sensor_loss_p99_ms']} / max {data['modbus_sensor_loss_max_ms']} ms over {len(lost.took_ms)} "
+         f"trials ({lost.stalls} stalls); target within 100 ms"),
         ("generator trip", f"crosses 59.5 Hz at {crossing:.3f} s, nadir {nadir_f:.3f} Hz at {nadir_t:.3f} s"),
         ("fast response starts", f"predictive {predicted.armed_at_s} s, threshold {threshold.armed_at_s} s"),
         ("prediction lead", f"{data['predict_lead_ms']} ms (90 % power: {data['full_power_lead_ms']} ms earlier)"),

@@ -38,6 +38,7 @@ def test_operator_names_and_units(tmp_path):
         ({"SPIKE_SENSITIVITY": 2}, "control.SPIKE_SENSITIVITY: must be at most 1.0"),
         ({"meter_period": "2s"}, "control.meter_period: must be at most 1.0"),
         ({"thermal_derate": "60C"}, "control.thermal_derate: expected thermal_low < thermal_derate < thermal_stop"),
+        ({"meter_period": "50ms"}, "control.sensor_timeout: expected at least three meter_period (150ms), got 100ms"),
         ({"meter_scope": "feeder"}, "control.meter_scope: expected one of 'site', 'transformer'"),
     ],
 )
