@@ -1,9 +1,10 @@
 """``meshagent bench api``: GET /v1/capacity on the real app and server, 1,000 members in view.
 
 The app (starlette) is served by hypercorn's trio worker on loopback, as in the agent; the
-node behind it is a stand-in holding 1,000 members' state records and summing them with the
-mesh's own ``capacity_sum`` (what ``MeshNode.capacity`` does), so the figure is the API's
-cost plus the real sum. The client runs in the same process (one trio loop: its own cost is
+node behind it is a stand-in holding 1,000 members' state records on 20 transformers: it sums
+them with the mesh's own ``capacity_sum`` (what ``MeshNode.capacity`` does) and the route adds
+the transformer-aware breakdown (``meshagent.allocation.capacity``) as for a real node, so the
+figure is the API's cost plus the real work of the answer. The client runs in the same process (one trio loop: its own cost is
 in the figure) over keep-alive HTTP/1.1 connections with the operator token.
 
 - ``capacity_p99_ms``: one connection, requests one after another, the 99th percentile of
@@ -13,6 +14,7 @@ in the figure) over keep-alive HTTP/1.1 connections with the operator token.
 
 from __future__ import annotations
 
+import json
 import statistics
 import time
 from typing import Any
@@ -31,16 +33,36 @@ TOKEN = "bench-operator-token"
 
 
 @attrs.define
+class _Records:
+    """The node's records client: what ``MeshNode.records`` offers the capacity route."""
+
+    held: list[Any]
+
+    def records(self) -> list[Any]:
+        return self.held
+
+
+class _Core:
+    """The membership core as the capacity route asks it: every member alive."""
+
+    def is_live(self, node_id: str) -> bool:
+        return True
+
+
+@attrs.define
 class _Node:
-    """What the capacity route reads of a MeshNode, with 1,000 members' records."""
+    """What the capacity route reads of a MeshNode, with 1,000 members' records: the plain
+    sum (``capacity_sum``, what ``MeshNode.capacity`` does) and, through ``core`` and
+    ``records``, the transformer-aware breakdown the route adds for a real node."""
 
     node_id: str
-    records: list[Any]
+    records: _Records
+    core: _Core = attrs.field(factory=_Core)
 
     def capacity(self, scope: Any = None) -> Any:
         from protocol.state import capacity_sum
 
-        return capacity_sum(self.records, lambda _node_id: True, scope)
+        return capacity_sum(self.records.records(), lambda _node_id: True, scope)
 
 
 def _records(n: int) -> list[Any]:
@@ -90,14 +112,18 @@ async def _measure(samples: int, burst: int) -> dict[str, Any]:
     from meshagent.api.auth import Tokens
     from meshagent.api.server import serve_app
 
-    node = _Node("bench-0", _records(MEMBERS))
-    app = build_app(AgentView(node, Tokens({"operator": TOKEN})))
-    path = "/v1/capacity?scope=transformer:tx-7"
+    node = _Node("bench-0", _Records(_records(MEMBERS)))
+    # 20 transformers of 50 chargers (350 kW of offers each): half rated below their offers
+    ratings = {f"tx-{k}": (250_000.0 if k % 2 else 500_000.0) for k in range(MEMBERS // 50)}
+    app = build_app(AgentView(node, Tokens({"operator": TOKEN}), headroom_w=lambda: ratings))
+    path = "/v1/capacity"  # the whole mesh: all 1,000 members counted, 20 transformers broken down
     async with trio.open_nursery() as nursery:
         host, port = await nursery.start(serve_app, app, "127.0.0.1", 0)
         client = _Client(await trio.open_tcp_stream(host, port), host, port)
         status, body = await client.get(path)
-        assert status == 200, body
+        answer = json.loads(body)
+        if status != 200 or answer["nodes"] != MEMBERS or len(answer["transformers"]) != MEMBERS // 50:
+            raise RuntimeError(f"the capacity route did not answer for {MEMBERS} members: {status} {body[:200]!r}")
         for _ in range(50):  # warm up
             await client.get(path)
         times = []
