@@ -96,6 +96,23 @@ class Devices:
     thermal: ThermalSensor
     tamper: TamperSwitch
 
+    @classmethod
+    def simulated(cls, site: Any, number: int = 1) -> Devices:
+        """Charger ``number`` of a ``hardware.simulated.SimulatedSite`` and the site's meter, in
+        process (tests, benchmarks; the agent reaches sim:// devices through hardware.connect)."""
+        from hardware.simulated import (
+            SimInverter,
+            SimSiteMeter,
+            SimTamperSwitch,
+            SimThermalSensor,
+            SimVehicleLink,
+        )
+
+        ch, base = site.charger(number), f"sim://{site.name}"
+        return cls(SimSiteMeter(f"{base}/meter", site=site), SimInverter(f"{base}/inverter", charger=ch),
+                   SimVehicleLink(f"{base}/vehicle", charger=ch), SimThermalSensor(f"{base}/thermal", charger=ch),
+                   SimTamperSwitch(f"{base}/tamper", charger=ch))
+
 
 def device_state(inv: InverterStatus, vehicle: VehicleStatus, thermal: ThermalReading,
                  tamper: TamperReading) -> DeviceState:

@@ -36,6 +36,7 @@ from typing import Any, Protocol
 
 from protocol.swim.events import Send
 from protocol.swim.members import Member
+from protocol.swim.queue import BroadcastQueue
 
 ALLOCATION_TYPE_BYTES = range(0x40, 0x50)  # reserved for the allocation's messages
 
@@ -119,3 +120,19 @@ class Delegate:
 
     def tick(self, now: float) -> None:
         """Run the client's timers due at ``now``."""
+
+
+class QueuedDelegate(Delegate):
+    """A client whose rumors wait in its own ``BroadcastQueue`` (``self.queue``) until they
+    have been piggybacked ``limit`` times, as memberlist's ``TransmitLimitedQueue``."""
+
+    def __init__(self) -> None:
+        self.queue = BroadcastQueue()
+
+    def has_broadcasts(self) -> bool:
+        return bool(self.queue)
+
+    def broadcasts(self, budget_bytes: int, limit: int) -> list[Any]:
+        if not self.queue:
+            return []
+        return self.queue.take(budget_bytes, limit)[0]

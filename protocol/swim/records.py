@@ -20,7 +20,7 @@ import attrs
 
 from protocol import codec
 from protocol.state import Capacity, Scope, StateRecord, capacity_sum, newer
-from protocol.swim.delegate import Delegate
+from protocol.swim.delegate import QueuedDelegate
 from protocol.swim.events import (
     MemberDead,
     MemberLeft,
@@ -30,19 +30,18 @@ from protocol.swim.events import (
     Refuted,
 )
 from protocol.swim.members import DOWN
-from protocol.swim.queue import BroadcastQueue
 
 
-class StateRecords(Delegate):
+class StateRecords(QueuedDelegate):
     rumor_types = frozenset({StateRecord})
     message_types = frozenset({StateRecord})
 
     def __init__(self, record_reap_s: float) -> None:
+        super().__init__()
         self.record_reap_s = record_reap_s
         self._records: dict[str, StateRecord] = {}
         self._mine: StateRecord | None = None
         self._floor: tuple[int, int] = (-1, -1)  # newest own record of a previous life
-        self._queue = BroadcastQueue()
         self._reaps: list[tuple[float, str, float]] = []  # (when, node id, member changed_at)
 
     # --- what the layers above use -------------------------------------------------------------
@@ -105,14 +104,6 @@ class StateRecords(Delegate):
     def receive_message(self, sender_id: str, message: Any, now: float) -> None:
         self._on_record(message, sender_id)
 
-    def has_broadcasts(self) -> bool:
-        return bool(self._queue)
-
-    def broadcasts(self, budget_bytes: int, limit: int) -> list[Any]:
-        if not self._queue:
-            return []
-        return self._queue.take(budget_bytes, limit)[0]
-
     def local_state(self, budget_bytes: int) -> list[Any]:
         items: list[Any] = []
         for r in self._records.values():
@@ -151,11 +142,11 @@ class StateRecords(Delegate):
         record = self.host.sign(record)
         self._mine = record
         self._records[record.node_id] = record
-        self._queue.put(record.node_id, record, len(codec.encode(record)))
+        self.queue.put(record.node_id, record, len(codec.encode(record)))
         return record
 
     def _forget(self, node_id: str) -> None:
-        self._queue.remove(node_id)
+        self.queue.remove(node_id)
         if self._records.pop(node_id, None) is not None:
             self.host.emit(RecordRemoved(node_id))
 
@@ -185,5 +176,5 @@ class StateRecords(Delegate):
         if not newer(r, self._records.get(node_id)) or not host.authentic(r, sender_id):
             return
         self._records[node_id] = r
-        self._queue.put(node_id, r, len(codec.encode(r)))
+        self.queue.put(node_id, r, len(codec.encode(r)))
         host.emit(RecordUpdated(r))

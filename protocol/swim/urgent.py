@@ -16,25 +16,24 @@ from protocol import codec
 from protocol.errors import BadPacket
 from protocol.messages import MESSAGE_TYPES, type_byte_of
 from protocol.state import Scope
-from protocol.swim.delegate import Delegate
+from protocol.swim.delegate import QueuedDelegate
 from protocol.swim.events import Delivered, Send
 from protocol.swim.messages import Broadcast, Urgent
-from protocol.swim.queue import BroadcastQueue
 
 MAX_SEEN_BROADCASTS = 8192
 _GOSSIP_BASE = 1 + 1 + 6 * 3  # a Gossip message around one rumor list
 _URGENT_BASE = 1
 
 
-class UrgentBroadcasts(Delegate):
+class UrgentBroadcasts(QueuedDelegate):
     rumor_types = frozenset({Broadcast})
     message_types = frozenset({Urgent})
 
     def __init__(self, seen_s: float) -> None:
+        super().__init__()
         self.seen_s = seen_s
         self._serial = 0
         self._seen: dict[tuple[str, int], float] = {}
-        self._queue = BroadcastQueue()
 
     def send(self, message: Any, scope: Scope, now: float) -> int:
         """Send ``message`` to every live member of ``scope`` now, and queue it for gossip.
@@ -59,7 +58,7 @@ class UrgentBroadcasts(Delegate):
                 host.send(Send(m.address, wrapped, not fits))
                 sent += 1
         if fits:
-            self._queue.put((host.node_id, item.serial), item, size)
+            self.queue.put((host.node_id, item.serial), item, size)
         return sent
 
     # --- the seam -------------------------------------------------------------------------------
@@ -71,14 +70,6 @@ class UrgentBroadcasts(Delegate):
     def receive_message(self, sender_id: str, message: Any, now: float) -> None:
         b = message.broadcast
         self._on_broadcast(b, sender_id, now, direct=sender_id == b.origin_id)
-
-    def has_broadcasts(self) -> bool:
-        return bool(self._queue)
-
-    def broadcasts(self, budget_bytes: int, limit: int) -> list[Any]:
-        if not self._queue:
-            return []
-        return self._queue.take(budget_bytes, limit)[0]
 
     # --- rules ----------------------------------------------------------------------------------
 
@@ -101,7 +92,7 @@ class UrgentBroadcasts(Delegate):
         self._remember(key, now)
         size = len(codec.encode(b))
         if _GOSSIP_BASE + size <= host.body_budget:
-            self._queue.put(key, b, size)
+            self.queue.put(key, b, size)
         if not b.scope.contains(host.site_id, host.transformer_id):
             return
         cls = MESSAGE_TYPES.get(b.type_byte)

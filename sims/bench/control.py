@@ -95,24 +95,12 @@ def _section(**control: Any) -> Any:
 
 
 def _site(clock: Any, **kw: Any) -> tuple[Any, Any]:
-    from hardware.simulated import (
-        SimInverter,
-        SimSiteMeter,
-        SimTamperSwitch,
-        SimThermalSensor,
-        SimulatedSite,
-        SimVehicleLink,
-        VehicleConfig,
-    )
+    from hardware.simulated import SimulatedSite, VehicleConfig
     from meshagent.control.loop import Devices
 
     site = SimulatedSite.with_chargers(clock, 1, name="bench", vehicles=[VehicleConfig.of("ford-f150-lightning-er")],
                                        **kw)
-    ch = site.charger(1)
-    devices = Devices(SimSiteMeter("sim://bench/meter", site=site), SimInverter("sim://bench/inverter", charger=ch),
-                      SimVehicleLink("sim://bench/vehicle", charger=ch), SimThermalSensor("sim://bench/thermal", charger=ch),
-                      SimTamperSwitch("sim://bench/tamper", charger=ch))
-    return site, devices
+    return site, Devices.simulated(site)
 
 
 def measure_real_time(cycles: int, state_dir: Path | None = None, *, modbus: bool = False) -> Any:

@@ -154,32 +154,30 @@ async def test_test_discharge_without_a_device_does_not_test_a_simulator() -> No
     assert err.count("\n") == 1 and "pass --device URL" in err and "PASS" not in done.stdout.decode()
 
 
-async def test_clear_faults_on_a_running_loop_refuses_then_clears_tamper(tmp_path: Path) -> None:
-    """A running control loop with ERR_TAMPER latched, the console script through its state
-    directory: refused (exit 1) with the cause and what the code needs while the enclosure
-    is open, nothing released later by itself; cleared once it is shut. (The API path is
-    the same loop code: test_clear_faults_with_no_flag_reaches_a_real_running_agent.)"""
-    from hardware.simulated import (
-        SimInverter,
-        SimSiteMeter,
-        SimTamperSwitch,
-        SimThermalSensor,
-        SimVehicleLink,
-    )
-    from meshagent.control.codes import Code
+def _loop_on_a_simulated_site(tmp_path: Path, node_id: str) -> tuple[Path, Any, Any]:
+    """A control loop (not started) on a simulated site at 60 Hz, and a config naming its
+    state directory, as `meshagent clear-faults --config` reads it."""
     from meshagent.control.loop import ControlLoop, Devices
     from tests.meshagent.control.conftest import section
 
     state = tmp_path / "state"
     cfg = tmp_path / "node.toml"
-    cfg.write_text(f'[node]\nid = "n1"\nstate_dir = "{state}"\n')
+    cfg.write_text(f'[node]\nid = "{node_id}"\nstate_dir = "{state}"\n')
     site = make_site()
     site.set_grid(frequency_hz=60.0)
+    loop = ControlLoop(section(cycle_budget="1s"), Devices.simulated(site), node_id=node_id, state_dir=state)
+    return cfg, site, loop
+
+
+async def test_clear_faults_on_a_running_loop_refuses_then_clears_tamper(tmp_path: Path) -> None:
+    """A running control loop with ERR_TAMPER latched, the console script through its state
+    directory: refused (exit 1) with the cause and what the code needs while the enclosure
+    is open, nothing released later by itself; cleared once it is shut. (The API path is
+    the same loop code: test_clear_faults_with_no_flag_reaches_a_real_running_agent.)"""
+    from meshagent.control.codes import Code
+
+    cfg, site, loop = _loop_on_a_simulated_site(tmp_path, "n1")
     ch = site.chargers[0]
-    devices = Devices(SimSiteMeter("sim://s/meter", site=site), SimInverter("sim://s/inverter", charger=ch),
-                      SimVehicleLink("sim://s/vehicle", charger=ch), SimThermalSensor("sim://s/thermal", charger=ch),
-                      SimTamperSwitch("sim://s/tamper", charger=ch))
-    loop = ControlLoop(section(cycle_budget="1s"), devices, node_id="n1", state_dir=state)
     with trio.fail_after(60):
         async with trio.open_nursery() as nursery:
             await nursery.start(loop.run)
@@ -209,28 +207,9 @@ async def test_clear_faults_on_a_running_loop_refuses_then_clears_tamper(tmp_pat
 
 
 async def test_clear_faults_config_answers_refused_with_the_cause(tmp_path: Path) -> None:
-    from hardware.simulated import (
-        SimInverter,
-        SimSiteMeter,
-        SimTamperSwitch,
-        SimThermalSensor,
-        SimVehicleLink,
-    )
     from meshagent.control.codes import Code
-    from meshagent.control.loop import ControlLoop, Devices
-    from tests.meshagent.control.conftest import section
 
-    state = tmp_path / "state"
-    cfg = tmp_path / "node.toml"
-    cfg.write_text(f'[node]\nid = "c1"\nstate_dir = "{state}"\n')
-    site = make_site()
-    site.set_grid(frequency_hz=60.0)
-    ch = site.chargers[0]
-    devices = Devices(SimSiteMeter("sim://s/meter", site=site), SimInverter("sim://s/inverter", charger=ch),
-                      SimVehicleLink("sim://s/vehicle", charger=ch), SimThermalSensor("sim://s/thermal", charger=ch),
-                      SimTamperSwitch("sim://s/tamper", charger=ch))
-    loop = ControlLoop(section(cycle_budget="1s"), devices,
-                       node_id="c1", state_dir=state)
+    cfg, site, loop = _loop_on_a_simulated_site(tmp_path, "c1")
     with trio.fail_after(60):
         async with trio.open_nursery() as nursery:
             await nursery.start(loop.run)

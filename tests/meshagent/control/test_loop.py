@@ -21,12 +21,7 @@ import trio
 
 from hardware.interfaces import ContactorState
 from hardware.simulated import (
-    SimInverter,
-    SimSiteMeter,
-    SimTamperSwitch,
-    SimThermalSensor,
     SimulatedSite,
-    SimVehicleLink,
     VehicleConfig,
 )
 from hardware.simulated.charger import UNDER_LOAD_WEAR
@@ -75,12 +70,7 @@ async def wait_until(predicate: Callable[[], bool], *, step_s: float = 0.01, wit
 
 
 def make_devices(site: SimulatedSite) -> Devices:
-    ch = site.charger(1)
-    return Devices(
-        SimSiteMeter("sim://site-a/meter", site=site), SimInverter("sim://site-a/inverter", charger=ch),
-        SimVehicleLink("sim://site-a/vehicle", charger=ch), SimThermalSensor("sim://site-a/thermal", charger=ch),
-        SimTamperSwitch("sim://site-a/tamper", charger=ch),
-    )
+    return Devices.simulated(site)
 
 
 async def start_bench(tmp_path: Path, nursery: trio.Nursery, *, vehicle: VehicleConfig | None = None,
