@@ -10,10 +10,13 @@ nested water-filling: one water level ``lam`` for everyone, ``share_i = min(limi
 a transformer whose total would pass its headroom is held at its headroom (its own, lower level)
 and the level of the rest rises until the shares sum to the deficit, or everyone is full.
 
-This module is the baseline the simulator carries itself. ``protocol.allocation`` (the
-allocation issue) computes the mesh's real plan in 0.1 W units; at merge the lead points
-``ALLOCATORS["mesh"]`` at an adapter over it. Anything with the signature of ``allocate``
-plugs in: the fleet runner calls ``Allocator`` and nothing else.
+``allocate`` is the product's plan (``protocol.allocation.plan``: the same optimum, KKT
+conditions and nesting) vectorised over numpy arrays, so that a year of a 1,000-charger fleet
+steps in minutes; ``product_plan`` is an adapter over the product's own function, in 0.1 W
+units. ``tests/sims/test_policy.py`` holds them equal on random instances (every share within
+0.1 W plus rounding), so the fleet's figures are the product's allocation's. Anything with the
+signature of ``allocate`` plugs in (``sims.run(..., allocator=product_plan)`` runs the
+product's function itself): the fleet runner calls ``Allocator`` and nothing else.
 
 Exact, not iterative: one level is found from the sorted breakpoints ``limit_i / w_i``
 (``waterfill``); transformers that overflow at the common level are fixed at their headroom and
@@ -82,3 +85,18 @@ def allocate(
 
 
 ALLOCATORS: dict[str, Allocator] = {"central": allocate, "mesh": allocate}
+
+
+def product_plan(
+    deficit_w: float, limits_w: F, weights: F, transformer: NDArray[np.int64], headroom_w: F
+) -> F:
+    """The product's own plan (``protocol.allocation.plan``) behind ``allocate``'s signature."""
+    from protocol.allocation.plan import MemberOffer, plan
+
+    width = len(str(len(limits_w)))
+    ids = [f"n{i:0{width}d}" for i in range(len(limits_w))]  # the plan's canonical order is by id
+    offers = [MemberOffer(ids[i], f"t{int(transformer[i])}", float(limits_w[i]), float(weights[i]))
+              for i in range(len(limits_w))]
+    room = {f"t{k}": float(h) for k, h in enumerate(headroom_w) if np.isfinite(h)}
+    result = plan(offers, float(deficit_w), room)
+    return np.array([result.share_w(node_id) for node_id in ids])
