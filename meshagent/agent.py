@@ -357,6 +357,7 @@ async def _run_control(config: NodeConfig, node: MeshNode, state_dir: Path, publ
         scope_id=cert.site_id if control_cfg.meter_scope == "site" else cert.transformer_id,
         state_dir=state_dir,
         on_spike=on_spike,
+        offer_hold=(lambda: session.logic.offer_hold) if session is not None else None,
     )
     limits = Limits.from_section(control_cfg)
     stats_sources["control"] = loop.statistics

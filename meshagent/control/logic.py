@@ -89,6 +89,7 @@ class Inputs:
     covered_w: float | None = None  # discharge the mesh applies in this scope (None: our own)
     base_setpoint_w: float = 0.0  # the charging session's own setpoint (+ charge)
     read_at_s: float | None = None  # the loop's clock when the meter answered (None: ``now``)
+    offer_hold: str = ""  # why the vehicle stays out of the offer though plugged in ("": it need not)
 
 
 class ContactorCommand(enum.StrEnum):
@@ -117,6 +118,7 @@ class Decision:
     pid: PidState | None
     faults: tuple[str, ...]  # active codes (latched and not), sorted
     clear_outcomes: tuple[ClearOutcome, ...] = ()  # the answer to a clear-faults carried out this cycle
+    offer_hold: str = ""  # ``Inputs.offer_hold`` when it kept the vehicle out of the offer
 
 
 @attrs.frozen
@@ -374,12 +376,12 @@ class ControlLogic:
                                      no_discharge=self.lower_limit)
             setpoint_w, binding = clamped.setpoint_w, clamped.binding
         offer = (dev is not None and dev.vehicle_connected and not self.lower_limit and not self.latched
-                 and self.thermal is not ThermalLevel.STOP)
+                 and self.thermal is not ThermalLevel.STOP and not inputs.offer_hold)
         decision = Decision(
             setpoint_w=setpoint_w, request_w=request_w, binding=binding, safe_mode=safe_mode,
             contactor=command, spikes=tuple(spikes), events=tuple(events), offer_available=offer,
             frequency_response_w=response_w, pid=pid_state, faults=self.active_faults(),
-            clear_outcomes=tuple(outcomes),
+            clear_outcomes=tuple(outcomes), offer_hold=inputs.offer_hold,
         )
         self.last_decision = decision
         return decision

@@ -179,8 +179,13 @@ class ControlLoop:
         on_spike: Callable[[Spike], None] | None = None,
         wall_clock: Callable[[], float] = time.time,
         perf_clock: Callable[[], float] = time.perf_counter,
+        offer_hold: Callable[[], str] | None = None,
     ) -> None:
+        """``offer_hold`` is asked every cycle why the vehicle must stay out of the offer
+        although plugged in ("" when it need not): the billing session's answer while a
+        refused idToken stops energy transfer. The loop only reads it (one direction)."""
         self.section = section
+        self._offer_hold = offer_hold
         self.devices = devices
         self.node_id = node_id
         self.state_dir = state_dir
@@ -364,8 +369,9 @@ class ControlLoop:
             clearing = await self._clear_inverter()
             self.logic.clear_faults(now)
         dev = await self._read_devices(now)
+        hold = self._offer_hold() if self._offer_hold is not None else ""
         decision = self.logic.step(
-            Inputs(meter, dev, self.share_w, self.covered_w, self.base_setpoint_w, read_at), now
+            Inputs(meter, dev, self.share_w, self.covered_w, self.base_setpoint_w, read_at, hold), now
         )
         self.last_decision = decision
         for spike in decision.spikes:
