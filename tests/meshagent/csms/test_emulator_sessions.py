@@ -108,7 +108,8 @@ async def test_emulated_vehicles_arriving_and_leaving_are_billed_sessions(tmp_pa
         row = next(line for line in text.splitlines() if first.transaction_id in line)
         assert f"EV001-{CAR}"[:12] in row and row.endswith("yes")
         print(f"\nemulator visit billed: {first.transaction_id} {first.id_token} exported "
-              f"{first.energy_exported_wh:.1f} Wh, imported {first.energy_imported_wh:.1f} Wh; next: {later.id_token}")
+              f"{first.energy_exported_wh:.1f} Wh, imported {first.energy_imported_wh:.1f} Wh; next: {later.id_token}"
+              f"\n`meshagent csms billing`:\n{text}")
     finally:
         for proc in (agent, emulator):
             if proc is not None:
