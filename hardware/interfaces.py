@@ -189,11 +189,18 @@ class ContactorState(enum.Enum):
 
 @attrs.frozen
 class InverterLimits:
-    """What the power stage can do now (magnitudes). ``ramp_w_per_s`` bounds |d power / dt|."""
+    """What the power stage can do now (magnitudes). ``ramp_w_per_s`` bounds |d power / dt|.
+
+    ``rated_w`` is the nameplate active power rating (SunSpec 702 ``WMaxRtg``), which does
+    not move with the vehicle or a derating: the base of the IEEE 1547 droop. 0 when the
+    device does not say (our model 64900 has no rating point of its own; a device with it
+    is read for 702 as well).
+    """
 
     max_charge_w: float
     max_discharge_w: float
     ramp_w_per_s: float
+    rated_w: float = 0.0
 
     def clamp(self, setpoint_w: float) -> float:
         return min(self.max_charge_w, max(-self.max_discharge_w, setpoint_w))
@@ -218,7 +225,7 @@ class InverterStatus:
                 contactor_cycle_budget: int, faults: tuple[str, ...], taken_at_s: float,
                 contactors_held_open: bool = False, device: str = "") -> InverterStatus:
         for name, value in (("max charge power", limits.max_charge_w), ("max discharge power", limits.max_discharge_w),
-                            ("ramp rate", limits.ramp_w_per_s)):
+                            ("ramp rate", limits.ramp_w_per_s), ("rated power", limits.rated_w)):
             _check_range(name, value, 0.0, MAX_POWER_W * 1000, device)
         _check_range("setpoint", setpoint_w, -MAX_POWER_W, MAX_POWER_W, device)
         _check_range("actual power", actual_power_w, -MAX_POWER_W, MAX_POWER_W, device)

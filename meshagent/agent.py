@@ -230,6 +230,10 @@ async def run_agent(config: NodeConfig, *, task_status: trio.TaskStatus[MeshNode
         stats_sources: dict[str, Any] = {}
         ratings = config.section("allocation").ratings_w()
         allocation: dict[str, Any] = {"headroom_w": lambda: dict(ratings)}
+        if client is not None:
+            # before the session driver can start this run's first transaction: only a
+            # previous life's transactions are open now
+            await client.end_interrupted_transactions()
         if devices_cfg.configured:
             await nursery.start(_run_control, config, node, state_dir, publisher, stats_sources, allocation,
                                 client)
@@ -239,7 +243,6 @@ async def run_agent(config: NodeConfig, *, task_status: trio.TaskStatus[MeshNode
         await nursery.start(sync.run)
         stats_sources["authsync"] = sync.statistics
         if client is not None:
-            await client.end_interrupted_transactions()
             await nursery.start(client.run)
             stats_sources["csms"] = client.statistics
         allocator = allocation.get("allocator")
@@ -295,6 +298,20 @@ def sim_world_for(*urls: Any, nominal_frequency_hz: float) -> Any:
     return world
 
 
+async def _start_visits(nursery: trio.Nursery, world: Any, visits: Any) -> None:
+    """Drive ``[devices].sim_arrivals`` on every simulated site: the next vehicle is the
+    world's default model with a new id, so each visit authorises and bills on its own."""
+    from hardware.simulated.vehicles import VehicleConfig
+    from hardware.simulated.visits import drive_visits
+
+    def visitor(index: int, visit: int) -> Any:
+        model = world.default_vehicle
+        return VehicleConfig.of(model, vehicle_id=f"SIM{index + 1}-{visit:03d}-{model}")
+
+    for site in world.sites.values():
+        await nursery.start(drive_visits, site, visits, visitor)
+
+
 async def _run_control(config: NodeConfig, node: MeshNode, state_dir: Path, publisher: RecordPublisher,
                        stats_sources: dict[str, Any], allocation: dict[str, Any], csms_client: Any = None, *,
                        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -340,6 +357,7 @@ async def _run_control(config: NodeConfig, node: MeshNode, state_dir: Path, publ
         scope_id=cert.site_id if control_cfg.meter_scope == "site" else cert.transformer_id,
         state_dir=state_dir,
         on_spike=on_spike,
+        offer_hold=(lambda: session.logic.offer_hold) if session is not None else None,
     )
     limits = Limits.from_section(control_cfg)
     stats_sources["control"] = loop.statistics
@@ -373,6 +391,9 @@ async def _run_control(config: NodeConfig, node: MeshNode, state_dir: Path, publ
             await nursery.start(allocator.run)
             if session is not None:
                 await nursery.start(session.run)
+            visits = devices_cfg.visits() if world is not None else None
+            if visits is not None:  # simulated vehicles come and go: each visit is a session
+                await _start_visits(nursery, world, visits)
             task_status.started()
             last = None
             last_at = -float("inf")

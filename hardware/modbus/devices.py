@@ -15,7 +15,9 @@ when opened through ``hardware.connect``) and does one request per call on the h
                          agent dies or loses its link returns to no power by itself. The
                          control loop re-sends its setpoint every second, renewing it.
     Inverter.status, ThermalSensor.read, TamperSwitch.read, VehicleLink.read
-                         one read of our model 64900 (the part each needs)
+                         one read of our model 64900 (the part each needs); the inverter
+                         also reads 702 ``WMaxRtg`` once per connection (64900 has no
+                         rating point: the nameplate is the standard model's)
     Inverter.open_contactors / close_contactors
                          one write of 64900 ``CtrCmd`` + ``CtrReq`` (a new sequence
                          number), then reads of ``Ctr``..``CtrBrkW`` until ``CtrAck``
@@ -24,8 +26,9 @@ when opened through ``hardware.connect``) and does one request per call on the h
 
 Standard SunSpec devices (models 1, 701, 702, 704, 713 only, no 64900) work too: the
 inverter's status comes from 701 (``InvSt``, ``ConnSt``, ``W``) and 704 (``WSetEna``,
-``WSet``): two reads; 702 (``WChaRteMax``/``WDisChaRteMax``, else the ratings) and 704
-``WRmp`` are re-read at most once a second; the thermal sensor
+``WSet``): two reads; 702 (``WChaRteMax``/``WDisChaRteMax``, else the ratings, and
+``WMaxRtg``, the nameplate in ``InverterLimits.rated_w``) and 704 ``WRmp`` are re-read at
+most once a second; the thermal sensor
 reads 701 ``TmpCab`` (else ``TmpSnk``), the tamper switch 701 ``Alrm`` bit CABINET_OPEN, the
 vehicle link 713 (``SoC``, ``WHRtg``; connected while both are implemented and nonzero).
 Contactor commands, safe mode latches and fault clearing are ours (64900): on a standard
@@ -178,6 +181,7 @@ class ModbusInverter(_ModbusDevice):
     _reversion: bool = attrs.field(init=False, default=False)
     _safe_mode: bool = attrs.field(init=False, default=False)  # standard devices: held here
     _slow: tuple[int, float, tuple[Block, Block, Block]] | None = attrs.field(init=False, default=None)
+    _rating: tuple[int, float] | None = attrs.field(init=False, default=None)  # (connects, 702 WMaxRtg)
     _ctr_seq: int = attrs.field(init=False, default=0)
     _ctr_seq_on_connect: int = attrs.field(init=False, default=-1)
 
@@ -210,7 +214,8 @@ class ModbusInverter(_ModbusDevice):
             raise self._fault(FaultKind.OUT_OF_RANGE, f"inverter state {st!r}")
         if not isinstance(ctr, int) or not 0 <= ctr < len(CONTACTOR_STATES):
             raise self._fault(FaultKind.OUT_OF_RANGE, f"contactor state {ctr!r}")
-        limits = InverterLimits(b.get("WMaxCha"), b.get("WMaxDis"), b.get("WRmp"))  # type: ignore[arg-type]
+        limits = InverterLimits(b.get("WMaxCha"), b.get("WMaxDis"), b.get("WRmp"),  # type: ignore[arg-type]
+                                await self._rated_w())
         status = InverterStatus.checked(
             state=InverterState(INVERTER_STATES[st]), setpoint_w=b.get("WSetAct"), actual_power_w=b.get("W"),  # type: ignore[arg-type]
             limits=limits, contactor=ContactorState(CONTACTOR_STATES[ctr]),
@@ -220,6 +225,27 @@ class ModbusInverter(_ModbusDevice):
         )
         self._limits = status.limits
         return status
+
+    def _rated_from(self, m702: Block) -> float:
+        """702 ``WMaxRtg`` (the nameplate, the droop's base), or 0, said once, when missing."""
+        rating = m702.get("WMaxRtg")
+        if isinstance(rating, int | float) and math.isfinite(rating) and rating > 0:
+            return float(rating)
+        self._note("702 WMaxRtg not implemented: no nameplate rating from the device (set [control] "
+                   "inverter_nameplate)")
+        return 0.0
+
+    async def _rated_w(self) -> float:
+        """Our 64900 has no rating point: 702 ``WMaxRtg`` beside it, read once per connection."""
+        connects = self.unit.link.statistics().connects
+        if self._rating is None or self._rating[0] != connects:
+            rated = 0.0
+            if 702 in await self.unit.models():
+                rated = self._rated_from(await self.unit.read_block(702, "WMaxRtg", "WMaxRtg"))
+            else:
+                self._note("no model 702: no nameplate rating from the device (set [control] inverter_nameplate)")
+            self._rating = (connects, rated)
+        return self._rating[1]
 
     async def _standard_status(self) -> InverterStatus:
         m701 = await self.unit.read_block(701, "ACType", "W")
@@ -266,7 +292,7 @@ class ModbusInverter(_ModbusDevice):
         status = InverterStatus.checked(
             state=state, setpoint_w=setpoint, actual_power_w=actual,
             limits=InverterLimits(limit("WChaRteMax", "WChaRteMaxRtg"), limit("WDisChaRteMax", "WDisChaRteMaxRtg"),
-                                  ramp_w),
+                                  ramp_w, self._rated_from(m702)),
             contactor=ContactorState.OPEN if conn == 0 else ContactorState.CLOSED,
             contactor_cycles=0, contactor_cycle_budget=0, faults=faults, taken_at_s=taken_at, device=self.url)
         self._limits = status.limits

@@ -119,6 +119,11 @@ class SimulatedCharger(FaultHooks):
         if not lo <= c <= hi:
             raise ValueError(f"ambient {c} deg C outside the rated {lo:g}..{hi:g} deg C")
 
+    @property
+    def rated_w(self) -> float:
+        """The nameplate rating (what the Modbus image serves as 702 ``WMaxRtg``)."""
+        return max(self.max_charge_w, self.max_discharge_w)
+
     def limits(self) -> InverterLimits:
         charge, discharge = self.max_charge_w, self.max_discharge_w
         if self.vehicle is None:
@@ -127,7 +132,7 @@ class SimulatedCharger(FaultHooks):
             charge = min(charge, self.vehicle.charge_limit_w())
             discharge = min(discharge, self.vehicle.discharge_limit_w())
         assert self.ramp_w_per_s is not None
-        return InverterLimits(charge, discharge, self.ramp_w_per_s)
+        return InverterLimits(charge, discharge, self.ramp_w_per_s, self.rated_w)
 
     def _target_w(self) -> float:
         if self.faults or self.safe_mode or self.contactors_held_open or self.vehicle is None:
@@ -389,6 +394,7 @@ class SimulatedCharger(FaultHooks):
                 ramp_w_per_s=lim.ramp_w_per_s,
                 rated_charge_w=self.max_charge_w,
                 rated_discharge_w=self.max_discharge_w,
+                rated_w=self.rated_w,
                 contactor=self.contactor.value,
                 contactor_cycles=self.contactor_cycles,
                 contactor_cycle_budget=self.contactor_cycle_budget,
@@ -468,6 +474,7 @@ class ChargerSnapshot:
     ev_discharge_spec_w: float = 0.0  # the vehicle's own discharge power, before the caps
     ev_charge_spec_w: float = 0.0
     ev_nominal_v: float = 0.0  # battery nominal DC voltage (MAX_DISCHARGE_AMPS x V)
+    rated_w: float = 0.0  # nameplate rating (702 WMaxRtg); 0: not given
 
 
 SimulatedCharger.SNAPSHOT_TYPE = ChargerSnapshot  # defined after the class that returns it

@@ -54,7 +54,7 @@ def inverter_status_from(s: ChargerSnapshot, device: str) -> InverterStatus:
     return InverterStatus.checked(
         state=_enum(InverterState, s.state, "inverter state", device),
         setpoint_w=s.setpoint_w, actual_power_w=s.actual_power_w,
-        limits=InverterLimits(s.max_charge_w, s.max_discharge_w, s.ramp_w_per_s),
+        limits=InverterLimits(s.max_charge_w, s.max_discharge_w, s.ramp_w_per_s, s.rated_w),
         contactor=_enum(ContactorState, s.contactor, "contactor state", device),
         contactor_cycles=s.contactor_cycles, contactor_cycle_budget=s.contactor_cycle_budget,
         faults=s.faults, taken_at_s=s.taken_at_s, contactors_held_open=s.contactors_held_open, device=device,

@@ -230,7 +230,7 @@ class ChargerUnit(_Unit):
         c = self.charger
         if model_id == 1:
             return self.common("sim-v2g-charger")
-        rating = max(c.max_charge_w, c.max_discharge_w)
+        rating = c.rated_w
         w_sf = _fit_sf(rating, signed=True)
         if model_id == 702:
             s0 = c.snapshot()

@@ -16,6 +16,7 @@ from typing import Any
 
 import click
 
+from hardware.simulated.visits import DEFAULT_VISITS
 from meshagent.errors import MeshagentError
 
 TRANSITION_LIMIT_S = 0.100
@@ -196,14 +197,19 @@ def register(cli: click.Group) -> None:
     @click.option("--frequency", default=None,
                   help="The grid frequency the site meter reports [default: the agent's default nominal frequency, "
                        "control.nominal_frequency].")
+    @click.option("--arrivals", default=DEFAULT_VISITS, show_default=True, metavar="STAY/AWAY|none",
+                  help="Vehicles come and go: each stays STAY, leaves, and the next one arrives AWAY later "
+                       "(chargers staggered); none: plugged in for good.")
     def emulator(mode: str, vehicles: int, listen: str, models: tuple[str, ...], old_firmware: bool,
                  max_discharge_amps: float | None, soc_pct: float, min_soc_pct: float, duration: str | None,
-                 frequency: str | None) -> None:
+                 frequency: str | None, arrivals: str) -> None:
         """Serve simulated vehicles behind simulated chargers over real Modbus.
 
         Unit 1 is the site meter; chargers are units 11, 12, ... (one per vehicle). A
         request for any other unit is logged in one line and answered with Modbus
-        exception 0x0B (gateway target device failed to respond).
+        exception 0x0B (gateway target device failed to respond). Every charger starts
+        with a vehicle plugged in; with --arrivals it leaves after STAY and another
+        (the next model, a new id) arrives AWAY later: each visit is one charging session.
         """
         from meshagent.config.units import parse_duration_s, parse_frequency_hz
         from meshagent.control.config import ControlSection
@@ -225,8 +231,14 @@ def register(cli: click.Group) -> None:
                 raise click.BadParameter(str(exc), param_hint="--duration") from None
         if min_soc_pct > soc_pct:
             raise click.BadParameter("must not exceed --soc", param_hint="--min-soc")
+        from hardware.simulated.visits import Visits
+
+        try:
+            visits = Visits.parse(arrivals, parse_duration_s)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), param_hint="--arrivals") from None
         _run(_emulate, listen, vehicles, models, old_firmware, max_discharge_amps, soc_pct, min_soc_pct, duration_s,
-             frequency_hz)
+             frequency_hz, visits)
 
 
 # --- the commands' bodies (trio) ---------------------------------------------------------
@@ -482,8 +494,11 @@ def _log_line(line: str) -> None:
 
 
 async def _emulate(listen: str, n: int, models: tuple[str, ...], old_firmware: bool, max_discharge_amps: float | None,
-                   soc_pct: float, min_soc_pct: float, duration_s: float | None, frequency_hz: float = 60.0) -> None:
+                   soc_pct: float, min_soc_pct: float, duration_s: float | None, frequency_hz: float = 60.0,
+                   visits: Any = None) -> None:
+    import functools
     import ipaddress
+    import math
     import time
     import urllib.parse
 
@@ -497,9 +512,15 @@ async def _emulate(listen: str, n: int, models: tuple[str, ...], old_firmware: b
     unknown = [m for m in names if m not in VEHICLE_SPECS]
     if unknown:
         raise click.BadParameter(f"unknown model {unknown[0]!r} (known: {', '.join(VEHICLE_SPECS)})", param_hint="--model")
-    vehicles = [VehicleConfig.of(names[i % len(names)], present_soc_pct=soc_pct, minimum_soc_pct=min_soc_pct,
-                                 firmware="old" if old_firmware else "current", max_discharge_amps=max_discharge_amps,
-                                 vehicle_id=f"EV{i + 1:03d}-{names[i % len(names)]}") for i in range(n)]
+
+    def vehicle(i: int, visit: int) -> VehicleConfig:
+        """Charger ``i``'s vehicle on its ``visit``-th visit: models cycled, a new id each time."""
+        k = i + visit * n
+        return VehicleConfig.of(names[k % len(names)], present_soc_pct=soc_pct, minimum_soc_pct=min_soc_pct,
+                                firmware="old" if old_firmware else "current", max_discharge_amps=max_discharge_amps,
+                                vehicle_id=f"EV{k + 1:03d}-{names[k % len(names)]}")
+
+    vehicles = [vehicle(i, 0) for i in range(n)]
     site = SimulatedSite.with_chargers(time.monotonic, n, name="emulator", vehicles=vehicles, frequency_hz=frequency_hz)
     units = site_units(site)
     parts = urllib.parse.urlsplit(listen)
@@ -541,13 +562,24 @@ async def _emulate(listen: str, n: int, models: tuple[str, ...], old_firmware: b
             click.echo(f"charger {i + 1}: {client_url(11 + i)}  vehicle {v.vehicle_id} "
                        f"({v.spec.battery_kwh:g} kWh, charge {v.spec.charge_kw:g} kW, "
                        f"EVMaximumDischargePower {v.max_discharge_w() / 1e3:g} kW, MinimumSOC {v.minimum_soc_pct:g}%)")
+        if visits is not None:
+            click.echo(f"arrivals: each vehicle stays {visits.stay_s:g} s, the next arrives {visits.away_s:g} s "
+                       "after it leaves")
         import sys
 
         sys.stdout.flush()
-        if duration_s is None:
-            await trio.sleep_forever()
-        else:
-            await trio.sleep(duration_s)
+
+        def said(visit: Any, arrived: VehicleConfig | None) -> None:
+            what = f"vehicle {arrived.vehicle_id} arrived" if arrived is not None else "vehicle left"
+            _log_line(f"charger {visit.charger_index + 1}: {what}")
+
+        with trio.move_on_after(math.inf if duration_s is None else duration_s):
+            async with trio.open_nursery() as nursery:
+                if visits is not None:
+                    from hardware.simulated.visits import drive_visits
+
+                    await nursery.start(functools.partial(drive_visits, site, visits, vehicle, on_visit=said))
+                await trio.sleep_forever()
     finally:
         await server.stop()
         if line is not None:

@@ -9,8 +9,11 @@ is a member without an offer (a seed or a utility-facing peer).
 
 from __future__ import annotations
 
+from typing import Any
+
 import attrs
 
+from hardware.simulated.visits import DEFAULT_VISITS
 from meshagent.config import register_section, setting
 from meshagent.config.units import parse_duration_s
 
@@ -29,6 +32,15 @@ def _url(value: object) -> str:
     return value
 
 
+def _visits(value: object) -> str:
+    from hardware.simulated.visits import Visits
+
+    if not isinstance(value, str):
+        raise ValueError(f"expected STAY/AWAY (e.g. \"5min/1min\") or \"none\", got {value!r}")
+    Visits.parse(value, parse_duration_s)  # one line naming what is wrong
+    return value
+
+
 @attrs.frozen
 class DevicesSection:
     meter: str = setting("", parse=_url, shown='""', doc="The site meter's URL, e.g. `modbus+tcp://10.20.0.5:502/1`.")
@@ -43,6 +55,17 @@ class DevicesSection:
         3.0, key="setpoint_reversion", parse=parse_duration_s, min_value=1, max_value=3600, shown='"3s"',
         doc="A Modbus inverter not written to for this long returns to no power by itself (SunSpec 704 "
             "WSetRvrtTms, whole seconds): the agent renews it every second, so a dead agent stops discharging.")
+
+    sim_arrivals: str = setting(
+        DEFAULT_VISITS, parse=_visits, shown=f'"{DEFAULT_VISITS}"',
+        doc="Only for `sim://` devices: each simulated vehicle stays STAY, leaves, and another arrives AWAY later "
+            "(each visit is a charging session at the CSMS); \"none\": plugged in for good.")
+
+    def visits(self) -> Any:
+        """The ``sim_arrivals`` schedule (``hardware.simulated.visits.Visits``), or None."""
+        from hardware.simulated.visits import Visits
+
+        return Visits.parse(self.sim_arrivals, parse_duration_s)
 
     @property
     def configured(self) -> bool:

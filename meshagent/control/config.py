@@ -127,8 +127,9 @@ class ControlSection:
     pid_kd: float = setting(1.0, min_value=0, max_value=1000, doc="Not applied any more (see `pid_kp`).")
     inverter_nameplate_w: float = setting(
         0.0, key="inverter_nameplate", parse=parse_power_w, min_value=0, max_value=10_000_000, shown='"0W"',
-        doc="The inverter's nameplate rating, the base of the droop (IEEE 1547-2018). 0: the largest limit "
-        "the inverter has reported since the start (set it when the agent may start derated).",
+        doc="The inverter's nameplate rating, the base of the droop (IEEE 1547-2018); overrides the device's. "
+        "0: the inverter's own rating (SunSpec 702 WMaxRtg), or, for a device that gives none, the largest "
+        "limit it has reported since the start (logged once as a warning: set this then).",
     )
     response_ramp_pu_per_s: float = setting(
         1.0, key="response_ramp", min_value=0.001, max_value=1000, shown="1.0",

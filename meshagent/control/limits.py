@@ -53,6 +53,7 @@ class DeviceState:
     actual_power_w: float = 0.0  # at the AC terminals; ~0 means ~0 current
     vehicle_connected: bool = True
     tamper: bool = False
+    inverter_rated_w: float = 0.0  # nameplate (SunSpec 702 WMaxRtg), the droop's base; 0: not given
 
     @property
     def battery_lower_limit(self) -> bool:

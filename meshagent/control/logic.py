@@ -91,6 +91,7 @@ class Inputs:
     covered_w: float | None = None  # discharge the mesh applies in this scope (None: our own)
     base_setpoint_w: float = 0.0  # the charging session's own setpoint (+ charge)
     read_at_s: float | None = None  # the loop's clock when the meter answered (None: ``now``)
+    offer_hold: str = ""  # why the vehicle stays out of the offer though plugged in ("": it need not)
 
 
 class ContactorCommand(enum.StrEnum):
@@ -119,6 +120,7 @@ class Decision:
     pid: PidState | None
     faults: tuple[str, ...]  # active codes (latched and not), sorted
     clear_outcomes: tuple[ClearOutcome, ...] = ()  # the answer to a clear-faults carried out this cycle
+    offer_hold: str = ""  # ``Inputs.offer_hold`` when it kept the vehicle out of the offer
 
 
 @attrs.frozen
@@ -159,8 +161,9 @@ class ControlLogic:
     droop: DroopResponse = attrs.field(init=False)
     pid: PredictivePid = attrs.field(init=False)
     ffr: FastFrequencyResponse | None = attrs.field(init=False)
-    nameplate_discharge_w: float = 0.0  # the droop's base (config, or the largest limit seen)
+    nameplate_discharge_w: float = 0.0  # the droop's base: config, else the device's rating, else learned
     nameplate_charge_w: float = 0.0
+    nameplate_source: str = ""  # "config", "device" (702 WMaxRtg), "learned" (the largest limit seen)
     trips: TripMonitor = attrs.field(init=False)
     rts: ReturnToService = attrs.field(init=False)
     guard: ContactorGuard = attrs.field(init=False)
@@ -194,6 +197,7 @@ class ControlLogic:
         self.pid = PredictivePid(self.profile)
         self.ffr = FastFrequencyResponse(s.ffr_curve, s.ffr_ramp_pu_per_s) if s.ffr_curve else None
         self.nameplate_discharge_w = self.nameplate_charge_w = s.inverter_nameplate_w
+        self.nameplate_source = "config" if s.inverter_nameplate_w else ""
         self.trips = TripMonitor(self.profile)
         self.rts = ReturnToService(self.profile)
         self.guard = ContactorGuard(s.contactor_min_dwell_s, s.contactor_max_cycles_per_hour)
@@ -363,11 +367,8 @@ class ControlLogic:
         command = ContactorCommand.NONE
         if dev is not None:
             command, dev = self._contactors(dev, now_s, want_open, emergency, events)
-        if dev is not None and not s.inverter_nameplate_w:  # learn the nameplate: the largest limit seen
-            for name in ("discharge", "charge"):
-                seen = getattr(dev, f"inverter_max_{name}_w")
-                if isinstance(seen, int | float) and math.isfinite(seen) and seen > getattr(self, f"nameplate_{name}_w"):
-                    setattr(self, f"nameplate_{name}_w", float(seen))
+        if dev is not None and self.nameplate_source != "config":
+            self._nameplate(dev)
         # IEEE 1547-2018: the droop is per unit of the nameplate, not of today's limit; the
         # clamp then keeps it inside the limit in force
         rated_w = self.nameplate_discharge_w if self.response_pu >= 0 else self.nameplate_charge_w
@@ -380,15 +381,33 @@ class ControlLogic:
                                      no_discharge=self.lower_limit)
             setpoint_w, binding = clamped.setpoint_w, clamped.binding
         offer = (dev is not None and dev.vehicle_connected and not self.lower_limit and not self.latched
-                 and self.thermal is not ThermalLevel.STOP)
+                 and self.thermal is not ThermalLevel.STOP and not inputs.offer_hold)
         decision = Decision(
             setpoint_w=setpoint_w, request_w=request_w, binding=binding, safe_mode=safe_mode,
             contactor=command, spikes=tuple(spikes), events=tuple(events), offer_available=offer,
             frequency_response_w=response_w, pid=pid_state, faults=self.active_faults(),
-            clear_outcomes=tuple(outcomes),
+            clear_outcomes=tuple(outcomes), offer_hold=inputs.offer_hold,
         )
         self.last_decision = decision
         return decision
+
+    def _nameplate(self, dev: DeviceState) -> None:
+        """The droop's base when ``inverter_nameplate`` is not set: the inverter's own rating
+        (SunSpec 702 ``WMaxRtg``, both ways, as 1547 takes per unit of ``P_rated``); only a
+        device that gives none leaves the last resort, the largest limit seen, which is too
+        small for as long as a vehicle or a derating caps the inverter below its rating."""
+        rated = dev.inverter_rated_w
+        if isinstance(rated, int | float) and math.isfinite(rated) and rated > 0:
+            self.nameplate_discharge_w = self.nameplate_charge_w = float(rated)
+            self.nameplate_source = "device"
+            return
+        if self.nameplate_source == "device":
+            return  # a rating once read stays: a read without it says nothing new
+        for name in ("discharge", "charge"):
+            seen = getattr(dev, f"inverter_max_{name}_w")
+            if isinstance(seen, int | float) and math.isfinite(seen) and seen > getattr(self, f"nameplate_{name}_w"):
+                setattr(self, f"nameplate_{name}_w", float(seen))
+                self.nameplate_source = "learned"
 
     def _fresh(self, meter: MeterSample, now_s: float) -> bool:
         """Is this meter sample valid and newer than the last, and how old is the newest?

@@ -50,6 +50,7 @@ DC current.
 from __future__ import annotations
 
 import collections
+import logging
 import math
 import time
 from collections.abc import Callable
@@ -80,6 +81,8 @@ from meshagent.control.detect import Phase, Spike
 from meshagent.control.limits import DeviceState
 from meshagent.control.logic import ContactorCommand, ControlLogic, Decision, Inputs, MeterSample
 from protocol.stats import percentile
+
+log = logging.getLogger("meshagent.control")
 
 SETPOINT_REFRESH_S = 1.0  # re-send an unchanged setpoint this often (a restarted inverter forgets)
 SAMPLES_KEPT = 20_000  # cycle-time and jitter samples kept for the percentiles
@@ -141,6 +144,7 @@ def device_state(inv: InverterStatus, vehicle: VehicleStatus, thermal: ThermalRe
         actual_power_w=inv.actual_power_w,
         vehicle_connected=vehicle.connected,
         tamper=tamper.open or tamper.latched or "tamper" in faults,
+        inverter_rated_w=inv.limits.rated_w,
     )
 
 
@@ -196,8 +200,14 @@ class ControlLoop:
         on_spike: Callable[[Spike], None] | None = None,
         wall_clock: Callable[[], float] = time.time,
         perf_clock: Callable[[], float] = time.perf_counter,
+        offer_hold: Callable[[], str] | None = None,
     ) -> None:
+        """``offer_hold`` is asked every cycle why the vehicle must stay out of the offer
+        although plugged in ("" when it need not): the billing session's answer while a
+        refused idToken stops energy transfer. The loop only reads it (one direction)."""
         self.section = section
+        self._offer_hold = offer_hold
+        self._nameplate_said = ""
         self.devices = devices
         self.node_id = node_id
         self.state_dir = state_dir
@@ -381,10 +391,13 @@ class ControlLoop:
             clearing = await self._clear_inverter()
             self.logic.clear_faults(now)
         dev = await self._read_devices(now)
+        hold = self._offer_hold() if self._offer_hold is not None else ""
         decision = self.logic.step(
-            Inputs(meter, dev, self.share_w, self.covered_w, self.base_setpoint_w, read_at), now
+            Inputs(meter, dev, self.share_w, self.covered_w, self.base_setpoint_w, read_at, hold), now
         )
         self.last_decision = decision
+        if self.logic.nameplate_source != self._nameplate_said:
+            self._say_nameplate()
         for spike in decision.spikes:
             self._hand_on(spike, t_meter)
         opened = await self._actuate(decision, now)
@@ -509,6 +522,20 @@ class ControlLoop:
             self._device_fault(fault)
             self._last_written_w = None
         return opened
+
+    def _say_nameplate(self) -> None:
+        """Once per source: what the droop's base is and where it came from."""
+        lg = self.logic
+        self._nameplate_said = lg.nameplate_source
+        if lg.nameplate_source == "learned":
+            log.warning("%s: the inverter reports no nameplate rating (SunSpec 702 WMaxRtg) and [control] "
+                        "inverter_nameplate is not set: the 1547 droop's base is the largest limit seen "
+                        "(%.0f W now), too small while a vehicle or a derating caps it; set inverter_nameplate",
+                        self.node_id, lg.nameplate_discharge_w)
+        elif lg.nameplate_source:
+            log.info("%s: 1547 droop base %.0f W (%s)", self.node_id, lg.nameplate_discharge_w,
+                     "[control] inverter_nameplate" if lg.nameplate_source == "config" else "the inverter's "
+                     "rating, SunSpec 702 WMaxRtg")
 
     def _device_fault(self, fault: DeviceFault) -> None:
         self._device_faults += 1

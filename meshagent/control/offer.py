@@ -3,7 +3,9 @@
 The state record a node publishes says how much it could discharge *now*: every limit the
 clamp applies (inverter, vehicle, thermal derating, the owner's minimum SoC, the BMS) via
 ``limits.clamp_setpoint``, so the mesh never counts power the loop would refuse to give;
-and nothing at all while a fault is active or the vehicle has left the offer.
+and nothing at all while a fault is active or the vehicle has left the offer (at its minimum
+SoC, or while the billing session holds energy transfer off after a refused idToken: then
+the hold's reason, ``id_token_refused``, rides in ``faults``, the record's reason field).
 """
 
 from __future__ import annotations
@@ -51,7 +53,8 @@ def offer_from_loop(loop: Any, limits: Limits) -> Offer:
     params = vehicle.parameters if vehicle is not None else None
     energy = params.energy_above_minimum_wh if params is not None else 0.0
     if not decision.offer_available or decision.safe_mode:
-        return Offer(0.0, 0.0, min(max(soc, 0.0), 1.0), derating, faults)
+        why = (decision.offer_hold,) if decision.offer_hold else ()  # the record's reason, with the faults
+        return Offer(0.0, 0.0, min(max(soc, 0.0), 1.0), derating, faults + why)
     # An idle charger's contactors are open and close when power is asked for: that is no
     # reason to withhold the offer (welded ones are, and the clamp still sees those).
     ready = attrs.evolve(state, contactor_closed=True)

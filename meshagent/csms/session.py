@@ -26,7 +26,9 @@ and returns the ``Action``s OCPP 2.0.1 asks for:
 link, the inverter's status and its energy registers), feeds the logic and carries the
 actions out through ``CsmsClient`` (which queues them durably; nothing here waits for the
 CSMS). ``gate(inverter)`` is what the control loop commands: 0 W outside a transaction
-and while a refused idToken holds energy transfer off.
+and while a refused idToken holds energy transfer off. ``SessionLogic.offer_hold`` is
+what the control loop reads (never the other way round) to keep such a vehicle out of its
+offer to the mesh: a vehicle that may not discharge is no capacity for the others.
 """
 
 from __future__ import annotations
@@ -89,6 +91,17 @@ class SessionLogic:
     _last_update_s: float = attrs.field(init=False, default=0.0)
     _last_readable_s: float | None = attrs.field(init=False, default=None)
     _energy: tuple[float, float] = attrs.field(init=False, default=(0.0, 0.0))
+
+    @property
+    def offer_hold(self) -> str:
+        """Why a plugged-in vehicle must stay out of the mesh's offer ("" when it need not):
+        a refused idToken stops energy transfer until the vehicle leaves, and the next
+        vehicle is offered only once its session starts (authorised, or on the cable)."""
+        if not self.energy_allowed:
+            return "id_token_refused"
+        if self.awaiting_authorization:
+            return "id_token_authorizing"
+        return ""
 
     @property
     def transfer_allowed(self) -> bool:

@@ -243,3 +243,62 @@ async def test_setpoint_write_to_power_reached(std: tuple[Any, SimServer, Any]) 
     print(f"\nsetpoint write -> power reached (standard SunSpec over TCP, n=40): p50 {p50:.1f} ms, max {worst:.1f} ms")
     assert p50 < 100.0  # the calibration limit of `meshagent test-discharge`
     await ch.inverter.set_power(0.0)
+
+
+@pytest.mark.parametrize("standard", [True, False], ids=["standard", "with-64900"])
+async def test_status_carries_the_702_nameplate_rating(standard: bool) -> None:
+    """``InverterLimits.rated_w`` is 702 WMaxRtg, whatever the vehicle caps the limit to; our
+    64900 has no rating point, so a device with it gives the rating through 702 too."""
+    site = make_site()  # 11 kW inverter, the Leaf caps discharge at 7 kW
+    async with SimServer(site_units(site, standard=standard)) as server:
+        ch = open_charger(server.url(11), timeout_s=TIMEOUT_S, stale_after_s=STALE_AFTER_S, clock=time.monotonic)
+        try:
+            limits = (await ch.inverter.status()).limits
+            assert (limits.max_discharge_w, limits.rated_w) == (7000.0, 11000.0)
+            assert ch.inverter.notes == []
+        finally:
+            await ch.aclose()
+
+
+async def test_droop_is_on_the_702_rating_with_a_vehicle_capping_below_it(tmp_path: Any) -> None:
+    """The real control loop on a standard SunSpec charger over Modbus TCP, no
+    inverter_nameplate: the Ford caps discharge at 9.6 kW under the 11 kW WMaxRtg, and the
+    steady droop is the IEEE 1547-2018 curve on 11 kW within 1 %. (The old base, the largest
+    limit seen, 9.6 kW, is 1.1-5.8 % off at these frequencies.) Real clock: the server is a
+    thread; the open-loop response time is set to its 0.2 s minimum so each step settles fast."""
+    from hardware.connect import open_site_meter
+    from hardware.simulated import SimulatedSite, VehicleConfig
+    from meshagent.control.loop import ControlLoop, Devices
+    from tests.meshagent.control.conftest import section
+    from tests.meshagent.control.test_droop import reference_droop_pu
+
+    site = SimulatedSite.with_chargers(time.monotonic, 1, base_load_w=40_000.0,
+                                       vehicles=[VehicleConfig.of("ford-f150-lightning-er")])
+    site.set_grid(frequency_hz=60.0)
+    charger = site.chargers[0]
+    errors = []
+    async with SimServer(site_units(site, standard=True)) as server:
+        meter = open_site_meter(server.url(1))
+        ch = open_charger(server.url(11))
+        loop = ControlLoop(section(cycle_budget="1s", response_time="200ms"),
+                           Devices(meter, ch.inverter, ch.vehicle, ch.thermal, ch.tamper), node_id="n1",
+                           scope_id="site-1", state_dir=tmp_path)
+        try:
+            with trio.fail_after(60):
+                async with trio.open_nursery() as nursery:
+                    await nursery.start(loop.run)
+                    for f in (59.7, 59.0, 58.6):
+                        site.set_grid(frequency_hz=f)
+                        await trio.sleep(2.5)
+                        got_w = charger.snapshot().actual_power_w
+                        want_w = -reference_droop_pu(f) * 11_000.0
+                        errors.append(abs(got_w - want_w) / 11_000.0)
+                        assert abs(got_w - want_w) <= 0.01 * 11_000.0, (f, got_w, want_w)
+                    nursery.cancel_scope.cancel()
+            assert (loop.logic.nameplate_source, loop.logic.nameplate_discharge_w) == ("device", 11_000.0)
+            assert charger.limits().max_discharge_w == 9600.0
+        finally:
+            await meter.aclose()
+            await ch.aclose()
+    print(f"\ndroop on the 702 WMaxRtg (11 kW, vehicle cap 9.6 kW), standard SunSpec over Modbus TCP, "
+          f"59.7/59.0/58.6 Hz: max error {max(errors) * 100:.3f} % of nameplate ({max(errors) * 11_000.0:.1f} W)")

@@ -16,17 +16,21 @@ EVMaximumDischargePower 9.6 kW, or less with MAX_DISCHARGE_AMPS: a derated limit
 from __future__ import annotations
 
 import itertools
+import logging
 import math
 from pathlib import Path
 from typing import Any
 
+import attrs
 import pytest
 import trio
 
-from hardware.simulated import VehicleConfig
+from hardware.simulated import SimulatedSite, VehicleConfig
 from meshagent.control.frequency import FrequencyProfile, PredictivePid, curve_pu, parse_curve
+from meshagent.control.loop import ControlLoop
 from sims.bench.control import GeneratorTrip
-from tests.meshagent.control.test_loop import GUARD_S, start_bench
+from tests.meshagent.control.conftest import section
+from tests.meshagent.control.test_loop import GUARD_S, make_devices, start_bench
 
 NAMEPLATE_W = 11_000.0  # the simulated charger's inverter rating
 F_NOM, DB, K, OLRT_S = 60.0, 0.036, 0.05, 5.0
@@ -59,7 +63,8 @@ async def hold_and_measure(b: Any, f: float, hold_s: float = 15.0) -> float:
 CASES = [59.9, 59.7, 59.5, 59.2, 59.964, 60.0, 60.2]
 
 
-@pytest.mark.parametrize(("vehicle_kw", "nameplate"), [({}, "11kW"), ({"max_discharge_amps": 12.0}, "11kW")])
+@pytest.mark.parametrize(("vehicle_kw", "nameplate"), [({}, "11kW"), ({"max_discharge_amps": 12.0}, "11kW"),
+                                                        ({}, None), ({"max_discharge_amps": 12.0}, None)])
 async def test_steady_droop_is_on_the_nameplate_within_one_percent(tmp_path: Path, autojump_clock: Any,
                                                                    vehicle_kw: dict[str, Any], nameplate: str):
     """Steady state at several frequencies, with the full and a derated discharge limit: the
@@ -68,8 +73,11 @@ async def test_steady_droop_is_on_the_nameplate_within_one_percent(tmp_path: Pat
     errors = []
     with trio.fail_after(GUARD_S):
         async with trio.open_nursery() as nursery:
-            b = await start_bench(tmp_path, nursery, vehicle=car, control={"inverter_nameplate": nameplate})
+            # None: no inverter_nameplate, the inverter's own rating is the base (the vehicle caps below it)
+            b = await start_bench(tmp_path, nursery, vehicle=car,
+                                  control={"inverter_nameplate": nameplate} if nameplate else {})
             await trio.sleep(0.5)
+            assert b.loop.logic.nameplate_source == ("config" if nameplate else "device")
             for f in CASES:
                 got_w = await hold_and_measure(b, f)
                 lim = b.charger.limits()
@@ -78,8 +86,8 @@ async def test_steady_droop_is_on_the_nameplate_within_one_percent(tmp_path: Pat
                 errors.append(abs(got_w - want_w) / NAMEPLATE_W)
                 assert abs(got_w - want_w) <= 0.01 * NAMEPLATE_W, (f, got_w, want_w, lim)
             nursery.cancel_scope.cancel()
-    print(f"droop error vs IEEE 1547-2018 (OpenDER eq. 24), {vehicle_kw or 'full limit'}: "
-          f"max {max(errors) * 100:.3f} % of nameplate")
+    print(f"droop error vs IEEE 1547-2018 (OpenDER eq. 24), {vehicle_kw or 'full limit'}, nameplate from "
+          f"{'config' if nameplate else 'the device rating'}: max {max(errors) * 100:.3f} % of nameplate")
 
 
 async def test_a_derated_limit_does_not_scale_the_droop(tmp_path: Path, autojump_clock: Any):
@@ -180,3 +188,39 @@ async def test_fast_frequency_response_adds_to_droop_with_its_own_ramp(tmp_path:
             assert max(steps) <= 0.02 * NAMEPLATE_W + 0.01  # 2 pu/s x 10 ms
             assert seen[-1] == pytest.approx(0.5 * NAMEPLATE_W, rel=1e-6)  # the curve, past the droop's 0.09
             nursery.cancel_scope.cancel()
+
+
+class Unrated:
+    """An inverter that gives no nameplate rating (no 702 WMaxRtg): everything else passes."""
+
+    def __init__(self, inverter: Any) -> None:
+        self._inverter = inverter
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inverter, name)
+
+    async def status(self) -> Any:
+        status = await self._inverter.status()
+        return attrs.evolve(status, limits=attrs.evolve(status.limits, rated_w=0.0))
+
+
+async def test_an_inverter_without_a_rating_falls_back_to_the_largest_limit_and_says_so_once(
+        tmp_path: Path, autojump_clock: Any, caplog: pytest.LogCaptureFixture):
+    """The last resort: with neither inverter_nameplate nor a device rating, the base is the
+    largest limit seen (the Ford's 9.6 kW here, not the 11 kW nameplate), and the log says so
+    once, naming the key to set."""
+    car = VehicleConfig.of("ford-f150-lightning-er")
+    site = SimulatedSite.with_chargers(trio.current_time, 1, name="site-a", vehicles=[car], base_load_w=400_000.0,
+                                       frequency_hz=60.0)
+    devices = attrs.evolve(make_devices(site), inverter=Unrated(make_devices(site).inverter))
+    loop = ControlLoop(section(cycle_budget="1s"), devices, node_id="n1", scope_id="site-a", state_dir=tmp_path)
+    with caplog.at_level(logging.INFO, logger="meshagent.control"), trio.fail_after(GUARD_S):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(loop.run)
+            site.set_grid(frequency_hz=59.0)
+            await trio.sleep(15.0)
+            nursery.cancel_scope.cancel()
+    assert loop.logic.nameplate_source == "learned" and loop.logic.nameplate_discharge_w == 9600.0
+    assert site.charger(1).power_w == pytest.approx(-reference_droop_pu(59.0) * 9600.0, rel=0.01)
+    said = [r for r in caplog.records if "nameplate" in r.getMessage()]
+    assert len(said) == 1 and said[0].levelno == logging.WARNING and "inverter_nameplate" in said[0].getMessage()

@@ -180,7 +180,7 @@ async def test_a_generator_trip_starts_discharge_before_59_5_hz(bench: Bench, au
     step moves the response more than its ramp (1 pu/s: 0.01 pu per 10 ms cycle)."""
     trip = GeneratorTrip(trip_at_s=0.5)
     t0 = trio.current_time()
-    rated = bench.charger.limits().max_discharge_w
+    rated = bench.charger.rated_w  # the droop's base: the nameplate, not the Ford's 9.6 kW limit
     responses: list[float] = []
 
     async def grid() -> None:

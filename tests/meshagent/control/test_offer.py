@@ -11,7 +11,8 @@ from meshagent.control.offer import NOTHING, Offer, offer_from_loop
 
 
 def fake_loop(state, *, offer_available=True, safe_mode=False, faults=(), energy_wh=15_600.0):
-    decision = types.SimpleNamespace(offer_available=offer_available, safe_mode=safe_mode, faults=faults)
+    decision = types.SimpleNamespace(offer_available=offer_available, safe_mode=safe_mode, faults=faults,
+                                     offer_hold="")
     vehicle = types.SimpleNamespace(parameters=types.SimpleNamespace(energy_above_minimum_wh=energy_wh))
     return types.SimpleNamespace(last_device_state=state, last_decision=decision, last_vehicle=vehicle)
 
