@@ -154,7 +154,15 @@ def _log_events(node: MeshNode) -> Any:
     return run
 
 
-async def run_agent(config: NodeConfig, *, task_status: trio.TaskStatus[MeshNode] = trio.TASK_STATUS_IGNORED) -> None:
+async def run_agent(config: NodeConfig, *, sim_world: Any = None,
+                    task_status: trio.TaskStatus[MeshNode] = trio.TASK_STATUS_IGNORED) -> None:
+    """Run one charger's agent until it leaves or is cancelled; started with its ``MeshNode``.
+
+    ``sim_world``: the ``hardware.simulated.site.SimWorld`` that this agent's ``sim://``
+    devices live in, for agents run in one process on one simulated site (``meshagent
+    demo``: every agent's meter then sees every charger). ``None``, as ``meshagent run``
+    passes: a world of the agent's own (``sim_world_for``) when a device is simulated.
+    """
     node_cfg = config.node
     mesh: MeshSection = config.section("mesh")
     swim = mesh.swim_config()
@@ -232,7 +240,7 @@ async def run_agent(config: NodeConfig, *, task_status: trio.TaskStatus[MeshNode
         allocation: dict[str, Any] = {"headroom_w": lambda: dict(ratings)}
         if devices_cfg.configured:
             await nursery.start(_run_control, config, node, state_dir, publisher, stats_sources, allocation,
-                                client)
+                                client, sim_world)
         query_stats = serve_queries(node, lambda: allocation["headroom_w"]())
         stats_sources["queries"] = lambda: query_stats
         sync = AuthSync(node, keeper, publisher)
@@ -296,8 +304,8 @@ def sim_world_for(*urls: Any, nominal_frequency_hz: float) -> Any:
 
 
 async def _run_control(config: NodeConfig, node: MeshNode, state_dir: Path, publisher: RecordPublisher,
-                       stats_sources: dict[str, Any], allocation: dict[str, Any], csms_client: Any = None, *,
-                       task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+                       stats_sources: dict[str, Any], allocation: dict[str, Any], csms_client: Any = None,
+                       sim_world: Any = None, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
     """The control loop on this charger's devices, and its offer published as the state record."""
     from hardware.connect import open_charger, open_site_meter
     from meshagent.control.limits import Limits
@@ -306,8 +314,8 @@ async def _run_control(config: NodeConfig, node: MeshNode, state_dir: Path, publ
 
     devices_cfg = config.section("devices")
     control_cfg = config.section("control")
-    world = sim_world_for(devices_cfg.meter, devices_cfg.charger,
-                          nominal_frequency_hz=control_cfg.nominal_frequency_hz)
+    world = sim_world if sim_world is not None else sim_world_for(
+        devices_cfg.meter, devices_cfg.charger, nominal_frequency_hz=control_cfg.nominal_frequency_hz)
     meter = open_site_meter(devices_cfg.meter, world=world)
     charger = open_charger(devices_cfg.charger, world=world, revert_after_s=max(1, round(devices_cfg.setpoint_reversion_s)))
     cert = node.identity.certificate
