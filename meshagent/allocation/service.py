@@ -268,7 +268,7 @@ class Allocator:
                 "superseded": prop.stopped and not prop.released,
                 "rounds": [
                     {
-                        "seq": r.seq, "deficit_w": r.deficit_w, "planned_w": r.planned_w,
+                        "seq": r.seq, "base_seq": r.base_seq, "deficit_w": r.deficit_w, "planned_w": r.planned_w,
                         "applied_w": r.applied_w, "residual_w": r.residual_w,
                         "answered": r.answered, "silent": r.silent,
                         "applied": dict(sorted(r.applied.items())),

@@ -109,6 +109,7 @@ async def test_stale_views_are_closed_by_round_two(pki, autojump_clock):
         assert abs(total(ags) - 40_000.0) <= 0.1
         rounds = ags[0].alloc.spikes()[0]["rounds"]
         assert len(rounds) >= 2 and rounds[0]["applied_w"] <= 40_000.0
+        assert rounds[0]["base_seq"] == 0 and rounds[1]["base_seq"] == rounds[0]["seq"]  # a correction of round 1
 
 
 async def test_ten_percent_loss_and_a_lost_member(pki, autojump_clock):
