@@ -238,6 +238,10 @@ async def run_agent(config: NodeConfig, *, sim_world: Any = None,
         stats_sources: dict[str, Any] = {}
         ratings = config.section("allocation").ratings_w()
         allocation: dict[str, Any] = {"headroom_w": lambda: dict(ratings)}
+        if client is not None:
+            # before the session driver (in _run_control) can start this life's transaction:
+            # every transaction open now was left by a previous life
+            await client.end_interrupted_transactions()
         if devices_cfg.configured:
             await nursery.start(_run_control, config, node, state_dir, publisher, stats_sources, allocation,
                                 client, sim_world)
@@ -247,7 +251,6 @@ async def run_agent(config: NodeConfig, *, sim_world: Any = None,
         await nursery.start(sync.run)
         stats_sources["authsync"] = sync.statistics
         if client is not None:
-            await client.end_interrupted_transactions()
             await nursery.start(client.run)
             stats_sources["csms"] = client.statistics
         allocator = allocation.get("allocator")

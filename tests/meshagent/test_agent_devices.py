@@ -66,3 +66,39 @@ async def test_agents_given_one_world_act_on_its_one_site(tmp_path):
         assert world.sites == {"shared": site}  # nothing built a world of its own
         assert site.snapshot().active_power_w == 20_000.0
         nursery.cancel_scope.cancel()
+
+
+async def test_a_session_started_at_boot_is_not_ended_as_left_by_a_previous_life(tmp_path):
+    """A vehicle plugged in when the agent starts: its transaction starts with this life and
+    must not be ended (PowerLoss) as one a crash left open; its periodic updates then go on."""
+    import os
+
+    import trio
+
+    from hardware.simulated.site import SimulatedSite, SimWorld
+    from hardware.simulated.vehicles import VehicleConfig
+    from meshagent.agent import run_agent
+    from meshagent.config import load_config
+    from meshagent.csms.store import CsmsStore
+    from meshagent.trust import keystore
+
+    host = f"127.82.{os.getpid() % 250}.9"
+    world = SimWorld(clock=trio.current_time)
+    world.add(SimulatedSite.with_chargers(trio.current_time, 1, name="s", vehicles=[VehicleConfig.of("nissan-leaf-40")]))
+    world.site("s").set_grid(frequency_hz=60.0)
+    bundle = keystore.enroll(keystore.ca_init(tmp_path / "ca"), "c1", tmp_path / "c1", site_id="s", transformer_id="tx-1")
+    cfg = bundle.directory / "node.toml"
+    cfg.write_text(f'[node]\nid = "c1"\n\n[mesh]\npreset = "local"\nbind = "{host}:0"\napi = "{host}:0"\n\n'
+                   '[devices]\nmeter = "sim://s/meter"\ncharger = "sim://s/charger-1"\n\n'
+                   # no CSMS listens there: events wait in the durable queue
+                   '[csms]\nurl = "ws://127.0.0.1:9/ocpp"\nsession_poll = "50ms"\nsampled_data_interval = "200ms"\n')
+    config = load_config(cfg)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(lambda **kw: run_agent(config, sim_world=world, **kw))
+        await trio.sleep(1.5)  # several periodic updates: each is refused once the transaction has ended
+        nursery.cancel_scope.cancel()
+    store = CsmsStore(config.section("csms").queue)
+    try:
+        assert len(store.open_transactions()) == 1
+    finally:
+        store.close()
