@@ -77,6 +77,11 @@ MEMBER_CONTROL = ('meter_period = "100ms"\ndevice_period = "100ms"\nsensor_timeo
 # before it counts anyone silent (a silent member gets nothing more in round 2).
 DETECTOR_ALLOCATION = 'round2_after = "1s"\n'
 DETECTOR = "charger-1"
+# Billing: every agent is a station of the development CSMS (sims/csms_server.py, its own
+# process). Each plugged-in vehicle's session starts a transaction; when the vehicles leave at
+# the end, each transaction ends with its energy registers and the CSMS bills what each
+# vehicle exported during the surge and the dip.
+CSMS_HOST = "127.84.1.1"
 # (vehicle model, state of charge %) per charger, None: nobody plugged in. Mixed on purpose:
 # the plan weighs each vehicle by its energy above the reserve (20 %).
 _MODELS = ("nissan-leaf-40", "ford-f150-lightning-er", "mitsubishi-outlander-phev")
@@ -136,7 +141,7 @@ def make_site(clock: Any) -> Any:
 
 
 def _write_config(directory: Path, node_id: str, index: int, host: str, port: int, seeds: list[str],
-                  api_port: int) -> Path:
+                  api_port: int, csms_url: str = "") -> Path:
     cfg = directory / "node.toml"
     seed_list = ", ".join(f'"{s}"' for s in seeds)
     ratings = ", ".join(f'"{t}={w / 1000:g}kW"' for t, w in TRANSFORMERS.items())
@@ -147,6 +152,7 @@ def _write_config(directory: Path, node_id: str, index: int, host: str, port: in
         f'[control]\nPEAK_LOAD_LIMIT = "{LIMIT_W / 1000:g}kW"\nnominal_frequency = "{NOMINAL_HZ:g}Hz"\n'
         + ("" if node_id == DETECTOR else MEMBER_CONTROL) + "\n"
         f'[allocation]\ntransformers = [{ratings}]\n' + (DETECTOR_ALLOCATION if node_id == DETECTOR else "")
+        + (f'\n[csms]\nurl = "{csms_url}"\n' if csms_url else "")
     )
     return cfg
 
@@ -191,6 +197,52 @@ async def _watch_setpoints(site: Any, step_at: float, watch_s: float) -> list[fl
                 if first[i] is None and abs(c.setpoint_w - before[i]) > 0.05:
                     first[i] = now - step_at
     return first
+
+
+async def _start_csms(nursery: trio.Nursery, db: Path) -> str:
+    """``meshagent csms`` in its own process on port 0; its first line says where it listens."""
+    import functools
+    import subprocess
+    import sys
+
+    cmd = [sys.executable, "-m", "sims.csms_server", "--listen", f"{CSMS_HOST}:0", "--db", str(db)]
+    proc = await nursery.start(functools.partial(trio.run_process, cmd, stdout=subprocess.PIPE,
+                                                 stderr=subprocess.DEVNULL, check=False))
+    line = b""
+    with trio.fail_after(20):
+        while b"\n" not in line:
+            chunk = await proc.stdout.receive_some(1024)
+            if not chunk:
+                raise RuntimeError("the development CSMS stopped before it listened")
+            line += chunk
+    return line.split(b"\n")[0].decode().split()[-1]  # "listening on ws://HOST:PORT"
+
+
+async def _billing(site: Any, db: Path, running: set[int], check: Any) -> None:
+    """The vehicles leave; what the CSMS billed each against what its charger measured."""
+    from sims.csms_server import billing_report
+
+    for i in running:
+        if site.chargers[i - 1].vehicle is not None:
+            site.chargers[i - 1].disconnect_vehicle()
+    plugged = {f"charger-{i}" for i in running if _vehicle(i) is not None}
+    report: list[Any] = []
+
+    def all_ended() -> bool:
+        return {t.station_id for t in report[-1].transactions if t.ended} >= plugged if report else False
+
+    with trio.move_on_after(15):
+        while not all_ended():
+            report.append(await trio.to_thread.run_sync(billing_report, db))
+            await trio.sleep(0.5)
+    bills = {t.station_id: t for t in report[-1].transactions} if report else {}
+    measured = {f"charger-{i}": c.energy_out_wh for i, c in enumerate(site.chargers, start=1)}
+    ended = [n for n in plugged if n in bills and bills[n].ended]
+    worst = max((abs(bills[n].energy_exported_wh - measured[n]) for n in ended), default=math.inf)
+    check("the vehicles leave: the CSMS bills each one", len(ended) == len(plugged) and worst <= 0.01,
+          f"{len(ended)} transactions ended, {math.fsum(bills[n].energy_exported_wh for n in ended):.1f} Wh "
+          f"exported billed, {math.fsum(measured[n] for n in ended):.1f} Wh measured at those chargers "
+          f"(largest difference {worst:.3f} Wh)")
 
 
 def _grid(values: dict[int, float], fmt: str) -> list[str]:
@@ -240,6 +292,9 @@ async def _demo(workdir: Path, out: Path) -> int:
     scopes: dict[str, trio.CancelScope] = {}
     api_port = _free_port(hosts[0], 7947)
     async with trio.open_nursery() as nursery:
+        csms_db = workdir / "csms.sqlite3"
+        csms_url = await _start_csms(nursery, csms_db)
+        _say(f"  development CSMS (its own process) at {csms_url}; every agent is a station of it")
 
         async def start_one(i: int, host: str, seeds: list[str]) -> None:
             node_id = f"charger-{i}"
@@ -247,7 +302,7 @@ async def _demo(workdir: Path, out: Path) -> int:
             bundle = keystore.enroll(ca, node_id, workdir / node_id, site_id=SITE, transformer_id=tid,
                                      roles=("detector",) if node_id == DETECTOR else ())
             config = load_config(_write_config(bundle.directory, node_id, i, host, port, seeds,
-                                               api_port if i == 1 else _free_port(host, 7947)))
+                                               api_port if i == 1 else _free_port(host, 7947), f"{csms_url}/ocpp"))
 
             async def run_one(*, task_status: trio.TaskStatus[Any] = trio.TASK_STATUS_IGNORED) -> None:
                 with trio.CancelScope() as scope:
@@ -307,6 +362,7 @@ async def _demo(workdir: Path, out: Path) -> int:
         check(f"{revoked} revoked by the CA", took is not None,
               f"removed everywhere in {took:.2f} s" if took is not None else "still present")
         await _hostile(by_id, check)
+        await _billing(site, csms_db, {i for i in range(1, n_chargers + 1) if i != n_chargers}, check)
 
         for scope in scopes.values():
             scope.cancel()
