@@ -96,8 +96,11 @@ def test_demo_splits_a_surge_among_24_agents_over_real_udp(tmp_path):
     for line in ("24 joined through charger-1", "the surge split among the agents", "the meter comes back under the limit",
                  "no charger or transformer past its limit", "every charger with a vehicle answers the dip",
                  "declared dead by all 23", "removed everywhere", "refused: replay", "refused: bad_signature",
-                 "refused: bad_certificate"):
+                 "refused: bad_certificate", "the vehicles leave: the CSMS bills each one"):
         assert line in out, line
+    # billing: every session that ended is billed exactly what its charger's register measured
+    billed = re.search(r"(\d+) transactions ended, ([0-9.]+) Wh exported billed, ([0-9.]+) Wh measured", out)
+    assert billed and int(billed[1]) == 21 and billed[2] == billed[3] and float(billed[2]) > 0, out
     # the split: the shares ACKed in the first plan's last round sum to its deficit, or the shortfall is reported
     split = re.search(r"chargers ACKed ([0-9.]+) W of ([0-9.]+) W(, shortfall ([0-9.]+) W reported)?", out)
     assert split, out
