@@ -411,6 +411,12 @@ async def _surge(site: Any, trace: Trace, nodes: list[Any], host: str, api_port:
         _say(f"    {spike['spike_id']} round {k}: {'deficit' if k == 1 else 'residual'} {r['deficit_w']:.1f} W planned over the view; "
              f"{r['answered']} answered, {r['silent']} silent; applied in all {r['applied_w']:.1f} W, "
              f"residual {r['residual_w']:.1f} W")
+    if len(split) == 1:
+        _say(f"    {spike['spike_id']} round 2: " + ("none needed: round 1 left at most 0.1 W" if split[0]["residual_w"] <= 0.1
+                                                 else "not sent: a new plan superseded round 1 first"))
+    _say(f"    applied by each charger in round {len(split)}, from its ACK (W; - : no ACK):")
+    for line in _grid({int(n.rsplit("-", 1)[1]): w for n, w in split[-1]["applied"].items()}, "{:6.0f}"):
+        _say(line)
     # the plans after it (UPDATEs): the newest absolute plan and its corrections
     newest = [r for r in rounds if not r["base_seq"]][-1]
     if len(rounds) > len(split):
