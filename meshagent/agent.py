@@ -154,7 +154,15 @@ def _log_events(node: MeshNode) -> Any:
     return run
 
 
-async def run_agent(config: NodeConfig, *, task_status: trio.TaskStatus[MeshNode] = trio.TASK_STATUS_IGNORED) -> None:
+async def run_agent(config: NodeConfig, *, sim_world: Any = None,
+                    task_status: trio.TaskStatus[MeshNode] = trio.TASK_STATUS_IGNORED) -> None:
+    """Run one charger's agent until it leaves or is cancelled; started with its ``MeshNode``.
+
+    ``sim_world``: the ``hardware.simulated.site.SimWorld`` that this agent's ``sim://``
+    devices live in, for agents run in one process on one simulated site (``meshagent
+    demo``: every agent's meter then sees every charger). ``None``, as ``meshagent run``
+    passes: a world of the agent's own (``sim_world_for``) when a device is simulated.
+    """
     node_cfg = config.node
     mesh: MeshSection = config.section("mesh")
     swim = mesh.swim_config()
@@ -236,7 +244,7 @@ async def run_agent(config: NodeConfig, *, task_status: trio.TaskStatus[MeshNode
             await client.end_interrupted_transactions()
         if devices_cfg.configured:
             await nursery.start(_run_control, config, node, state_dir, publisher, stats_sources, allocation,
-                                client)
+                                client, sim_world)
         query_stats = serve_queries(node, lambda: allocation["headroom_w"]())
         stats_sources["queries"] = lambda: query_stats
         sync = AuthSync(node, keeper, publisher)
@@ -313,8 +321,8 @@ async def _start_visits(nursery: trio.Nursery, world: Any, visits: Any) -> None:
 
 
 async def _run_control(config: NodeConfig, node: MeshNode, state_dir: Path, publisher: RecordPublisher,
-                       stats_sources: dict[str, Any], allocation: dict[str, Any], csms_client: Any = None, *,
-                       task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+                       stats_sources: dict[str, Any], allocation: dict[str, Any], csms_client: Any = None,
+                       sim_world: Any = None, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
     """The control loop on this charger's devices, and its offer published as the state record."""
     from hardware.connect import open_charger, open_site_meter
     from meshagent.control.limits import Limits
@@ -323,8 +331,8 @@ async def _run_control(config: NodeConfig, node: MeshNode, state_dir: Path, publ
 
     devices_cfg = config.section("devices")
     control_cfg = config.section("control")
-    world = sim_world_for(devices_cfg.meter, devices_cfg.charger,
-                          nominal_frequency_hz=control_cfg.nominal_frequency_hz)
+    world = sim_world if sim_world is not None else sim_world_for(
+        devices_cfg.meter, devices_cfg.charger, nominal_frequency_hz=control_cfg.nominal_frequency_hz)
     meter = open_site_meter(devices_cfg.meter, world=world)
     charger = open_charger(devices_cfg.charger, world=world, revert_after_s=max(1, round(devices_cfg.setpoint_reversion_s)))
     cert = node.identity.certificate
@@ -391,8 +399,11 @@ async def _run_control(config: NodeConfig, node: MeshNode, state_dir: Path, publ
             await nursery.start(allocator.run)
             if session is not None:
                 await nursery.start(session.run)
-            visits = devices_cfg.visits() if world is not None else None
-            if visits is not None:  # simulated vehicles come and go: each visit is a session
+            # simulated vehicles come and go (each visit a session) in a world of this agent's
+            # own; a world handed in (sim_world, shared by agents in one process) is driven by
+            # whoever shares it, not once per agent
+            visits = devices_cfg.visits() if world is not None and sim_world is None else None
+            if visits is not None:
                 await _start_visits(nursery, world, visits)
             task_status.started()
             last = None

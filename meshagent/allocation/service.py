@@ -215,16 +215,22 @@ class Allocator:
 
         The detector's control loop counts it as covered, so its spike's gross load does not
         fall (and the spike end) just because the neighbours took load off the meter.
+
+        A member applies the newest plan it has seen and its ACK says what it applied, so
+        each member counts with its newest ACK. Counting only the newest plan's ACKs would
+        drop, the moment a new plan goes out, every member that has not answered it yet (the
+        detector's own share comes back at once): the gross load would seem to fall, the
+        deficit move, and an UPDATE follow, plan after plan.
         """
         total = None
         for prop in self.proposers.values():
             if prop.stopped:
                 continue
-            for seq in range(prop.seq, 0, -1):
-                acks = prop.acks.get(seq)
-                if acks:
-                    total = (total or 0.0) + math.fsum(a.applied_w for a in acks.values())
-                    break
+            newest: dict[str, float] = {}
+            for seq in sorted(prop.acks):
+                newest.update((node_id, a.applied_w) for node_id, a in prop.acks[seq].items())
+            if newest:
+                total = (total or 0.0) + math.fsum(newest.values())
         return total
 
     async def _send_ack(self, address: Address, ack: Ack) -> None:
@@ -262,7 +268,7 @@ class Allocator:
                 "superseded": prop.stopped and not prop.released,
                 "rounds": [
                     {
-                        "seq": r.seq, "deficit_w": r.deficit_w, "planned_w": r.planned_w,
+                        "seq": r.seq, "base_seq": r.base_seq, "deficit_w": r.deficit_w, "planned_w": r.planned_w,
                         "applied_w": r.applied_w, "residual_w": r.residual_w,
                         "answered": r.answered, "silent": r.silent,
                         "applied": dict(sorted(r.applied.items())),

@@ -144,11 +144,13 @@ def config_reference() -> None:
 
 
 @cli.command()
-def demo() -> None:
-    """Run the demo on embedded defaults: the largest real thing this build can show."""
+@click.option("--out", default="demo-out", show_default=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Where the plots go (written when matplotlib is installed: pip install -e '.[sim]').")
+def demo(out: Path) -> None:
+    """Run the demo on embedded defaults: 24 chargers' agents on one simulated site, a surge, a dip."""
     from sims.demo import run_demo
 
-    sys.exit(run_demo())
+    sys.exit(run_demo(out))
 
 
 @cli.command()

@@ -236,6 +236,7 @@ class RoundReport:
     answered: int
     silent: int
     applied: Mapping[str, float]
+    base_seq: int = 0  # 0: an absolute plan; else the round this one corrects
 
 
 def view_digest(offers: Iterable[ViewOffer]) -> bytes:
@@ -432,7 +433,7 @@ class Proposer:
                 RoundReport(
                     r.seq, r.deficit_w, r.planned_w, total,
                     max(0.0, self._target_w_at(r) - total), len(acks),
-                    max(0, len(r.planned) - len(acks)), applied,
+                    max(0, len(r.planned) - len(acks)), applied, r.base_seq,
                 )
             )
         return out

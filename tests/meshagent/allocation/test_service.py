@@ -109,6 +109,7 @@ async def test_stale_views_are_closed_by_round_two(pki, autojump_clock):
         assert abs(total(ags) - 40_000.0) <= 0.1
         rounds = ags[0].alloc.spikes()[0]["rounds"]
         assert len(rounds) >= 2 and rounds[0]["applied_w"] <= 40_000.0
+        assert rounds[0]["base_seq"] == 0 and rounds[1]["base_seq"] == rounds[0]["seq"]  # a correction of round 1
 
 
 async def test_ten_percent_loss_and_a_lost_member(pki, autojump_clock):
@@ -189,3 +190,15 @@ async def test_transformer_headroom_bounds_the_plan_and_the_capacity(pki, autoju
         await trio.sleep(0.5)
         assert sum(a.applied_w for a in ags[:3]) <= 5_000.0
         assert abs(total(ags) - want) <= 0.1
+
+
+async def test_covered_keeps_every_member_through_an_update(pki, autojump_clock):
+    """A new plan (an UPDATE) must not make the covered total collapse to the detector's own
+    share until the members answer it: each member counts with its newest ACK."""
+    async with open_memory_network(random.Random(5)) as net, agents(pki, 6, net=net, seed=5) as ags:
+        ags[0].alloc.on_spike(spike(Phase.START, 20_000.0))
+        await wait_until(lambda: abs(total(ags) - 20_000.0) <= 0.1, timeout_s=1)
+        await wait_until(lambda: abs((ags[0].alloc.covered_w() or 0.0) - 20_000.0) <= 0.1, timeout_s=1)
+        ags[0].alloc.on_spike(spike(Phase.UPDATE, 22_000.0))  # sent; no member has answered yet
+        assert (ags[0].alloc.covered_w() or 0.0) >= 20_000.0 - ags[0].applied_w - 0.1
+        await wait_until(lambda: abs((ags[0].alloc.covered_w() or 0.0) - 22_000.0) <= 0.1, timeout_s=1)
