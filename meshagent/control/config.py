@@ -88,6 +88,12 @@ class ControlSection:
         30.0, key="rise_hold", parse=parse_duration_s, min_value=0.1, max_value=3600, shown='"30s"',
         doc="A rise spike below the limit is covered this long at most, then the baseline moves up.",
     )
+    spike_update_settle_s: float = setting(
+        0.2, key="spike_update_settle", parse=parse_duration_s, min_value=0, max_value=10, shown='"200ms"',
+        doc="After the mesh's cover of a spike changes, the meter needs this long to show it (the members' "
+        "control cycle, their inverters' ramp, a meter sample): no update of the deficit is handed on "
+        "meanwhile, so a cover the meter does not show yet is not counted twice.",
+    )
     smoothing_s: float = setting(
         0.040, key="smoothing", parse=parse_duration_s, min_value=0, max_value=1, shown='"40ms"',
         doc="Running-median window of the load used for the rise criterion (noise, glitches).",

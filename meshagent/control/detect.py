@@ -26,6 +26,18 @@ trigger level minus ``spike_hysteresis x PEAK_LOAD_LIMIT`` continuously for
 triggers and ends when neither is active. While it lasts, an update is emitted each time
 the deficit moves by more than ``update_step_w`` (1 % of the limit by default), so the
 mesh re-plans on real changes, not on every sample of noise.
+
+The cover is counted when the mesh applies it (its ACKs), but the meter shows it only after
+the members' control cycle, their inverters' ramp and a meter sample. Meanwhile the gross
+load counts the cover twice (the meter still has the load, ``covered_w`` already has the
+discharge), and the deficit would seem to grow by the cover just planned: an update, a plan,
+more cover counted twice, plan after plan. So after ``covered_w`` moves by more than
+``update_step_w``, no update is handed on for ``update_settle_s`` (200 ms); then the deficit
+is compared with the last one handed on, as always. A spike's start and end are never held.
+
+``rise_armed=False`` keeps the rise criterion from starting (the caller's control logic does
+so while the site's chargers answer a frequency event and for ``spike_window`` after: the
+load coming back as their droop lets go is not a spike). The limit criterion is always armed.
 """
 
 from __future__ import annotations
@@ -70,6 +82,7 @@ class DetectorSettings:
     rise_hold_s: float = 30.0
     smoothing_s: float = 0.040
     update_step_w: float | None = None  # None: 1 % of the limit
+    update_settle_s: float = 0.2  # after the cover moves, before an update is handed on
 
     @classmethod
     def from_section(cls, s: Any) -> DetectorSettings:
@@ -77,6 +90,7 @@ class DetectorSettings:
             limit_w=s.peak_load_limit_w, sensitivity=s.spike_sensitivity, window_s=s.spike_window_s,
             min_duration_s=s.spike_min_duration_s, hysteresis=s.spike_hysteresis,
             clear_duration_s=s.spike_clear_duration_s, rise_hold_s=s.rise_hold_s, smoothing_s=s.smoothing_s,
+            update_settle_s=s.spike_update_settle_s,
         )
 
 
@@ -123,6 +137,8 @@ class SpikeDetector:
     _rise_started_s: float | None = None
     _current: Spike | None = None
     _reported_deficit_w: float = 0.0
+    _cover_w: float = 0.0  # the cover when it last moved by more than the update step
+    _cover_moved_s: float = float("-inf")
 
     @property
     def active(self) -> Spike | None:
@@ -141,9 +157,13 @@ class SpikeDetector:
             q.popleft()
         return min((w for _, w in q), default=None)
 
-    def step(self, load_w: float, now_s: float, covered_w: float = 0.0) -> list[Spike]:
+    def step(self, load_w: float, now_s: float, covered_w: float = 0.0, *, rise_armed: bool = True) -> list[Spike]:
         s = self.settings
-        gross = load_w + max(0.0, covered_w)
+        covered_w = max(0.0, covered_w)
+        gross = load_w + covered_w
+        step_w = s.update_step_w if s.update_step_w is not None else 0.01 * s.limit_w
+        if abs(covered_w - self._cover_w) > step_w:
+            self._cover_w, self._cover_moved_s = covered_w, now_s
         smooth = self._smoothed(gross, now_s)
         floor = self._window_min(now_s)
         rise_w = s.sensitivity * s.limit_w
@@ -162,7 +182,7 @@ class SpikeDetector:
                 release = smooth < self._baseline_w + rise_w - band_w
                 self._rise.step(False, release, now_s, s.min_duration_s, s.clear_duration_s)
         else:
-            rising = floor is not None and smooth > floor + rise_w
+            rising = rise_armed and floor is not None and smooth > floor + rise_w
             if self._rise.step(rising, False, now_s, s.min_duration_s, s.clear_duration_s):
                 self._baseline_w, self._rise_started_s = floor, now_s
         rise_on = self._rise.active
@@ -190,8 +210,9 @@ class SpikeDetector:
             )
             self._reported_deficit_w = deficit
             return [self._current]
-        step_w = s.update_step_w if s.update_step_w is not None else 0.01 * s.limit_w
         self._current = attrs.evolve(self._current, kind=kind, load_w=load_w, at_s=now_s, deficit_w=deficit)
+        if now_s - self._cover_moved_s < s.update_settle_s - 1e-9:
+            return []  # the meter does not show the new cover yet (module docstring)
         if abs(deficit - self._reported_deficit_w) > step_w:
             self._reported_deficit_w = deficit
             return [attrs.evolve(self._current, phase=Phase.UPDATE)]

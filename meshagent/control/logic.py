@@ -64,6 +64,8 @@ from meshagent.control.limits import (
 LATENCY_REPORT_INTERVAL_S = 60.0  # a repeating LATENCY_OVER_BUDGET: the first, then a count per minute
 CLOCK_DRIFT_ALLOWANCE = 1e-3  # s/s: the meter clock's offset reference relaxes this fast (1000 ppm)
 CLOCK_RESET_S = 1.0  # a sample this much older than the newest one: the device's clock restarted
+RESPONSE_SEEN_PU = 0.01  # a frequency response above this (of nameplate) counts as answering an event
+RESPONSE_RELEASE_MARGIN_S = 1.0  # the other chargers' droop may let go a little after this one's
 
 # What an operator must do, or wait for, to clear each code (the clear-faults answer says it).
 CLEAR_NEEDS: dict[Code, str] = {
@@ -172,6 +174,7 @@ class ControlLogic:
     thermal_peak_c: float = -math.inf  # hottest reading since ERR_THERMAL derating began
     lower_limit: bool = False
     response_pu: float = 0.0
+    _response_seen_s: float = -math.inf  # the last cycle whose frequency response was over RESPONSE_SEEN_PU
     last_meter: MeterSample | None = None
     last_decision: Decision | None = None
     _started_s: float | None = None
@@ -313,7 +316,13 @@ class ControlLogic:
         if meter_ok:
             assert meter is not None
             self.last_meter = meter
-            spikes = self.detector.step(meter.load_w, now_s, covered_w)
+            # While the chargers answer a frequency event (this one's droop stands for all of
+            # them: same grid, same curve) and for one spike_window after, the load returning
+            # as the droop lets go is not a spike: the rise criterion waits; the limit holds.
+            if abs(self.response_pu) > RESPONSE_SEEN_PU:
+                self._response_seen_s = now_s
+            rise_armed = now_s - self._response_seen_s >= s.spike_window_s + RESPONSE_RELEASE_MARGIN_S
+            spikes = self.detector.step(meter.load_w, now_s, covered_w, rise_armed=rise_armed)
             f = meter.frequency_hz
             # the predictor is timing only: armed (below the fast-response threshold, or on
             # its way there), it brings the droop forward to the predicted frequency

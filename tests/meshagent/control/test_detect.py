@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 from collections.abc import Callable
 
+import attrs
 import pytest
 
 from meshagent.control.detect import DetectorSettings, Phase, Spike, SpikeDetector
@@ -135,3 +136,44 @@ def test_a_rise_is_covered_for_rise_hold_then_the_baseline_moves():
     assert [s.phase for s in spikes] == [Phase.START, Phase.END]
     assert spikes[0].at_s == pytest.approx(1.04)  # the median's 20 ms, then the minimum 20 ms
     assert spikes[1].at_s == pytest.approx(1.04 + 30.0)
+
+
+def test_a_cover_the_meter_does_not_show_yet_is_not_an_update():
+    """The mesh's ACKs count 60 kW of cover at 1.2 s; the meter shows it 150 ms later (the
+    members' cycle and ramp). Counted twice meanwhile, the gross load would seem 60 kW higher:
+    without the settle time that is an update and a second plan for a load that never grew."""
+    def net(t: float) -> float:
+        return 560_000 - (60_000 if t >= 1.35 else 0)
+
+    def cover(t: float) -> float:
+        return 60_000 if t >= 1.2 else 0
+
+    settings = DetectorSettings(sensitivity=0.5)  # the limit criterion alone
+    spikes = run(net, 3.0, settings, covered=cover)
+    assert [s.phase for s in spikes] == [Phase.START]
+    assert spikes[0].deficit_w == 60_000
+    unsettled = run(net, 3.0, attrs.evolve(settings, update_settle_s=0.0), covered=cover)
+    assert [s.phase for s in unsettled] == [Phase.START, Phase.UPDATE, Phase.UPDATE]  # 120 kW, then back
+
+
+def test_a_real_growth_is_handed_on_once_the_cover_has_settled():
+    def net(t: float) -> float:
+        load = 560_000 if t < 1.3 else 600_000  # the load grows by 40 kW at 1.3 s
+        return load - (60_000 if t >= 1.35 else 0)
+
+    spikes = run(net, 3.0, DetectorSettings(sensitivity=0.5), covered=lambda t: 60_000 if t >= 1.2 else 0)
+    start, update = spikes
+    assert start.deficit_w == 60_000
+    assert update.phase is Phase.UPDATE and update.deficit_w == 100_000
+    assert update.at_s == pytest.approx(1.4)  # held until 200 ms after the cover moved
+
+
+def test_a_disarmed_rise_criterion_waits_and_the_limit_still_holds():
+    det = SpikeDetector(DetectorSettings(), scope="site", scope_id="site-a", node_id="n1")
+    out: list[Spike] = []
+    for i in range(301):
+        t = round(i * DT, 2)
+        load = 300_000 if t < 1.0 else (340_000 if t < 2.0 else 560_000)
+        out += det.step(load, t, rise_armed=False)  # a 40 kW rise under the limit, then over it
+    assert [(s.phase, s.kind) for s in out] == [(Phase.START, "limit")]
+    assert out[0].at_s == pytest.approx(2.02)

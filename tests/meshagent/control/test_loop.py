@@ -573,3 +573,35 @@ def test_clear_faults_cli_with_no_agent_running_leaves_a_request_and_says_so(tmp
     assert r.stderr.count("\n") == 1 and "no running agent answered" in r.stderr and "ERR_TAMPER" in r.stderr
     assert journal.take_clear_request(tmp_path / "state") is not None
     assert journal.take_clear_request(tmp_path / "state") is None
+
+
+async def test_the_load_coming_back_as_the_droop_lets_go_is_not_a_spike(tmp_path: Path, autojump_clock: Any):
+    """A dip to 59.3 Hz: every charger's IEEE 1547 droop discharges; when the frequency is
+    back they let go and the meter sees the load rise. This charger counts its own release
+    (it knows its discharge), not its neighbours': their release (here 3 kW over the first
+    second, as a load ramp) looked like a spike to the rise criterion, and the mesh covered
+    the droop's release for up to rise_hold. Now the rise criterion waits while this charger
+    answers the grid and for one spike window after; a real rise after that is one."""
+    with trio.fail_after(GUARD_S):
+        async with trio.open_nursery() as nursery:
+            b = await start_bench(tmp_path, nursery, base_load_w=60_000.0,
+                                  control={"PEAK_LOAD_LIMIT": "100kW", "SPIKE_SENSITIVITY": "1%"})
+            await trio.sleep(2.0)
+            b.site.set_grid(frequency_hz=59.3)
+            b.site.step_load(-6_000)  # the neighbours' droop
+            await trio.sleep(8.0)
+            assert b.charger.power_w < -2_000  # this charger's droop answers the dip
+            b.site.set_grid(frequency_hz=60.0)
+            for _ in range(10):  # the neighbours let go: 3 kW in the first second, the rest after
+                b.site.step_load(300)
+                await trio.sleep(0.1)
+            for _ in range(30):
+                b.site.step_load(100)
+                await trio.sleep(0.5)
+            await trio.sleep(10.0)
+            assert b.charger.power_w > -150  # let go
+            assert b.spikes == []
+            b.site.step_load(3_000)  # a real rise of 3 kW, later
+            await trio.sleep(0.5)
+            assert [s.phase for s in b.spikes] == [Phase.START] and b.spikes[0].kind == "rise"
+            nursery.cancel_scope.cancel()
