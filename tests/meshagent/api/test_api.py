@@ -168,7 +168,7 @@ async def test_spikes_hook_and_generic_statistics():
     from meshagent.api.app import AgentView, build_app
     from meshagent.api.auth import Tokens
     from meshagent.api.server import serve_app
-    from sims.bench.api import _Node, _records
+    from sims.bench.api import _Node, _Records, _records
 
     @attrs.frozen
     class SpikeSummary:  # what the allocation might keep
@@ -183,7 +183,7 @@ async def test_spikes_hook_and_generic_statistics():
         drops: dict[str, int]
 
     spikes = [SpikeSummary(7, 12000.0, {"a": 7000.0, "b": 5000.0}, 0.0)]
-    view = AgentView(_Node("stand-in", _records(10)), Tokens({"operator": OPERATOR_TOKEN}),
+    view = AgentView(_Node("stand-in", _Records(_records(10))), Tokens({"operator": OPERATOR_TOKEN}),
                      stats_sources={"allocation": lambda: NewStats(3, {"stale_plan": 2})})
     async with trio.open_nursery() as nursery:
         host, port = await nursery.start(serve_app, build_app(view), "127.0.0.1", 0)
