@@ -2,8 +2,9 @@
 
 ``python -m tests.meshagent.allocation.site_server HOST PORT N STEP_AT_S STEP_W DURATION_S OUT``
 serves a site meter (unit 1) and N chargers with vehicles (units 11...), adds STEP_W to the
-building load STEP_AT_S after it starts, and writes the meter's load and each charger's power
-to OUT (JSON, every 20 ms) until DURATION_S.
+building load when the file OUT.step appears (the test makes it once the agents are ready)
+or STEP_AT_S after it starts, whichever comes first, and writes the meter's load and each
+charger's power to OUT (JSON, every 20 ms) until DURATION_S.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ async def main(host: str, port: int, n: int, step_at_s: float, step_w: float, du
         start = trio.current_time()
         stepped = False
         while trio.current_time() - start < duration_s:
-            if not stepped and trio.current_time() - start >= step_at_s:
+            if not stepped and (trio.current_time() - start >= step_at_s or os.path.exists(out + ".step")):
                 site.step_load(step_w)
                 stepped = True
             snap = site.snapshot()
