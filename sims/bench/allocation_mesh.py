@@ -30,6 +30,7 @@ Workers exit when their stdin closes (``sims.bench.children``), so none outlives
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import random
@@ -49,6 +50,8 @@ PORT = 7946
 PKI_SEED = 88
 LIMIT_W = 7400.0  # every agent's offer: discharge limit and weight (energy above the minimum SoC)
 WEIGHT = 20000.0
+JOIN_STAGGER_S = 0.05  # between two agents' starts in one worker
+SETTLE_S = 10.0  # no new suspicion for this long after the join: steady state
 
 
 def agent_address(i: int) -> tuple[str, int]:
@@ -71,8 +74,9 @@ def agent_identities(n: int, now_ms: int) -> tuple[list[NodeIdentity], Pki]:
 class _Applies:
     """What this worker's simulated inverters applied for the armed spike."""
 
-    def __init__(self, local: int) -> None:
-        self.local = local
+    def __init__(self, indices: range) -> None:
+        self.indices = indices
+        self.local = len(indices)
         self.trial = -1
         self.at: dict[int, float] = {}
         self.reported = True
@@ -92,7 +96,8 @@ class _Applies:
         if not self.reported:
             self.reported = True
             last = max(self.at.values()) if self.at else math.nan
-            _say(f"done {self.trial} {len(self.at)} {last!r}")
+            missing = ",".join(str(i) for i in sorted(set(self.indices) - set(self.at))[:8])
+            _say(f"done {self.trial} {len(self.at)} {last!r} {missing or '-'}")
 
 
 def _say(line: str) -> None:
@@ -134,7 +139,7 @@ async def worker(n: int, lo: int, hi: int, now_ms: int, seed: Address | None, jo
                      seeds=[seed] if i else [], rng=random.Random(i))
             for i, t in zip(range(lo, hi), transports, strict=True)
         ]
-        applies = _Applies(hi - lo)
+        applies = _Applies(range(lo, hi))
         allocs = [
             Allocator(node, limit_now_w=lambda: LIMIT_W, weight_now=lambda: WEIGHT, apply=applies.applier(i),
                       round2_after_s=0.05, ttl_ms=60_000, renew_every_s=30.0)
@@ -145,6 +150,9 @@ async def worker(n: int, lo: int, hi: int, now_ms: int, seed: Address | None, jo
             for node, alloc in zip(nodes, allocs, strict=True):
                 await nursery.start(node.run)
                 await nursery.start(alloc.run)
+                # chargers do not all boot in the same millisecond: a staggered start spares
+                # the seed a join storm the spikes have nothing to do with
+                await trio.sleep(JOIN_STAGGER_S)
             nursery.start_soon(_join, n, nodes, allocs, join_timeout_s)
             async for cmd in _lines(stdin):
                 if cmd[0] == "arm":
@@ -160,16 +168,45 @@ async def worker(n: int, lo: int, hi: int, now_ms: int, seed: Address | None, jo
                     _say(f"ended {cmd[1]}")
                 elif cmd[0] == "collect":
                     applies.report()
+                elif cmd[0] == "diag":
+                    _say("diag " + json.dumps(_diagnosis(nodes, allocs)))
                 elif cmd[0] == "stats":
                     live = min(node.core.num_live for node in nodes)
                     suspicions = sum(node.core.statistics().suspicions for node in nodes)
-                    _say(f"stats {live} {suspicions}")
+                    drops = sum(node.statistics().dropped.get("kernel_receive_buffer_full", 0) for node in nodes)
+                    _say(f"stats {live} {suspicions} {drops}")
                 else:
                     _say(f"error unknown command {' '.join(cmd)}")
             nursery.cancel_scope.cancel()  # stdin closed: the parent is done (or gone)
     finally:
         for t in transports:
             await t.aclose()
+
+
+def _diagnosis(nodes: list[Any], allocs: list[Any]) -> dict[str, Any]:
+    """Why a worker's agents miss spikes: membership and timer health, summed over its agents."""
+    stats = [node.statistics() for node in nodes]
+    dropped: dict[str, int] = {}
+    for st in stats:
+        for reason, count in st.dropped.items():
+            dropped[reason] = dropped.get(reason, 0) + count
+    return {
+        "alive_min": min(st.membership.alive for st in stats),
+        "suspect_max": max(st.membership.suspect for st in stats),
+        "dead_max": max(st.membership.dead for st in stats),
+        "probes": sum(st.membership.probes for st in stats),
+        "probe_failures": sum(st.membership.probe_failures for st in stats),
+        "suspicions": sum(st.membership.suspicions for st in stats),
+        "refutations": sum(st.membership.refutations for st in stats),
+        "late_wakeups": sum(st.late_wakeups for st in stats),
+        "tick_lateness_p99_ms": round(1000 * max(st.tick_lateness_p99_s for st in stats), 1),
+        "datagrams_received": sum(st.datagrams_received for st in stats),
+        "dropped": {reason: count for reason, count in dropped.items() if count},
+        "plans_received": sum(a.statistics().plans_received for a in allocs),
+        "acks_sent": sum(a.statistics().acks_sent for a in allocs),
+        "refused_not_detector": sum(a.statistics().refused_not_detector for a in allocs),
+        "subscriber_events_dropped": sum(st.subscriber_events_dropped for st in stats),
+    }
 
 
 async def _join(n: int, nodes: list[Any], allocs: list[Any], timeout_s: float) -> None:
@@ -205,6 +242,7 @@ class MeshFleet:
         self.workers: list[Child] = []
         bounds = [round(n * w / workers) for w in range(workers + 1)]
         now_ms = time.time_ns() // 1_000_000
+        started = time.monotonic()
         try:
             seed: list[str] = []
             for w in range(workers):
@@ -213,11 +251,14 @@ class MeshFleet:
                 self.workers.append(child)
                 bound = child.expect("bound", time.monotonic() + 60)
                 seed = seed or bound
-            deadline = time.monotonic() + join_timeout_s + 30
+            deadline = time.monotonic() + join_timeout_s + 120  # the worker's own report of a failure first
             for child in self.workers:
                 line = child.read_line(deadline)
                 if line != "ready":
                     raise JoinFailed(f"{child.name}: {line}")
+            self.join_s = time.monotonic() - started
+            self._settle(deadline)
+            self.settled_s = time.monotonic() - started
         except BaseException:
             self.close()
             raise
@@ -245,6 +286,34 @@ class MeshFleet:
             count += int(fields[1])
             last = max(last, float(fields[2]) if int(fields[1]) else -math.inf)
         return (last - t0) * 1000 if count == self.n else math.inf
+
+    def _settle(self, deadline: float) -> None:
+        """Wait for SETTLE_S with no new suspicion anywhere: the join storm is over.
+
+        A member suspected during a spike is left out of the plan, so its spike is missed;
+        spikes are timed in the steady state a fleet of chargers lives in, not while it boots.
+        """
+        last, quiet_since = self.suspicions(), time.monotonic()
+        while time.monotonic() - quiet_since < SETTLE_S:
+            if time.monotonic() > deadline:
+                raise JoinFailed(f"joined, but suspicions did not stop for {SETTLE_S:g} s in time")
+            time.sleep(1.0)
+            now = self.suspicions()
+            if now != last:
+                last, quiet_since = now, time.monotonic()
+
+    def suspicions(self) -> int:
+        """Suspicions raised so far by all the agents (a starved process makes others look dead)."""
+        return self.health()[0]
+
+    def health(self) -> tuple[int, int]:
+        """(suspicions, datagrams the kernel dropped on full receive buffers) so far, all agents."""
+        suspicions = drops = 0
+        for child in self.workers:
+            child.send("stats")
+            fields = child.expect("stats", time.monotonic() + 10)
+            suspicions, drops = suspicions + int(fields[1]), drops + int(fields[2])
+        return suspicions, drops
 
     def end(self, trial: int) -> None:
         self.workers[0].send(f"end {trial}")
