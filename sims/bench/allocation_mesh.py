@@ -10,6 +10,10 @@ Agent 0, in worker 0, is the seed and the only one with the ``detector`` role. E
 mints the same deterministic PKI (``sims.testpki.Pki``) from a seed and a ``now_ms`` the
 parent passes, so no key crosses a pipe.
 
+Agents boot ``JOIN_STAGGER_S`` apart (chargers do not all boot in the same millisecond); a
+worker says ``ready`` once each of its agents sees all N live and every offer, and the parent
+then waits for ``SETTLE_S`` without a new suspicion anywhere before the first spike.
+
 The parent drives one spike at a time over the workers' stdin/stdout (``sims.bench.children``):
 
 1. ``arm K`` to every worker: each forgets the last spike's applies;
