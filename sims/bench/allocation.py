@@ -9,39 +9,44 @@
   published offers are stale by up to +-10%: what is left after round 1 (p50) and the
   largest left after round 2.
 * ``spike_to_applied_ms``: complete agents (``MeshNode`` + ``Allocator``, every packet
-  signed) over real UDP on 127.88.x.y: from the detector's ``on_spike`` to the last
-  member's share applied (its ``apply`` call). All agents run in ONE process here, so the
-  receivers share one core: an upper bound for chargers with their own CPU. Spreading
-  them over processes and the central OCPP baseline are not built yet (see BENCHMARKS.md).
+  signed) over real UDP on 127.88.x.y, spread over ``WORKERS`` processes
+  (``sims.bench.allocation_mesh``): from the detector's ``on_spike`` to the last member's
+  share applied (its ``apply`` call), on CLOCK_MONOTONIC across the processes; N = 10, 100,
+  500 (10 with ``--quick``). ``spike_to_applied_largest_held_nodes``: the largest N that
+  joined and missed no spike.
+* ``central_ocpp_ms``: the same spikes dispatched by a CSMS process with OCPP 2.0.1
+  SetChargingProfile to N stations over real WebSockets (``sims.bench.allocation_central``),
+  until every station has answered; ``speedup_p99``: central p99 / mesh p99.
+
+Percentiles are ``protocol.stats.percentile`` (nearest rank) over ``FULL_SPIKES`` spikes per
+N; a missed spike (not applied everywhere within ``DEADLINE_S``, or not answered by every
+station within ``CENTRAL_DEADLINE_S``) is counted in ``missed`` and makes that row's p99 None.
 """
 
 from __future__ import annotations
 
+import math
 import random
 import statistics
 import time
 from typing import Any
 
-import trio
-import trio.lowlevel
-
 from protocol import codec
 from protocol.allocation.core import Member, Proposer, ViewOffer
 from protocol.allocation.plan import MemberOffer, plan
-from protocol.identity import (
-    Certificate,
-    NodeIdentity,
-    SigningKey,
-    TrustStore,
-    issuer_id_of,
-    sign_certificate,
-)
 from protocol.state import Scope
-from protocol.swim import SwimConfig
+from protocol.stats import enough_for, percentile
 from sims.bench import BenchResult, machine
+from sims.testpki import Pki
 
-PORT = 7946
 SITE = Scope.site("site-1")
+WORKERS = 2  # mesh worker processes, one per core of the 2-core build machine
+STATION_PROCESSES = 2  # processes hosting the central side's OCPP stations
+FULL_SPIKES = enough_for(0.99)  # 100: the p99 is the 99th spike, not the slowest
+QUICK_SPIKES = 10
+DEADLINE_S = 2.0  # a spike some member has not applied by then is missed (its plan was lost)
+CENTRAL_DEADLINE_S = 30.0  # a station that has not answered by then (the ocpp package's default timeout)
+GAP_S = 0.3  # after each spike's END: the releases and gossip settle
 
 
 def _offers(n: int, rng: random.Random) -> list[MemberOffer]:
@@ -78,10 +83,10 @@ def plan_bytes(n: int = 1000) -> int:
     )
     from protocol.messages import type_byte_of
 
-    idents, _ = _identities(1, 1_764_115_200_000, prefix="detector-")
+    ident = Pki(seed=84).identity("detector-0000", roles=("detector",))
     body = codec.encode(msg)
-    urgent = Urgent(Broadcast(idents[0].node_id, 123456, SITE, type_byte_of(msg), body, b"\x00" * 64))
-    return len(Sealer(idents[0], 1).seal(urgent, 1_764_115_200_000))
+    urgent = Urgent(Broadcast(ident.node_id, 123456, SITE, type_byte_of(msg), body, b"\x00" * 64))
+    return len(Sealer(ident, 1).seal(urgent, 1_764_115_200_000))
 
 
 def residuals(n: int, trials: int, stale: float = 0.10) -> tuple[list[float], list[float]]:
@@ -120,104 +125,77 @@ def residuals(n: int, trials: int, stale: float = 0.10) -> tuple[list[float], li
     return r1, r2
 
 
-def _identities(n: int, now_ms: int, prefix: str = "a-") -> tuple[list[NodeIdentity], bytes]:
-    rng = random.Random(84)
-    ca = SigningKey.generate(rng.randbytes(32))
-    out = []
-    for i in range(n):
-        key = SigningKey.generate(rng.randbytes(32))
-        cert = Certificate(
-            serial=i + 1, issuer_id=issuer_id_of(ca.public_key), node_id=f"{prefix}{i:04d}",
-            public_key=key.public_key, site_id="site-1", transformer_id="tx-1",
-            roles=("detector",) if i == 0 else (),
-            not_before_ms=now_ms - 3_600_000, not_after_ms=now_ms + 3_600_000,
-        )
-        out.append(NodeIdentity.from_parts(key, sign_certificate(cert, ca), ca.public_key))
-    return out, ca.public_key
+def dispatch(n: int, trials: int, workers: int, station_processes: int) -> dict[str, Any]:
+    """The same spikes split by the mesh (agents over ``workers`` processes), then by a CSMS.
 
+    The two sides run one after the other, never at once, so neither measures the other's
+    background work; each is stopped (every process reaped) before the next starts.
+    """
+    from sims.bench.allocation_central import CentralFleet
+    from sims.bench.allocation_mesh import LIMIT_W, JoinFailed, MeshFleet
+    from sims.bench.children import ChildFailed
 
-async def _spike_to_applied(n: int, trials: int) -> dict[str, Any]:
-    from meshagent.allocation.service import Allocator
-    from meshagent.control.detect import Phase, Spike
-    from meshagent.mesh.node import MeshNode
-    from meshagent.transport.udp import UdpTransport
-
-    idents, ca_pub = _identities(n, time.time_ns() // 1_000_000)
-    transports = []
-    for i in range(n):
-        host = f"127.88.{1 + i // 250}.{1 + i % 250}"
-        try:
-            transports.append(await UdpTransport.bind((host, PORT)))
-        except OSError:
-            transports.append(await UdpTransport.bind((host, 0)))
-    nodes = [
-        MeshNode(ident, TrustStore([ca_pub]), t, SwimConfig.lan(), boot_epoch=1,
-                 seeds=[transports[0].address] if i else [], rng=random.Random(i))
-        for i, (ident, t) in enumerate(zip(idents, transports, strict=True))
-    ]
-    applied_at: dict[str, float] = {}
-    current = {"trial": -1}
-
-    def applier(node_id: str) -> Any:
-        def apply(share_w: float, _covered: float | None) -> None:
-            if share_w > 0 and current["trial"] >= 0 and node_id not in applied_at:
-                applied_at[node_id] = time.perf_counter()
-        return apply
-
-    allocs = [
-        Allocator(node, limit_now_w=lambda: 7400.0, weight_now=lambda: 20000.0, apply=applier(node.node_id),
-                  round2_after_s=0.05, ttl_ms=60_000, renew_every_s=30.0)
-        for node in nodes
-    ]
-    latencies: list[float] = []
-    misses = 0
+    rng = random.Random(n)
+    deficits = [n * LIMIT_W * rng.uniform(0.3, 0.7) for _ in range(trials)]  # every member gets a share
+    mesh: dict[str, Any] = {"nodes": n, "trials": trials, "processes": workers,
+                            "agents_per_process": f"{n // workers}-{-(-n // workers)}", "error": None}
+    mesh_ms: list[float] = []
     try:
-        async with trio.open_nursery() as nursery:
-            for node, alloc in zip(nodes, allocs, strict=True):
-                await nursery.start(node.run)
-                await nursery.start(alloc.run)
-            with trio.fail_after(240):
-                while not all(node.core.num_live == n for node in nodes):  # noqa: ASYNC110 (observer)
-                    await trio.sleep(0.2)
-            for node, alloc in zip(nodes, allocs, strict=True):
-                rec = node.publish_record(discharge_available_w=7400.0, energy_above_min_soc_wh=20000.0, soc=0.6,
-                                          thermal_derating=0.0, faults=())
-                alloc.offer(rec.updated_at_ms, rec.discharge_available_w, rec.energy_above_min_soc_wh)
-            with trio.fail_after(120):
-                while not all(len(node.records.records()) == n for node in nodes):  # noqa: ASYNC110 (observer)
-                    await trio.sleep(0.2)
-            await trio.sleep(1)
-            for trial in range(trials):
-                applied_at.clear()
-                current["trial"] = trial
-                spike_id = f"bench:{trial}"
-                t0 = time.perf_counter()
-                allocs[0].on_spike(Spike(spike_id, Phase.START, 0.5 * 7400.0 * n, "site", "site-1", "limit", 0, 0, 0))
-                with trio.move_on_after(5):
-                    while len(applied_at) < n:
-                        await trio.lowlevel.checkpoint()
-                if len(applied_at) < n:
-                    misses += 1  # counted as missed, and as infinitely late in the percentiles
-                    latencies.append(float("inf"))
-                else:
-                    latencies.append((max(applied_at.values()) - t0) * 1e3)
-                current["trial"] = -1
-                allocs[0].on_spike(Spike(spike_id, Phase.END, 0.0, "site", "site-1", "limit", 0, 0, 0))
-                await trio.sleep(0.3)
-            nursery.cancel_scope.cancel()
-    finally:
-        for t in transports:
-            await t.aclose()
-    ordered = sorted(latencies)
+        fleet = MeshFleet(n, workers, join_timeout_s=120.0 + 0.6 * n)
+        try:
+            mesh["join_s"], mesh["settled_s"] = round(fleet.join_s, 1), round(fleet.settled_s, 1)
+            before = fleet.health()
+            for k, deficit in enumerate(deficits):
+                mesh_ms.append(fleet.spike_ms(k, deficit, DEADLINE_S))
+                fleet.end(k)
+                time.sleep(GAP_S)
+            after = fleet.health()
+            # why spikes are missed on a starved machine: members suspected (left out of the
+            # plan) and PLAN datagrams the kernel dropped while a worker was not scheduled
+            mesh["suspicions_during_spikes"] = after[0] - before[0]
+            mesh["udp_drops_during_spikes"] = after[1] - before[1]
+        finally:
+            fleet.close()
+    except (JoinFailed, ChildFailed) as exc:
+        mesh["error"] = str(exc).splitlines()[0][:300]
+    central: dict[str, Any] = {"nodes": n, "trials": trials, "station_processes": station_processes, "error": None}
+    central_ms: list[float] = []
+    try:
+        csms = CentralFleet(n, station_processes, CENTRAL_DEADLINE_S)
+        try:
+            for k, deficit in enumerate(deficits):
+                central_ms.append(csms.spike_ms(k, deficit, CENTRAL_DEADLINE_S))
+                time.sleep(GAP_S)
+        finally:
+            csms.close()
+    except ChildFailed as exc:
+        central["error"] = str(exc).splitlines()[0][:300]
+    mesh.update(latency_summary(mesh_ms, trials))
+    central.update(latency_summary(central_ms, trials))
+    mesh["held"] = mesh["error"] is None and mesh["missed"] == 0
+    ratio = central["p99"] / mesh["p99"] if mesh["p99"] and central["p99"] else None
+    return {"mesh": mesh, "central": central,
+            "speedup": {"nodes": n, "ratio": round(ratio, 1) if ratio is not None else None}}
 
-    def finite(v: float) -> float | None:  # a missed spike makes the percentile unbounded
-        return round(v, 2) if v != float("inf") else None
 
+def latency_summary(samples_ms: list[float], trials: int) -> dict[str, Any]:
+    """``missed``, ``p50``, ``p99``, ``max`` of one side's spikes (``math.inf``: missed).
+
+    Spikes never run (a side that failed part-way) count as missed. Percentiles are nearest
+    rank; any missed spike makes the p99 and the max unbounded (None), more than half the p50.
+    """
+    missed = sum(1 for x in samples_ms if math.isinf(x)) + (trials - len(samples_ms))
+    ran = samples_ms + [math.inf] * (trials - len(samples_ms))
     return {
-        "nodes": n, "trials": trials, "processes": 1, "missed": misses,
-        "p50": finite(statistics.median(ordered)),
-        "p99": finite(ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))]),
+        "missed": missed,
+        "p50": _ms(percentile(ran, 0.50, default=math.inf)),
+        "p99": None if missed else _ms(percentile(ran, 0.99)),
+        "max": None if missed else _ms(max(ran, default=math.inf)),
     }
+
+
+def _ms(x: float) -> float | None:
+    return round(x, 2) if math.isfinite(x) else None
 
 
 def run(quick: bool = False) -> BenchResult:
@@ -225,23 +203,33 @@ def run(quick: bool = False) -> BenchResult:
     plan_rows = [{"nodes": n, "ms": round(plan_ms(n, 5 if n >= 10000 else 21), 3)} for n in sizes]
     size = plan_bytes(1000)
     r1, r2 = residuals(100, 30 if quick else 200)
-    agent_sizes = [10] if quick else [10, 20]
-    spike_rows = [trio.run(_spike_to_applied, n, 10 if quick else 40) for n in agent_sizes]
+    trials = QUICK_SPIKES if quick else FULL_SPIKES
+    runs = [dispatch(n, trials, WORKERS, STATION_PROCESSES) for n in ([10] if quick else [10, 100, 500])]
+    spike_rows = [r["mesh"] for r in runs]
+    central_rows = [r["central"] for r in runs]
+    held = [r["nodes"] for r in spike_rows if r["held"]]
     rows = [(f"plan_ms N={r['nodes']}", f"{r['ms']} ms") for r in plan_rows]
     rows.append(("plan_bytes N=1000 (sealed urgent)", f"{size} bytes (limit 1200)"))
     rows.append(("residual_w round1_p50 (10% stale)", f"{statistics.median(r1):.1f} W"))
     rows.append(("residual_w round2_max (10% stale)", f"{max(r2):.2f} W"))
-    rows += [
-        (f"spike_to_applied_ms N={r['nodes']} (1 process)", f"p50 {r['p50']} ms, p99 {r['p99']} ms ({r['trials']} spikes, {r['missed']} missed)")
-        for r in spike_rows
-    ]
+    for r in runs:
+        m, c = r["mesh"], r["central"]
+        rows.append((f"spike_to_applied_ms N={m['nodes']} ({m['processes']} processes, real UDP)",
+                     f"p50 {m['p50']} ms, p99 {m['p99']} ms, max {m['max']} ms ({m['trials']} spikes, "
+                     f"{m['missed']} missed)" + (f" {m['error']}" if m["error"] else "")))
+        rows.append((f"central_ocpp_ms N={c['nodes']} (CSMS + {c['station_processes']} station processes)",
+                     f"p50 {c['p50']} ms, p99 {c['p99']} ms, max {c['max']} ms ({c['trials']} spikes, "
+                     f"{c['missed']} missed)" + (f" {c['error']}" if c["error"] else "")))
+        rows.append((f"speedup_p99 N={m['nodes']}", f"{r['speedup']['ratio']}x"))
+    rows.append(("spike_to_applied largest N that held", str(max(held, default=None))))
     data = {
         "plan_ms": plan_rows,
         "plan_bytes": size,
         "residual_w": {"round1_p50": round(statistics.median(r1), 2), "round2_max": round(max(r2), 3)},
         "spike_to_applied_ms": spike_rows,
-        "central_ocpp_ms": None,  # not built yet
-        "speedup_p99": None,
+        "spike_to_applied_largest_held_nodes": max(held, default=None),
+        "central_ocpp_ms": central_rows,
+        "speedup_p99": [r["speedup"] for r in runs],
         "machine": machine(),
         "quick": quick,
     }
