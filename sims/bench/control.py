@@ -12,7 +12,8 @@ loopback (the site behind a real pymodbus server, ``modbus_*`` keys). Reported:
   glitches out (``spike_min_duration``), and ``detect_processing_ms`` is the part after
   the deciding sample;
 * ``modbus_sensor_loss_*``: a frozen meter (it answers, its sample stops) to ERR_SENSOR_LOST
-  latched, over Modbus TCP, at random phases of the grid (``sensor_loss_over_modbus``).
+  latched, over Modbus TCP from a device process of its own, at random phases of the grid
+  (``sensor_loss_over_modbus``).
 
 Virtual time (``trio.testing.MockClock``): a generator trip (``GeneratorTrip``: a
 single-area swing equation with governor droop; 6 % of generation lost at t = 1 s, inertia
@@ -25,6 +26,7 @@ the default ``predict_horizon`` (500 ms) and once with 0 (the 59.5 Hz threshold 
 from __future__ import annotations
 
 import bisect
+import functools
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -202,13 +204,20 @@ class SensorLoss:
     stalls: int  # trials skipped: the machine stalled the loop past the timeout before the freeze
 
 
-async def sensor_loss_over_modbus(trials: int, state_dir: Path, seed: int = 13) -> SensorLoss:
+async def sensor_loss_over_modbus(trials: int, state_dir: Path, seed: int = 13, *,
+                                  device_process: bool = False) -> SensorLoss:
     """Freeze the site meter ``trials`` times, each at a random phase of the 10 ms grid.
 
     The real ``ControlLoop`` reaches a simulated site through a real pymodbus server on
     127.0.0.1 and the Modbus TCP drivers. A frozen meter still answers; its ``Age`` register
     grows. Each trial times the freeze to ``ERR_SENSOR_LOST`` latched (1 ms polls), then
     unfreezes and clears the fault through the loop, as an operator would.
+
+    ``device_process``: the site is served from a process of its own (``meter_process``), as
+    a device on the site's network is, so the loop shares neither its process nor its
+    interpreter lock with the server; the freeze is timed by that process on
+    ``time.monotonic`` (one clock for the machine). Otherwise the server runs in a thread of
+    this process (the tests' rig).
     """
     import random
     import time
@@ -218,48 +227,85 @@ async def sensor_loss_over_modbus(trials: int, state_dir: Path, seed: int = 13) 
     from hardware.simulated.serve import SimServer, site_units
     from meshagent.control.codes import Code
     from meshagent.control.loop import ControlLoop, Devices
+    from sims.bench.children import Child, stop_all
 
     rng = random.Random(seed)
-    site = SimulatedSite.with_chargers(time.monotonic, 1, base_load_w=400_000.0, frequency_hz=60.0,
-                                       vehicles=[VehicleConfig.of("ford-f150-lightning-er")])
     took: list[float] = []
     after: list[float] = []
     stalls = 0
-    async with SimServer(site_units(site)) as server:
-        meter = open_site_meter(server.url(1), timeout_s=0.3)
-        ch = open_charger(server.url(11), timeout_s=0.3)
-        loop = ControlLoop(_section(cycle_budget="1s"), Devices(meter, ch.inverter, ch.vehicle, ch.thermal, ch.tamper),
-                           node_id="bench", scope_id="bench", state_dir=state_dir)
-        try:
-            with trio.fail_after(60 + trials * 2):
-                async with trio.open_nursery() as nursery:
-                    await nursery.start(loop.run)
-                    while loop.statistics().cycles < 20:  # noqa: ASYNC110 (the loop's own counter)
-                        await trio.sleep(0.01)
-                    while len(took) < trials:
-                        await trio.sleep(rng.uniform(0.0, PERIOD_S))
-                        if loop.logic.latched:  # a stall left the loop without a sample: a
-                            stalls += 1  # true loss, but not this trial's
-                            await loop.clear_faults()
-                            continue
-                        site.freeze()
-                        t0 = trio.current_time()
-                        for _ in range(2000):
-                            if Code.ERR_SENSOR_LOST in loop.logic.latched:
-                                break
-                            await trio.sleep(0.001)
-                        took.append((trio.current_time() - t0) * 1e3)
-                        last = loop.logic.last_sample_at_s
-                        after.append((last - t0) * 1e3 if last is not None else float("nan"))
-                        site.unfreeze()
-                        await trio.sleep(0.03)
-                        answer = await loop.clear_faults()
-                        if not answer["ok"]:
-                            raise RuntimeError(f"clear-faults refused after the meter came back: {answer}")
-                    nursery.cancel_scope.cancel()
-        finally:
-            await meter.aclose()
-            await ch.aclose()
+    child: Child | None = None
+    server: SimServer | None = None
+    site: Any = None
+    if device_process:
+        child = Child("meter", "sims.bench.meter_process", [])
+        meter_url, charger_url = child.expect("ready", time.monotonic() + 30)
+    else:
+        site = SimulatedSite.with_chargers(time.monotonic, 1, base_load_w=400_000.0, frequency_hz=60.0,
+                                           vehicles=[VehicleConfig.of("ford-f150-lightning-er")])
+        server = SimServer(site_units(site))
+        await server.start()
+        meter_url, charger_url = server.url(1), server.url(11)
+    to_trio = trio.current_time() - time.monotonic()  # the run's clock, from CLOCK_MONOTONIC
+
+    async def freeze() -> Any:
+        if child is None:
+            site.freeze()
+            return trio.current_time()
+        child.send("freeze")  # answered "frozen T"; read once the trial is over
+        return None
+
+    async def frozen_at(t: Any) -> float:
+        if child is None:
+            return float(t)
+        fields = await trio.to_thread.run_sync(child.expect, "frozen", time.monotonic() + 10)
+        return float(fields[0]) + to_trio
+
+    async def unfreeze() -> None:
+        if child is None:
+            site.unfreeze()
+        else:
+            child.send("unfreeze")
+            await trio.to_thread.run_sync(child.expect, "unfrozen", time.monotonic() + 10)
+
+    meter = open_site_meter(meter_url, timeout_s=0.3)
+    ch = open_charger(charger_url, timeout_s=0.3)
+    loop = ControlLoop(_section(cycle_budget="1s"), Devices(meter, ch.inverter, ch.vehicle, ch.thermal, ch.tamper),
+                       node_id="bench", scope_id="bench", state_dir=state_dir)
+    try:
+        with trio.fail_after(60 + trials * 2):
+            async with trio.open_nursery() as nursery:
+                await nursery.start(loop.run)
+                while loop.statistics().cycles < 20:  # noqa: ASYNC110 (the loop's own counter)
+                    await trio.sleep(0.01)
+                while len(took) < trials:
+                    await trio.sleep(rng.uniform(0.0, PERIOD_S))
+                    if loop.logic.latched:  # a stall left the loop without a sample: a
+                        stalls += 1  # true loss, but not this trial's
+                        await loop.clear_faults()
+                        continue
+                    mark = await freeze()
+                    for _ in range(2000):
+                        if Code.ERR_SENSOR_LOST in loop.logic.latched:
+                            break
+                        await trio.sleep(0.001)
+                    latched_at = trio.current_time()
+                    t0 = await frozen_at(mark)
+                    took.append((latched_at - t0) * 1e3)
+                    last = loop.logic.last_sample_at_s
+                    after.append((last - t0) * 1e3 if last is not None else float("nan"))
+                    await unfreeze()
+                    await trio.sleep(0.03)
+                    answer = await loop.clear_faults()
+                    if not answer["ok"]:
+                        raise RuntimeError(f"clear-faults refused after the meter came back: {answer}")
+                nursery.cancel_scope.cancel()
+    finally:
+        await meter.aclose()
+        await ch.aclose()
+        if server is not None:
+            await server.stop()
+        if child is not None:
+            stop_all([child])
     return SensorLoss(tuple(took), tuple(after), stalls)
 
 
@@ -272,7 +318,8 @@ def run(quick: bool = False) -> BenchResult:
     stats = measure_real_time(cycles)
     mb = measure_real_time(100 if quick else 1000, modbus=True)
     with tempfile.TemporaryDirectory() as tmp:
-        lost = trio.run(sensor_loss_over_modbus, 10 if quick else 100, Path(tmp))
+        lost = trio.run(functools.partial(sensor_loss_over_modbus, 10 if quick else 100, Path(tmp),
+                                          device_process=True))
     trip = GeneratorTrip()
     predicted = generator_trip_response("500ms", trip)
     threshold = generator_trip_response("0s", trip)
