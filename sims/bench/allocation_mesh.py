@@ -27,7 +27,10 @@ The parent drives one spike at a time over the workers' stdin/stdout (``sims.ben
 4. the spike's latency is the latest apply time of all workers minus the spike time: one
    clock, CLOCK_MONOTONIC, system-wide on Linux. A spike some agent did not apply within
    the deadline is *missed* and counts as infinitely slow;
-5. ``end K`` releases the shares (the spike's END) before the next spike.
+5. ``events K`` returns every share each agent applied since ``arm`` with its time: the
+   parent replays them in time order to find when the shares summed to the deficit (the
+   ``covered`` figure: what the meter sees, whoever applied);
+6. ``end K`` releases the shares (the spike's END) before the next spike.
 
 Workers exit when their stdin closes (``sims.bench.children``), so none outlives the parent.
 """
@@ -84,12 +87,14 @@ class _Applies:
         self.trial = -1
         self.at: dict[int, float] = {}
         self.reported = True
+        self.events: list[tuple[float, int, float]] = []  # (monotonic time, agent, share applied) since arm
 
     def arm(self, trial: int) -> None:
-        self.trial, self.at, self.reported = trial, {}, False
+        self.trial, self.at, self.reported, self.events = trial, {}, False, []
 
     def applier(self, i: int) -> Any:
         def apply(share_w: float, _covered_w: float | None) -> None:
+            self.events.append((time.monotonic(), i, share_w))
             if share_w > 0 and not self.reported and i not in self.at:
                 self.at[i] = time.monotonic()
                 if len(self.at) == self.local:
@@ -172,6 +177,8 @@ async def worker(n: int, lo: int, hi: int, now_ms: int, seed: Address | None, jo
                     _say(f"ended {cmd[1]}")
                 elif cmd[0] == "collect":
                     applies.report()
+                elif cmd[0] == "events":
+                    _say(f"events {applies.trial} {json.dumps(applies.events)}")
                 elif cmd[0] == "diag":
                     _say("diag " + json.dumps(_diagnosis(nodes, allocs)))
                 elif cmd[0] == "stats":
@@ -289,7 +296,28 @@ class MeshFleet:
                 raise RuntimeError(f"{child.name} answered spike {fields[0]} for {trial}")
             count += int(fields[1])
             last = max(last, float(fields[2]) if int(fields[1]) else -math.inf)
+        self.last_spike = (trial, t0)
         return (last - t0) * 1000 if count == self.n else math.inf
+
+    def covered_ms(self, deficit_w: float) -> float:
+        """From the last spike to the moment the shares applied, all workers together, first
+        summed to its deficit (within 1 W): what the site's meter sees, whoever applied. A
+        member silent in round 1 gets nothing in round 2 and the others cover its part, which
+        ``spike_ms`` (every member applied) counts as missed and this does not."""
+        trial, t0 = self.last_spike
+        events: list[tuple[float, int, float]] = []
+        for child in self.workers:
+            child.send(f"events {trial}")
+            fields = child.read_line(time.monotonic() + 10).split(" ", 2)
+            if fields[:2] != ["events", str(trial)]:
+                raise RuntimeError(f"{child.name} answered {fields[:2]} for events of spike {trial}")
+            events += [(float(t), int(i), float(w)) for t, i, w in json.loads(fields[2])]
+        applied: dict[int, float] = {}
+        for t, i, w in sorted(events):
+            applied[i] = w
+            if math.fsum(applied.values()) >= deficit_w - 1.0:
+                return (t - t0) * 1000
+        return math.inf
 
     def _settle(self, deadline: float) -> None:
         """Wait for SETTLE_S with no new suspicion anywhere: the join storm is over.

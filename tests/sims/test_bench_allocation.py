@@ -42,3 +42,6 @@ def test_the_same_spikes_split_by_the_mesh_over_processes_and_dispatched_by_a_cs
     assert 0 < mesh["p50"] <= mesh["p99"] <= mesh["max"] < 1000 * DEADLINE_S, result
     assert 0 < central["p50"] <= central["p99"] <= central["max"] < 1000 * CENTRAL_DEADLINE_S, result
     assert speedup["ratio"] == round(central["p99"] / mesh["p99"], 1)
+    # the shares summed to each deficit no later than the last member applied its own
+    covered = mesh["covered_ms"]
+    assert covered["missed"] == 0 and 0 < covered["p99"] <= mesh["max"] + 1e-6, result
