@@ -15,7 +15,11 @@ the same vehicles at the same times; the result is deterministic for a seed.
 * ``"real-network"``: measured in this run with agents over real UDP on their own loopback
   addresses.
 
-Whichever it is, the report's ``calibration`` says so. ``allocator`` replaces the allocation
+Whichever it is, the report's ``calibration`` says so.
+
+``level="packet"`` runs the scenario with N complete agents instead (``sims.virtual``: mesh,
+control loop, allocation and simulated devices in virtual time); that report has the mesh
+only, in the same shape, with ``"level": "packet"`` and ``runner`` saying what ran. ``allocator`` replaces the allocation
 function of the coordinated baselines (the seam, ``sims.policy.allocate``).
 """
 
@@ -45,8 +49,16 @@ def run(
     out: Path | None = None,
     progress: Callable[[str, float], None] | None = None,
     traces: list[Trace] | None = None,
+    level: str = "fleet",
 ) -> dict[str, Any]:
     """Run ``scenario`` under ``baselines``; return the report (and write it under ``out``)."""
+    if level == "packet":
+        from sims.virtual import run_packet
+
+        return run_packet(scenario, nodes=nodes, seed=seed, duration_s=duration_s, out=out,
+                          progress=(lambda f: progress("mesh (packet level)", f)) if progress else None)
+    if level != "fleet":
+        raise ScenarioError(f"unknown level {level!r} (known: fleet, packet)")
     sc = scenario if isinstance(scenario, Scenario) else load_scenario(scenario)
     sc = sc.with_overrides(nodes=nodes, seed=seed, duration_s=duration_s, dt_s=dt_s)
     for b in baselines:

@@ -1,10 +1,16 @@
 """``meshagent bench sim``: how fast the simulator runs, packet level and fleet level.
 
-* ``rows``: N complete signed agents (``MeshNode``, Ed25519 on every packet) on the in-memory
-  network under MockClock (``sims.packet.agents_sim_rate``): simulated seconds per wall
-  second over a steady-state window after the join (the join is timed apart). 10,000 agents
-  are attempted only when the 1,000-agent rate says the window would take under 10 minutes;
-  otherwise the row says why it was skipped.
+* ``rows``: N signed mesh nodes, membership only (``MeshNode``, Ed25519 on every packet; no
+  control loop, no allocation) on the in-memory network under MockClock
+  (``sims.packet.agents_sim_rate``): simulated seconds per wall second over a steady-state
+  window after the join (the join is timed apart). 10,000 are attempted only when the
+  1,000-node rate says the window would take under 10 minutes; otherwise the row says why it
+  was skipped. Each row says ``"agent": "membership only"``.
+* ``complete_agent_rows``: N complete agents (``sims.virtual``: the mesh node, the control loop
+  on its 10 ms grid, the allocation, simulated devices on one site) through a window holding
+  one spike (``sims.virtual.complete_agents_rate``). A larger N is attempted only when the
+  smaller N's rate says the run would take under ``COMPLETE_BUDGET_S`` of wall time;
+  otherwise the row says why it was skipped and what was predicted.
 * ``fleet_1000_1min_sim_s_per_wall_s``: the fleet level (``sims.fleet``), 1,000 chargers on 10
   transformers, 1-minute steps, one weekday, mesh baseline (allocation, drawn latencies,
   message counts, area frequency and transformer heat all on).
@@ -28,6 +34,7 @@ from typing import Any
 from sims.bench import BenchResult, machine
 
 TARGET_FLEET = 70_000
+COMPLETE_BUDGET_S = 600.0  # wall time a complete-agent row may take (join, settle and window)
 
 
 def fleet_scenario(days: float) -> Any:
@@ -71,13 +78,36 @@ def ev2gym_rate() -> dict[str, Any]:
     return {"run": True, **json.loads(out.stdout.strip().splitlines()[-1])}
 
 
+def complete_rows(quick: bool) -> list[dict[str, Any]]:
+    """Complete agents at 100, 1,000, 10,000 (quick: 10), each only if the last rate says it fits."""
+    from sims.virtual import SETTLE_S, complete_agents_rate
+
+    window = 1.0 if quick else 2.0
+    out: list[dict[str, Any]] = []
+    last: dict[str, Any] | None = None
+    for n in (10,) if quick else (100, 1000, 10_000):
+        if last is not None:
+            # the control loops cost O(N) per simulated second; the join at least as much
+            factor = n / last["nodes"]
+            predicted = factor * (last["run_wall_s"])
+            if predicted > COMPLETE_BUDGET_S:
+                out.append({"nodes": n, "sim_s_per_wall_s": None, "agent": "complete",
+                            "skipped": f"predicted about {predicted:.0f} s wall (from {last['nodes']} agents: "
+                                       f"{last['run_wall_s']} s for join, {SETTLE_S:g} s settle and a "
+                                       f"{window:g} s window, x{factor:g}), over the {COMPLETE_BUDGET_S:.0f} s budget"})
+                continue
+        last = complete_agents_rate(n, window)
+        out.append(last)
+    return out
+
+
 def run(quick: bool = False) -> BenchResult:
     from sims.packet import agents_sim_rate
 
     rows_data: list[dict[str, Any]] = []
     window = 2.0 if quick else 10.0
     for n in (20,) if quick else (100, 1000):
-        rows_data.append(agents_sim_rate(n, window))
+        rows_data.append({**agents_sim_rate(n, window), "agent": "membership only (MeshNode)"})
     rate_1000 = rows_data[-1]["sim_s_per_wall_s"]
     if quick:
         rows_data.append({"nodes": 1000, "sim_s_per_wall_s": None, "skipped": "--quick"})
@@ -87,11 +117,13 @@ def run(quick: bool = False) -> BenchResult:
         rows_data.append({"nodes": 10_000, "sim_s_per_wall_s": None,
                           "skipped": "--quick" if quick else f"at the 1,000-agent rate ({rate_1000}x) the {window:g} s window alone would "
                                      f"take about {window / max(rate_1000, 1e-9) * 10:.0f} s wall plus the join"})
+    complete = complete_rows(quick)
     day = fleet_rate(0.25 if quick else 1.0)
     year = None if quick else fleet_rate(365.0)
     ev = ev2gym_rate()
     data: dict[str, Any] = {
         "rows": rows_data,
+        "complete_agent_rows": complete,
         "fleet_1000_1min_sim_s_per_wall_s": day["sim_s_per_wall_s"],
         "fleet_day": day,
         "fleet_year_1000_wall_s": year["wall_s"] if year else None,
@@ -100,9 +132,12 @@ def run(quick: bool = False) -> BenchResult:
         "machine": machine(),
         "quick": quick,
     }
-    rows = [(f"{r['nodes']} agents, virtual time, signed",
+    rows = [(f"{r['nodes']} mesh nodes (membership only), virtual time, signed",
              f"{r['sim_s_per_wall_s']}x real time" if r["sim_s_per_wall_s"] is not None else str(r.get("skipped")))
             for r in rows_data]
+    rows += [(f"{r['nodes']} complete agents (mesh + 10 ms control + allocation), virtual time, signed",
+              f"{r['sim_s_per_wall_s']}x real time (join {r['join_wall_s']} s wall)" if r.get("sim_s_per_wall_s")
+              else str(r.get("skipped"))) for r in complete]
     rows.append(("fleet 1,000 chargers, 1-min steps", f"{day['sim_s_per_wall_s']:,}x real time "
                  f"({day['us_per_charger_step']} us per charger-step; target {TARGET_FLEET:,}x)"))
     rows.append(("fleet year of 1,000 chargers", f"{year['wall_s']} s wall" if year else "not run (--quick)"))
