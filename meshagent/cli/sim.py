@@ -89,8 +89,7 @@ def sim_run(scenario: str, nodes: int | None, seed: int | None, duration: float 
             bar.update(tasks[baseline], completed=fraction)
 
         report = run(scenario, nodes=nodes, seed=seed, duration_s=duration, dt_s=dt, out=out,
-                     mesh_latency=latency, progress=progress,
-                     **({"level": "packet"} if packet else {}))
+                     mesh_latency=latency, progress=progress, level="packet" if packet else "fleet")
     console.print(summary_table(report))
     if report.get("level") == "packet":
         applied = report["baselines"]["mesh"]["spike_to_applied_ms"]

@@ -5,6 +5,8 @@ Small and cheap: 6 agents, 2.5 simulated seconds of scenario after a 1.5 s settl
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -52,3 +54,22 @@ def test_the_spike_is_covered_by_the_detectors_plan_over_the_others(first: dict[
 
 def test_a_run_repeats_exactly_for_its_seed(first: dict[str, Any]) -> None:
     assert _without_wall(_run()) == _without_wall(first)
+
+
+def test_cli_packet_runs_complete_agents_and_errs_in_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from meshagent.cli.main import main
+
+    toml = tmp_path / "small.toml"
+    toml.write_text(
+        '[scenario]\nname = "small"\nduration_s = 2\ndt_s = 0.05\nnodes = 4\nseed = 2\n'
+        '[site]\nlimit_kw = 40\nbase_load_kw = 30\ntransformer_kva = 60\n'
+        '[[events]]\nkind = "surge"\nat_s = 0.5\ncount = 2\nwindow_s = 0\n'
+    )
+    assert main(["sim", str(toml), "--packet", "--out", str(tmp_path / "out"), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert report["level"] == "packet" and report["nodes"] == 4
+    assert report["baselines"]["mesh"]["limits_violated"] == 0
+    assert json.loads((tmp_path / "out" / "report.json").read_text())["level"] == "packet"
+    assert main(["sim", str(toml), "--packet", "--nodes", "1"]) == 1
+    assert capsys.readouterr().err.strip() == (
+        "meshagent: error: --nodes: the packet level needs at least 2 agents (a detector and a member)")
