@@ -172,11 +172,32 @@ def measure_delivery(mode: str, *, n: int = 20, seed: int = 1, trials: int = 10)
     return trio.run(_measure, mode, n, seed, trials)
 
 
-async def _rate(n: int, window_s: float, seed: int, converge_timeout_s: float) -> dict[str, Any]:
+class _JoinTooSlow(Exception):
+    pass
+
+
+async def _converge_within(nodes: list[Any], timeout_s: float, wall_budget_s: float) -> float:
+    """``_converge``, abandoned once it has taken ``wall_budget_s`` of wall time."""
+    t0, wall0 = trio.current_time(), time.perf_counter()
+    with trio.fail_after(timeout_s):
+        while not all(node.core.num_live == len(nodes) for node in nodes):
+            if time.perf_counter() - wall0 > wall_budget_s:
+                raise _JoinTooSlow(f"the join had not converged after {wall_budget_s:.0f} s wall "
+                                   f"({trio.current_time() - t0:.1f} s simulated)")
+            await trio.sleep(0.2)
+    return trio.current_time() - t0
+
+
+async def _rate(n: int, window_s: float, seed: int, converge_timeout_s: float,
+                join_wall_budget_s: float = float("inf")) -> dict[str, Any]:
     async with trio.open_nursery() as nursery:
         nodes, _ = await _agents(n, seed, "virtual", nursery)
         wall0 = time.perf_counter()
-        converged = await _converge(nodes, converge_timeout_s)
+        try:
+            converged = await _converge_within(nodes, converge_timeout_s, join_wall_budget_s)
+        except _JoinTooSlow as exc:
+            nursery.cancel_scope.cancel()
+            return {"nodes": n, "sim_s_per_wall_s": None, "skipped": str(exc)}
         join_wall = time.perf_counter() - wall0
         wall = time.perf_counter()
         await trio.sleep(window_s)
@@ -192,14 +213,19 @@ async def _rate(n: int, window_s: float, seed: int, converge_timeout_s: float) -
 
 
 def agents_sim_rate(
-    n: int, window_s: float = 10.0, seed: int = 1, converge_timeout_s: float = 600.0
+    n: int, window_s: float = 10.0, seed: int = 1, converge_timeout_s: float = 600.0,
+    join_wall_budget_s: float = float("inf"),
 ) -> dict[str, Any]:
-    """Simulated seconds per wall second of N signed agents in steady state (virtual time)."""
+    """Simulated seconds per wall second of N signed agents in steady state (virtual time).
+
+    A join that takes more than ``join_wall_budget_s`` of wall time is abandoned: the row then
+    has ``sim_s_per_wall_s`` None and says why in ``skipped``."""
     return trio.run(
         _rate,
         n,
         window_s,
         seed,
         converge_timeout_s,
+        join_wall_budget_s,
         clock=trio.testing.MockClock(autojump_threshold=0),
     )

@@ -274,10 +274,12 @@ class MemoryNetwork:
             raise LocalProtocolError("the memory network is not running: start MemoryNetwork.run")
         c = self._counters
         c.sent += 1
-        if not self.reachable(source, destination):
+        # the common case (no partition, no per-link conditions) skips both look-ups: at a few
+        # thousand datagrams per simulated second they showed in the profile of ``bench sim``
+        if self._cuts and not self.reachable(source, destination):
             c.cut += 1
             return
-        link = self._links.get((source, destination), self.default)
+        link = self._links.get((source, destination), self.default) if self._links else self.default
         rng = self.rng
         if link.loss and rng.random() < link.loss:
             c.lost += 1
