@@ -291,6 +291,7 @@ class _Run:
         open_ep: dict[str, Any] | None = None
         steps = max(1, round(self.duration_s / PERIOD_S))
         report_every = max(1, steps // 100)
+        ns0 = self.net.statistics()
         net0 = [(a.transport.statistics().datagrams_sent, a.transport.statistics().bytes_sent) for a in self.agents]
         chargers = self.site.chargers
         response_w = 0.0
@@ -362,12 +363,15 @@ class _Run:
                 self.progress(k / steps)
         sent = [(a.transport.statistics().datagrams_sent - m, a.transport.statistics().bytes_sent - b)
                 for a, (m, b) in zip(self.agents, net0, strict=True)]
+        ns = self.net.statistics()
+        network = {k: getattr(ns, k) - getattr(ns0, k) for k in ("sent", "delivered", "lost", "duplicated", "cut")}
         if nadir < nominal - 10:  # pragma: no cover - a broken area model, not a result
             raise RuntimeError("area frequency diverged")
         return {
             "episodes": episodes, "peak_site_kw": peak_site, "peak_loading": peak_loading, "peak_hot": peak_hot,
             "nadir": nadir, "rocof": rocof, "violations": violations, "sent": sent,
             "peak_uncontrolled_kw": peak_uncontrolled_w / 1000, "final_site_kw": site_w / 1000,
+            "network": network,
         }
 
     # --- the figures ------------------------------------------------------------------------
@@ -430,6 +434,7 @@ class _Run:
             "plans": len({x[2] for x in self.applied}),
             "messages_per_node": round(sum(x[0] for x in per_node) / len(per_node), 2),
             "bytes_per_node": round(sum(x[1] for x in per_node) / len(per_node), 1),
+            "network": m["network"],  # the in-memory network's datagrams during the scenario
             "billing_completeness": None,
             "sessions_ended": 0,
             "simulated_s": self.duration_s,

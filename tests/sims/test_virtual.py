@@ -1,6 +1,7 @@
 """The packet level in virtual time: complete agents (mesh, control loop, allocation, devices).
 
-Small and cheap: 6 agents, 2.5 simulated seconds of scenario after a 1.5 s settle.
+Small and cheap: 6 agents, 2.5 simulated seconds of scenario after a 1.5 s settle, on links
+that lose and duplicate 5 % of datagrams.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from meshagent.transport.memory import LinkConditions
 from sims.scenario import parse_scenario
 from sims.virtual import run_packet
 
@@ -23,8 +25,12 @@ SMALL = parse_scenario({
 }, "test")
 
 
+# the in-memory network's faults on every link: loss, duplicates, 0.2-1 ms one way
+LOSSY = LinkConditions(loss=0.05, duplicate=0.05, delay_s=0.0002, jitter_s=0.0008)
+
+
 def _run() -> dict[str, Any]:
-    return run_packet(SMALL, settle_s=1.5)
+    return run_packet(SMALL, settle_s=1.5, link=LOSSY)
 
 
 @pytest.fixture(scope="module")
@@ -50,6 +56,7 @@ def test_the_spike_is_covered_by_the_detectors_plan_over_the_others(first: dict[
     assert applied["members"] >= 5  # the detector planned over the others, who wrote their shares
     assert 0 < applied["max_ms"] < 200  # detection (20 ms), delivery, the members' next 10 ms cycle
     assert mesh["plans"] >= 1 and mesh["messages_per_node"] > 0 and mesh["bytes_per_node"] > 0
+    assert mesh["network"]["lost"] > 0 and mesh["network"]["duplicated"] > 0  # the faults were on
 
 
 def test_a_run_repeats_exactly_for_its_seed(first: dict[str, Any]) -> None:
