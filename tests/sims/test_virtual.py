@@ -70,12 +70,15 @@ def test_cli_packet_runs_complete_agents_and_errs_in_one_line(tmp_path: Path, ca
     toml.write_text(
         '[scenario]\nname = "small"\nduration_s = 2\ndt_s = 0.05\nnodes = 4\nseed = 2\n'
         '[site]\nlimit_kw = 40\nbase_load_kw = 30\ntransformer_kva = 60\n'
-        '[[events]]\nkind = "surge"\nat_s = 0.5\ncount = 2\nwindow_s = 0\n'
+        '[[events]]\nkind = "generator_trip"\nat_s = 0.2\nmw = 8\n'
     )
     assert main(["sim", str(toml), "--packet", "--out", str(tmp_path / "out"), "--json"]) == 0
     report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert report["level"] == "packet" and report["nodes"] == 4
-    assert report["baselines"]["mesh"]["limits_violated"] == 0
+    mesh = report["baselines"]["mesh"]
+    # the trip drives the area frequency the site meter reports; the agents' droop answers it
+    assert mesh["frequency_nadir_hz"] < 59.8 and mesh["rocof_hz_per_s"] < 0
+    assert mesh["energy_discharged_per_vehicle_kwh"]["mean"] > 0 and mesh["limits_violated"] == 0
     assert json.loads((tmp_path / "out" / "report.json").read_text())["level"] == "packet"
     assert main(["sim", str(toml), "--packet", "--nodes", "1"]) == 1
     assert capsys.readouterr().err.strip() == (
