@@ -104,6 +104,7 @@ class Allocator:
         self.on_applied = on_applied
         self.response_pu = response_pu
         self._freq_plans = 0
+        self._droop_delivered: dict[Scope, Mapping[str, float]] = {}
         self.proposers: dict[Scope, Proposer] = {}
         self.recent: collections.deque[Proposer] = collections.deque(maxlen=RECENT_SPIKES)
         self._epochs: dict[Scope, int] = {}
@@ -134,8 +135,26 @@ class Allocator:
             prop = self._new_proposer(scope, spike.spike_id, now)
             if prop is None:
                 return
-        msg = prop.start(spike.deficit_w, self.view(scope), self.headroom_w(), now)
+        msg = prop.start(spike.deficit_w, self.view(scope), self._headroom_for(scope, now), now)
         self._broadcast(prop, msg)
+
+    def _headroom_for(self, scope: Scope, now: float) -> dict[str, float]:
+        """Each transformer's headroom less what this node's other live plans (a site spike, a
+        transformer spike, a frequency event at once) may have its members apply: plans of
+        one detector respect the headroom together. (Plans of two detectors do not see each
+        other's use: docs/allocation.md, known limits.)"""
+        heads = dict(self.headroom_w())
+        for other in self.proposers.values():
+            if other.scope == scope or other.stopped:
+                continue
+            for t, w in other.held_w(now).items():
+                if t in heads:
+                    heads[t] = max(0.0, heads[t] - w)
+        if scope in self._droop_delivered:
+            for t, w in self._droop_delivered[scope].items():
+                if t in heads:
+                    heads[t] = max(0.0, heads[t] - w)
+        return heads
 
     def _new_proposer(self, scope: Scope, spike_id: str, now: float) -> Proposer | None:
         if self._other_proposer_active(scope, now):
@@ -180,13 +199,15 @@ class Allocator:
             assert prop is not None
             self._broadcast(prop, prop.release(now))
             self.proposers.pop(scope, None)
+            self._droop_delivered.pop(scope, None)
             return
         if pu < FREQ_START_PU:
             return
         if active and (abs(pu - state["pu"]) < FREQ_UPDATE_PU or now - state["at"] < FREQ_SETTLE_S):
             return
         view = self.view(scope, with_faults=True)
-        short = droop_shortfall(view, pu, self.headroom_w())
+        self._droop_delivered.pop(scope, None)
+        short = droop_shortfall(view, pu, self._headroom_for(scope, now))
         if not active:
             if short.undelivered_w < FREQ_MIN_W:
                 return
@@ -195,6 +216,7 @@ class Allocator:
                 return
         assert prop is not None
         self._freq_plans += 1
+        self._droop_delivered[scope] = short.delivered_w
         state["pu"], state["at"] = pu, now
         self._broadcast(prop, prop.start(short.undelivered_w, view, short.headroom_w, now, droop_pu=pu))
 
@@ -230,6 +252,8 @@ class Allocator:
             if self.member.tick(now):
                 self._apply_now()
             for prop in list(self.proposers.values()):
+                if len(self.proposers) > 1:  # the others' use moves: rounds plan within what is left
+                    prop.headroom_w = self._headroom_for(prop.scope, now)
                 msg = prop.tick(now)
                 if msg is not None:
                     self._broadcast(prop, msg)

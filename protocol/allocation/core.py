@@ -293,6 +293,7 @@ class DroopShortfall:
     undelivered_w: float  # the part members cannot deliver (no vehicle, SoC floor, heat)
     spare_w: float  # what members have left after their own droop
     headroom_w: Mapping[str, float]  # each transformer's headroom less what its droop delivers
+    delivered_w: Mapping[str, float]  # what the droop delivers under each transformer
 
 
 def droop_shortfall(view: Iterable[ViewOffer], droop_pu: float, headroom_w: Mapping[str, float]) -> DroopShortfall:
@@ -311,7 +312,7 @@ def droop_shortfall(view: Iterable[ViewOffer], droop_pu: float, headroom_w: Mapp
         spare += max(0.0, o.limit_w - want)
         delivered[o.transformer_id] = delivered.get(o.transformer_id, 0.0) + got
     heads = {t: max(0.0, h - delivered.get(t, 0.0)) for t, h in headroom_w.items()}
-    return DroopShortfall(droop_pu, asked, undelivered, spare, heads)
+    return DroopShortfall(droop_pu, asked, undelivered, spare, heads, delivered)
 
 
 class Proposer:
@@ -526,6 +527,16 @@ class Proposer:
         before = [a.applied_w for seq, acks in self.acks.items() if seq < cur.seq
                   for n, a in acks.items() if n == node_id]
         return min(cur.planned.get(node_id, 0.0), before[-1]) if before else 0.0
+
+    def held_w(self, now: float) -> dict[str, float]:
+        """Per transformer, the most this proposer's members may apply for it now (each at
+        ``_held_bound``): what another plan of the same detector must leave to it."""
+        if self.stopped:
+            return {}
+        out: dict[str, float] = {}
+        for n, t in self.transformers.items():
+            out[t] = out.get(t, 0.0) + self._held_bound(n, now)
+        return out
 
     def _held_bound(self, node_id: str, now: float) -> float:
         """The most a silent member may still apply for this proposer: the largest share any

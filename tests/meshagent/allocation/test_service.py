@@ -245,3 +245,26 @@ async def test_a_droop_every_charger_can_deliver_sends_no_plan(pki, autojump_clo
         droop["pu"] = 0.5
         await trio.sleep(1.0)
         assert total(ags) == 0.0 and ags[0].alloc.spikes() == []
+
+
+async def test_a_site_spike_and_a_frequency_event_share_the_headroom(pki, autojump_clock):
+    """One detector, two plans at once (the site's load spike, the frequency event's shortfall):
+    together they keep the transformer within its headroom."""
+    droop = {"pu": 0.0}
+    async with open_memory_network(random.Random(9)) as net, agents(
+        pki, 5, net=net, response_pu=lambda: droop["pu"], headroom_w=lambda: {"tx-1": 30_000.0}
+    ) as ags:
+        limits = [10_000.0, 0.0, 10_000.0, 10_000.0, 10_000.0]
+        for a, lim in zip(ags, limits, strict=True):
+            a.publish(lim, rated_w=10_000.0)
+        await wait_until(lambda: all(r.rated_discharge_w == 10_000.0 for r in ags[0].node.records.records()),
+                         timeout_s=10, step_s=0.1)
+        ags[0].alloc.on_spike(spike(Phase.START, 15_000.0))
+        await wait_until(lambda: abs(total(ags) - 15_000.0) <= 0.1, timeout_s=1)
+        droop["pu"] = 0.5  # the member with no vehicle owes 5 kW; the four others' droop takes 20 kW
+        await trio.sleep(1.0)
+        # the droop under tx-1 delivers 20 kW and the site spike's plan holds 15 kW of its 30 kW
+        # headroom: nothing is left for the frequency plan (alone it would have planned 5 kW)
+        assert abs(total(ags) - 15_000.0) <= 0.1
+        freq = [sp for sp in ags[0].alloc.spikes() if sp["scope"]["kind"] == "frequency"]
+        assert freq and freq[0]["rounds"][0]["planned_w"] == 0.0
