@@ -13,14 +13,15 @@ agent assembled as ``meshagent run`` assembles it, under ``trio.testing.MockCloc
   wiring (``ControlLoop`` on ``sim://`` devices, the ``Allocator`` with the loop's
   ``set_share``, the offer published as the state record), each agent handed the one shared
   ``SimWorld`` exactly as ``run_agent(sim_world=...)`` does for ``meshagent demo``. Node 0's
-  certificate carries the ``detector`` role: its loop's spikes plan over the others;
+  certificate carries the ``detector`` role (and, in a scenario that partitions the mesh, the
+  first node of each part's): its loop's spikes plan over the others;
 * the world: one ``SimulatedSite`` whose meter measures the building, the scenario's arrivals
   and every agent's charger. Each charger has a V2G vehicle parked (model and SoC drawn from
   the seed), which is what the mesh can discharge; a surge's vehicles arrive on the site's
   other chargers as uncontrolled load (evenly over the window, as the fleet level counts
   them); a generator trip drives the area frequency (``sims.grid.frequency``, the agents'
   discharge fed back at the scenario's ``fleet_share``) which the meter reports; ``kill_nodes``
-  cancels agents (their inverters keep their last setpoint until it reverts); ``partition``
+  cancels agents, never a detector (their inverters keep their last setpoint); ``partition``
   cuts the in-memory network by index, ``heal`` lifts it. CSMS events have nothing to act on
   here (no CSMS in this runner): billing is not measured.
 
@@ -150,6 +151,12 @@ class _Run:
         self.link = link
         self.progress = progress
         self.agents: list[_Agent] = []
+        # node 0 detects; a scenario that partitions the mesh gets one detector per part (the
+        # first node of each), so each part can plan alone as the fleet level assumes
+        self.detectors = {0} | {
+            next(i for i in range(self.n) if i * int(e.args["groups"]) // self.n == part)
+            for e in sc.events if e.kind == "partition" for part in range(int(e.args["groups"]))
+        }
         self.applied: list[tuple[float, int, Any, float]] = []  # (t, agent, plan key, share W)
         self.t0: float | None = None
 
@@ -192,7 +199,7 @@ class _Run:
         control = {"PEAK_LOAD_LIMIT": f"{self.detect_w:.1f}W",
                    "nominal_frequency": f"{float(self.sc['area']['nominal_hz']):g}Hz"}
         p = self.member_period_s
-        if i != 0 and abs(p - PERIOD_S) > 1e-12:
+        if i not in self.detectors and abs(p - PERIOD_S) > 1e-12:
             # members polling slower (as the demo's do): fewer cycles to simulate; a member then
             # applies a share at its next cycle, up to one period later
             control |= {"meter_period": f"{p * 1000:g}ms", "device_period": f"{p * 1000:g}ms",
@@ -224,7 +231,7 @@ class _Run:
         for i in range(self.n):
             tx = i % self.n_tx
             ident = pki.identity(f"agent-{i:05d}", site_id=SITE, transformer_id=f"tx-{tx}",
-                                 roles=("detector",) if i == 0 else ())
+                                 roles=("detector",) if i in self.detectors else ())
             transport = self.net.endpoint()
             node = MeshNode(ident, pki.trust(), transport, SwimConfig.lan(), boot_epoch=1,
                             seeds=[seed_address] if seed_address else [], wall_clock_ms=clock,
@@ -305,7 +312,7 @@ class _Run:
                 if ev.kind in ("generator_trip", "load_step"):
                     disturbance_mw += float(ev.args["mw"])
                 elif ev.kind == "kill_nodes":
-                    live = [a for a in self.agents[1:] if a.alive]  # the detector is kept
+                    live = [a for a in self.agents if a.alive and a.index not in self.detectors]
                     for a in rng.sample(live, min(len(live), round(float(ev.args["fraction"]) * self.n))):
                         a.alive = False
                         a.scope.cancel()
@@ -476,7 +483,7 @@ def run_packet(
 ) -> dict[str, Any]:
     """Run ``scenario`` with N complete agents in virtual time; the report (see the module).
 
-    ``member_period_s``: the members' meter period (the detector, node 0, always polls every
+    ``member_period_s``: the members' meter period (the detectors always poll every
     10 ms, as in the field); slower members cost less to simulate and apply shares later."""
     sc = scenario if isinstance(scenario, Scenario) else load_scenario(scenario)
     sc = sc.with_overrides(nodes=nodes, seed=seed, duration_s=duration_s)
