@@ -2,15 +2,18 @@
 
 Theory of operation
 -------------------
-``NetnsLab(n)`` (as root) makes, under one prefix unique to this process (``ms<pid>``):
+``NetnsLab(n)`` (as root) makes, under one prefix unique to this lab (``ms<pid>x<k>``):
 
-* a bridge ``<prefix>br`` in the root namespace with the lab's first address, 10.X.Y.1/24,
-  where X.Y come from the pid and are checked against the routes already present;
-* per node i a namespace ``<prefix>n<i>`` with its loopback up and one end of a veth pair,
-  10.X.Y.(10+i)/24; the other end is a port of the bridge.
+* a hub namespace ``<prefix>hub`` holding a bridge ``br0`` (the site's switch) with the
+  lab's first address, 10.78.0.1/24: the simulated site (Modbus TCP) is served there, as a
+  device on the site's network would be;
+* per node i a namespace ``<prefix>n<i>`` with its loopback up and an ``eth0``,
+  10.78.0.(10+i)/24, whose veth peer is a port of ``br0`` in the hub.
 
-The root namespace sits on the bridge too: the simulated site (Modbus TCP) is served there,
-at 10.X.Y.1, as a device on the site's network would be.
+Every interface is made inside the lab's namespaces (``ip -n NS link add ... netns ...``), so
+nothing appears in the host's namespace, no route of the host can clash with the lab's
+addresses, and the lab's traffic never leaves it (``tests/netns.py`` builds its LANs the same
+way for the mesh's own namespace tests).
 
 Faults are nftables rules inside each node's namespace, in a table ``<prefix>`` of family
 ``inet`` (one table per namespace, so deleting the namespace deletes its rules):
@@ -21,22 +24,25 @@ Faults are nftables rules inside each node's namespace, in a table ``<prefix>`` 
 * ``partition(groups)``: each namespace drops (output and input) every packet to or from the
   namespaces of the other groups; ``heal()`` flushes those rules.
 
-``close()`` deletes every namespace (their veth ends and nftables tables go with them) and
-the bridge; it runs from ``__exit__``, so a failed run cleans up too, and it tolerates what a
-half-made lab lacks. ``available()`` says why the lab cannot run here (not root, no ``ip``,
-no ``nft``), or ``None``.
+``close()`` deletes every namespace (their veth ends and nftables tables go with them); it
+runs from ``__exit__`` and from a failed ``__enter__``, so a failed run cleans up too, and
+it tolerates what a half-made lab lacks. ``available()`` says why the lab cannot run here
+(not root, no ``ip``, no ``nft``), or ``None``.
 """
 
 from __future__ import annotations
 
-import ipaddress
+import itertools
 import os
+import re
 import shutil
 import subprocess
 from collections.abc import Sequence
 from types import TracebackType
 
 MESH_PORT = 7946
+_labs = itertools.count(1)
+SUBNET = "10.78.0.0/24"  # only ever configured inside the lab's namespaces
 
 
 class NetnsError(RuntimeError):
@@ -60,38 +66,17 @@ def _run(args: Sequence[str], stdin: str | None = None, check: bool = True) -> s
     return proc
 
 
-def _free_subnet(pid: int) -> ipaddress.IPv4Network:
-    """A /24 in 10.0.0.0/8 chosen from the pid that overlaps no route of the root namespace."""
-    routes = _run(["ip", "-4", "route", "show", "table", "all"], check=False).stdout
-    taken = []
-    for line in routes.splitlines():
-        word = line.split()[0] if line.split() else ""
-        if word in ("local", "broadcast", "unreachable", "blackhole"):
-            word = line.split()[1]
-        try:
-            taken.append(ipaddress.ip_network(word, strict=False))
-        except ValueError:
-            continue
-    for k in range(64):
-        x, y = 200 + (pid + k) % 50, (pid // 50 + k) % 250
-        net = ipaddress.ip_network(f"10.{x}.{y}.0/24")
-        if not any(net.overlaps(t) for t in taken if t.prefixlen > 0):
-            return net  # type: ignore[return-value]
-    raise NetnsError("no free 10.x.y.0/24 for the lab")
-
-
 class NetnsLab:
     def __init__(self, n: int) -> None:
         if n > 240:
             raise NetnsError("at most 240 namespaces in one lab (one /24)")
         self.n = n
-        self.prefix = f"ms{os.getpid()}"[:9]
-        self.bridge = f"{self.prefix}br"
+        self.prefix = f"ms{os.getpid()}x{next(_labs)}"
+        self.hub = f"{self.prefix}hub"
         self.namespaces = [f"{self.prefix}n{i}" for i in range(n)]
-        self.subnet = _free_subnet(os.getpid())
-        hosts = list(self.subnet.hosts())
-        self.gateway = str(hosts[0])  # the bridge, in the root namespace: the site lives here
-        self.addresses = [str(hosts[9 + i]) for i in range(n)]
+        self.subnet = SUBNET
+        self.gateway = f"{SUBNET[:-5]}.1"  # br0 in the hub: the site lives here
+        self.addresses = [f"{SUBNET[:-5]}.{10 + i}" for i in range(n)]
         self._made: list[str] = []
         self._partitioned = False
 
@@ -107,23 +92,22 @@ class NetnsLab:
                  tb: TracebackType | None) -> None:
         self.close()
 
+    def _add_netns(self, name: str) -> None:
+        _run(["ip", "netns", "add", name])
+        self._made.append(name)
+        _run(["ip", "-n", name, "link", "set", "lo", "up"])
+
     def _build(self) -> None:
-        plen = self.subnet.prefixlen
-        _run(["ip", "link", "add", self.bridge, "type", "bridge"])
-        self._made.append(f"link:{self.bridge}")
-        _run(["ip", "addr", "add", f"{self.gateway}/{plen}", "dev", self.bridge])
-        _run(["ip", "link", "set", self.bridge, "up"])
+        self._add_netns(self.hub)
+        _run(["ip", "-n", self.hub, "link", "add", "br0", "type", "bridge"])
+        _run(["ip", "-n", self.hub, "addr", "add", f"{self.gateway}/24", "dev", "br0"])
+        _run(["ip", "-n", self.hub, "link", "set", "br0", "up"])
         for i, (ns, addr) in enumerate(zip(self.namespaces, self.addresses, strict=True)):
-            _run(["ip", "netns", "add", ns])
-            self._made.append(f"netns:{ns}")
-            host_end, ns_end = f"{self.prefix}h{i}", f"{self.prefix}v{i}"
-            _run(["ip", "link", "add", host_end, "type", "veth", "peer", "name", ns_end])
-            self._made.append(f"link:{host_end}")
-            _run(["ip", "link", "set", ns_end, "netns", ns])
-            _run(["ip", "link", "set", host_end, "master", self.bridge, "up"])
-            _run(["ip", "-n", ns, "addr", "add", f"{addr}/{plen}", "dev", ns_end])
-            _run(["ip", "-n", ns, "link", "set", ns_end, "up"])
-            _run(["ip", "-n", ns, "link", "set", "lo", "up"])
+            self._add_netns(ns)
+            _run(["ip", "-n", self.hub, "link", "add", f"p{i}", "type", "veth", "peer", "name", "eth0", "netns", ns])
+            _run(["ip", "-n", self.hub, "link", "set", f"p{i}", "master", "br0", "up"])
+            _run(["ip", "-n", ns, "addr", "add", f"{addr}/24", "dev", "eth0"])
+            _run(["ip", "-n", ns, "link", "set", "eth0", "up"])
             self._nft(ns, f"add table inet {self.prefix}\n"
                           f"add chain inet {self.prefix} out {{ type filter hook output priority 0 ; }}\n"
                           f"add chain inet {self.prefix} in {{ type filter hook input priority 0 ; }}\n"
@@ -140,12 +124,16 @@ class NetnsLab:
         """The command prefix that runs a process inside node i's namespace."""
         return ["ip", "netns", "exec", self.namespaces[i]]
 
+    def hub_prefix(self) -> list[str]:
+        """The command prefix that runs a process in the hub (on the bridge: the site)."""
+        return ["ip", "netns", "exec", self.hub]
+
     def loss(self, percent: float) -> None:
         """Drop ``percent`` % of the mesh's outgoing datagrams in every namespace, at random."""
         whole = round(percent)
         for ns in self.namespaces:
             self._nft(ns, f"flush chain inet {self.prefix} loss\n"
-                      + (f"add rule inet {self.prefix} loss udp dport {MESH_PORT} numgen random mod 100 < {whole} drop\n"
+                      + (f"add rule inet {self.prefix} loss udp dport {MESH_PORT} numgen random mod 100 < {whole} counter drop\n"
                          if whole > 0 else ""))
 
     def partition(self, group_of: Sequence[int]) -> None:
@@ -156,8 +144,8 @@ class NetnsLab:
             script = f"flush chain inet {self.prefix} cut\n"
             if others:
                 peers = ", ".join(others)
-                script += (f"add rule inet {self.prefix} cut ip daddr {{ {peers} }} drop\n"
-                           f"add rule inet {self.prefix} cut ip saddr {{ {peers} }} drop\n")
+                script += (f"add rule inet {self.prefix} cut ip daddr {{ {peers} }} counter drop\n"
+                           f"add rule inet {self.prefix} cut ip saddr {{ {peers} }} counter drop\n")
             self._nft(ns, script)
         self._partitioned = True
 
@@ -166,28 +154,29 @@ class NetnsLab:
             self._nft(ns, f"flush chain inet {self.prefix} cut\n")
         self._partitioned = False
 
+    def dropped(self) -> dict[str, int]:
+        """Packets the lab's rules dropped so far, all namespaces: ``{"loss": k, "cut": m}``
+        (the rules' counters: proof that the faults acted, for reports and tests)."""
+        totals = {"loss": 0, "cut": 0}
+        for ns in self.namespaces:
+            for chain in totals:
+                text = _run(["ip", "netns", "exec", ns, "nft", "list", "chain", "inet", self.prefix, chain]).stdout
+                totals[chain] += sum(int(m) for m in re.findall(r"counter packets (\d+)", text))
+        return totals
+
     def rules(self, i: int) -> str:
         """Node i's nftables table as ``nft list`` prints it (for tests and reports)."""
         return _run(["ip", "netns", "exec", self.namespaces[i], "nft", "list", "table", "inet", self.prefix]).stdout
 
     def close(self) -> None:
-        """Delete what was made, last first; never raises (a half-made lab cleans up too)."""
-        for item in reversed(self._made):
-            kind, name = item.split(":", 1)
-            if kind == "netns":
-                _run(["ip", "netns", "del", name], check=False)
-            else:
-                _run(["ip", "link", "del", name], check=False)
+        """Delete the namespaces, last first (their interfaces and rules go with them);
+        never raises (a half-made lab cleans up too)."""
+        for name in reversed(self._made):
+            _run(["ip", "netns", "del", name], check=False)
         self._made.clear()
 
     @staticmethod
     def leftovers(prefix: str) -> list[str]:
-        """Namespaces and links whose names start with ``prefix`` (a test's cleanup check)."""
+        """Namespaces whose names start with ``prefix`` (a test's cleanup check)."""
         names = _run(["ip", "netns", "list"], check=False).stdout.split()
-        links = _run(["ip", "-o", "link", "show"], check=False).stdout.splitlines()
-        found = [n for n in names if n.startswith(prefix)]
-        for line in links:
-            parts = line.split(":")
-            if len(parts) > 1 and parts[1].strip().split("@")[0].startswith(prefix):
-                found.append(parts[1].strip())
-        return found
+        return [n for n in names if n.startswith(prefix)]

@@ -62,7 +62,8 @@ from typing import Any
 import attrs
 import trio
 
-from sims.procs import Child, TimedOut, command_lines, say, slices, stop_all
+from meshagent.errors import MeshagentError
+from sims.procs import Child, ChildFailed, TimedOut, command_lines, say, slices, stop_all
 from sims.scenario import Scenario, ScenarioError, load_scenario
 
 PORT = 7946
@@ -203,7 +204,7 @@ async def worker_main(n: int, configs: list[str]) -> None:
         say("started")
 
         async def join() -> None:
-            while not all(node.core.num_live == n and node.capacity(Scope.site(SITE)).nodes == n
+            while not all(node.core.num_live == n and node.capacity(Scope.site(SITE)).nodes == n  # noqa: ASYNC110 (observer)
                           for node in nodes):
                 await trio.sleep(0.1)
             say("ready")
@@ -283,7 +284,7 @@ def measure(samples: list[list[Any]], step_at: float, limit_w: float, baseline: 
     }
 
 
-class RunFailed(RuntimeError):
+class RunFailed(MeshagentError):
     """The agents did not come up, or a process misbehaved (its stderr in the message)."""
 
 
@@ -334,6 +335,8 @@ def run_real(
                 hosts, site_host = [f"{base}.{i + 1}" for i in range(plan.nodes)], f"{base}.250"
             report = _play(sc, plan, mode, hosts, site_host, lab, Path(tmp), children, workers, loss_pct,
                            hold_s, join_timeout_s, note)
+        except ChildFailed as exc:
+            raise RunFailed(f"{mode}: {exc}") from None
         finally:
             stop_all(children)
             if lab is not None:
@@ -358,7 +361,8 @@ def _play(sc: Scenario, plan: SpikePlan, mode: str, hosts: list[str], site_host:
     from meshagent.trust import keystore
 
     n = plan.nodes
-    site = Child("site", "sims.realnet", ["site", site_host, str(n), repr(plan.building_w), repr(plan.nominal_hz)])
+    site = Child("site", "sims.realnet", ["site", site_host, str(n), repr(plan.building_w), repr(plan.nominal_hz)],
+                 prefix=lab.hub_prefix() if lab is not None else ())
     children.append(site)
     host, port = site.expect("ready", time.monotonic() + 30)
     site_url = f"modbus+tcp://{host}:{port}"
@@ -433,11 +437,15 @@ def _play(sc: Scenario, plan: SpikePlan, mode: str, hosts: list[str], site_host:
     site.send("trace")
     samples = json.loads(site.read_line(time.monotonic() + 30).split(" ", 1)[1])
     sent = byts = 0
+    live: dict[str, int] = {}
     for child in agents:
         child.send("stats")
-        for _node_id, datagrams, nbytes, _live_now in json.loads(" ".join(child.expect("stats", time.monotonic() + 10))):
+        rows = json.loads(child.read_line(time.monotonic() + 10).split(" ", 1)[1])
+        for node_id, datagrams, nbytes, live_now in rows:
             sent, byts = sent + datagrams, byts + nbytes
+            live[node_id] = live_now
     window_s = time.monotonic() - started
+    dropped = lab.dropped() if lab is not None else None
     baselines = {b: measure(samples, step_at, plan.limit_w, b) for b in ("none", "mesh")}
     baselines["mesh"]["messages_per_node"] = round(sent / n, 2)
     baselines["mesh"]["bytes_per_node"] = round(byts / n, 1)
@@ -454,6 +462,8 @@ def _play(sc: Scenario, plan: SpikePlan, mode: str, hosts: list[str], site_host:
                   "killed": [f"agent-{i:03d}" for i in killed], "hold_s": hold_s, "loss_pct": loss_pct,
                   "compressed": "the scenario's surges arrive as one step of the building load"},
         "joined_s": round(joined_s, 2),
+        "live_members_seen_at_end": live,
+        "nftables_dropped": dropped,
         "traffic_window_s": round(window_s, 2),
         "baselines": baselines,
         "_traces": _traces(samples, step_at, plan, baselines),
@@ -468,7 +478,7 @@ def _live(agents: list[Child]) -> str:
             line = child.read_line(time.monotonic() + 5)
             if line.startswith("stats "):
                 seen += [row[3] for row in json.loads(line.split(" ", 1)[1])]
-        except Exception:  # noqa: BLE001 (a diagnosis; the failure is reported anyway)
+        except Exception:  # a diagnosis; the failure is reported anyway
             continue
     return f"fewest live members seen by an agent: {min(seen) if seen else 'unknown'}"
 
