@@ -323,6 +323,7 @@ def run_real(
     wall = time.perf_counter()
     lab: Any = None
     children: list[Child] = []
+    failed = False
     with tempfile.TemporaryDirectory(prefix="meshagent-sim-") as tmp:
         try:
             if mode == "netns":
@@ -336,22 +337,23 @@ def run_real(
             report = _play(sc, plan, mode, hosts, site_host, lab, Path(tmp), children, workers, loss_pct,
                            hold_s, join_timeout_s, note)
         except ChildFailed as exc:
+            failed = True
             raise RunFailed(f"{mode}: {exc}") from None
         finally:
-            stop_all(children)
+            stop_all(children, grace_s=0.5 if failed else 5.0)  # a failed run's children may be deaf
             if lab is not None:
                 lab.close()
+    traces = report.pop("_traces")
     report["wall_s"] = round(time.perf_counter() - wall, 3)
     if out is not None:
         from sims.report import write_json
 
-        report["files"] = {"json": str(write_json(report, out))}
-        if report.get("_traces"):
+        report["files"] = {"json": str(out / "report.json")}
+        if traces:
             from sims.report import write_plots
 
-            report["files"]["plots"] = str(write_plots(report["_traces"], out, f"{sc.name}: {report['runner']}"))
-        write_json({k: v for k, v in report.items() if k != "_traces"}, out)
-    report.pop("_traces", None)
+            report["files"]["plots"] = str(write_plots(traces, out, f"{sc.name}: {report['runner']}"))
+        write_json(report, out)
     return report
 
 

@@ -80,7 +80,7 @@ def sim_run(scenario: str, nodes: int | None, seed: int | None, duration: float 
     _need_sim_extra()
     chosen = [flag for flag, on in (("--real-network", real_network), ("--virtual", virtual), ("--netns", netns)) if on]
     if len(chosen) > 1:
-        raise MeshagentError(f"{chosen[1]}: choose one of --real-network, --virtual, --netns")
+        raise MeshagentError(f"{chosen[0]} with {chosen[1]}: choose one of --real-network, --virtual, --netns")
     if workers is not None and not real_network:
         raise MeshagentError("--workers: only with --real-network (--netns runs one process per namespace)")
     if workers is not None and not 1 <= workers <= 64:
