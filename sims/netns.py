@@ -18,11 +18,15 @@ way for the mesh's own namespace tests).
 Faults are nftables rules inside each node's namespace, in a table ``<prefix>`` of family
 ``inet`` (one table per namespace, so deleting the namespace deletes its rules):
 
-* ``loss(percent)``: ``udp dport 7946 numgen random mod 100 < percent drop`` on output: a
-  random drop of the mesh's datagrams only (its TCP push-pull and the Modbus reads are left
-  alone: a lost TCP segment is a retransmission, not a lost message);
-* ``partition(groups)``: each namespace drops (output and input) every packet to or from the
-  namespaces of the other groups; ``heal()`` flushes those rules.
+* ``loss(percent)``: ``udp dport 7946 numgen random mod 100 < percent drop``: a random drop
+  of the mesh's datagrams only (its TCP push-pull and the Modbus reads are left alone: a lost
+  TCP segment is a retransmission, not a lost message);
+* ``partition(group_of)``: each namespace drops every packet from the namespaces of the other
+  groups; ``heal()`` flushes those rules.
+
+Both are on the *input* hook, at the receiver: a drop on output would fail the sender's
+``sendto`` with EPERM and a TCP connect at once, which no switch does; dropped on arrival,
+the packet is simply gone, and a connect across the cut times out as it would.
 
 ``close()`` deletes every namespace (their veth ends and nftables tables go with them); it
 runs from ``__exit__`` and from a failed ``__enter__``, so a failed run cleans up too, and
@@ -109,13 +113,11 @@ class NetnsLab:
             _run(["ip", "-n", ns, "addr", "add", f"{addr}/24", "dev", "eth0"])
             _run(["ip", "-n", ns, "link", "set", "eth0", "up"])
             self._nft(ns, f"add table inet {self.prefix}\n"
-                          f"add chain inet {self.prefix} out {{ type filter hook output priority 0 ; }}\n"
                           f"add chain inet {self.prefix} in {{ type filter hook input priority 0 ; }}\n"
                           f"add chain inet {self.prefix} loss\n"
                           f"add chain inet {self.prefix} cut\n"
-                          f"add rule inet {self.prefix} out jump loss\n"
-                          f"add rule inet {self.prefix} out jump cut\n"
-                          f"add rule inet {self.prefix} in jump cut\n")
+                          f"add rule inet {self.prefix} in jump cut\n"
+                          f"add rule inet {self.prefix} in jump loss\n")
 
     def _nft(self, ns: str, script: str) -> None:
         _run(["ip", "netns", "exec", ns, "nft", "-f", "-"], stdin=script)
@@ -129,11 +131,12 @@ class NetnsLab:
         return ["ip", "netns", "exec", self.hub]
 
     def loss(self, percent: float) -> None:
-        """Drop ``percent`` % of the mesh's outgoing datagrams in every namespace, at random."""
-        whole = round(percent)
+        """Drop ``percent`` % of the mesh's datagrams arriving in every namespace, at random."""
+        whole = min(100, max(0, round(percent)))
+        chance = f"numgen random mod 100 < {whole} " if whole < 100 else ""
         for ns in self.namespaces:
             self._nft(ns, f"flush chain inet {self.prefix} loss\n"
-                      + (f"add rule inet {self.prefix} loss udp dport {MESH_PORT} numgen random mod 100 < {whole} counter drop\n"
+                      + (f"add rule inet {self.prefix} loss udp dport {MESH_PORT} {chance}counter drop\n"
                          if whole > 0 else ""))
 
     def partition(self, group_of: Sequence[int]) -> None:
@@ -144,8 +147,7 @@ class NetnsLab:
             script = f"flush chain inet {self.prefix} cut\n"
             if others:
                 peers = ", ".join(others)
-                script += (f"add rule inet {self.prefix} cut ip daddr {{ {peers} }} counter drop\n"
-                           f"add rule inet {self.prefix} cut ip saddr {{ {peers} }} counter drop\n")
+                script += f"add rule inet {self.prefix} cut ip saddr {{ {peers} }} counter drop\n"
             self._nft(ns, script)
         self._partitioned = True
 
@@ -158,10 +160,10 @@ class NetnsLab:
         """Packets the lab's rules dropped so far, all namespaces: ``{"loss": k, "cut": m}``
         (the rules' counters: proof that the faults acted, for reports and tests)."""
         totals = {"loss": 0, "cut": 0}
-        for ns in self.namespaces:
-            for chain in totals:
-                text = _run(["ip", "netns", "exec", ns, "nft", "list", "chain", "inet", self.prefix, chain]).stdout
-                totals[chain] += sum(int(m) for m in re.findall(r"counter packets (\d+)", text))
+        for i in range(self.n):
+            for chain, body in re.findall(r"chain (\w+) \{(.*?)\}", self.rules(i), flags=re.S):
+                if chain in totals:
+                    totals[chain] += sum(int(m) for m in re.findall(r"counter packets (\d+)", body))
         return totals
 
     def rules(self, i: int) -> str:

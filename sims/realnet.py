@@ -72,7 +72,7 @@ SITE = "sim-site"
 SAMPLE_S = 0.005  # the site's own meter trace
 TOLERANCE_S = 2.0  # over the limit for longer than this is a violation (sims.fleet's rule)
 KILL_AFTER_S = 1.0
-PARTITION_LEAD_S = 3.0
+PARTITION_LEAD_S = 2.0
 HOLD_S = 6.0  # the spike is held this long after the step
 MAX_AGENTS = 236  # Modbus unit ids 11..247 on the site's one server
 MODELS = ("nissan-leaf-40", "ford-f150-lightning-er", "mitsubishi-outlander-phev")
@@ -340,7 +340,9 @@ def run_real(
             failed = True
             raise RunFailed(f"{mode}: {exc}") from None
         finally:
+            note("stopping the processes")
             stop_all(children, grace_s=0.5 if failed else 5.0)  # a failed run's children may be deaf
+            note("stopped")
             if lab is not None:
                 lab.close()
     traces = report.pop("_traces")
@@ -420,7 +422,7 @@ def _play(sc: Scenario, plan: SpikePlan, mode: str, hosts: list[str], site_host:
         note(f"partitioned in {plan.partition_groups}")
         time.sleep(PARTITION_LEAD_S)
     else:
-        time.sleep(1.0)
+        time.sleep(0.5)  # a few meter samples before the step
     site.send(f"step {plan.step_w!r}")
     step_at = float(site.expect("stepped", time.monotonic() + 10)[0])
     note(f"spike: the building steps by {plan.step_w / 1000:g} kW")
