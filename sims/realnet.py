@@ -298,6 +298,7 @@ def run_real(
     loss_pct: float = 0.0,
     hold_s: float = HOLD_S,
     join_timeout_s: float = 60.0,
+    central: bool = True,
     out: Path | None = None,
     progress: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
@@ -336,6 +337,12 @@ def run_real(
                 hosts, site_host = [f"{base}.{i + 1}" for i in range(plan.nodes)], f"{base}.250"
             report = _play(sc, plan, mode, hosts, site_host, lab, Path(tmp), children, workers, loss_pct,
                            hold_s, join_timeout_s, note)
+            stop_all(children)  # the agents and the site first: the central side times on a machine they left
+            children.clear()
+            if central and mode == "real-network":
+                report["baselines"] = {"none": report["baselines"]["none"],
+                                       "central": _central(sc, plan, report, note),
+                                       "mesh": report["baselines"]["mesh"]}
         except ChildFailed as exc:
             failed = True
             raise RunFailed(f"{mode}: {exc}") from None
@@ -345,7 +352,8 @@ def run_real(
             note("stopped")
             if lab is not None:
                 lab.close()
-    traces = report.pop("_traces")
+    traces = _traces(report.pop("_samples"), report.pop("_step_at"), plan, report["baselines"],
+                     report.pop("_central_series", None))
     report["wall_s"] = round(time.perf_counter() - wall, 3)
     if out is not None:
         from sims.report import write_json
@@ -470,8 +478,59 @@ def _play(sc: Scenario, plan: SpikePlan, mode: str, hosts: list[str], site_host:
         "nftables_dropped": dropped,
         "traffic_window_s": round(window_s, 2),
         "baselines": baselines,
-        "_traces": _traces(samples, step_at, plan, baselines),
+        "_samples": samples,
+        "_step_at": step_at,
     }
+
+
+CENTRAL_TRIALS = 3
+CENTRAL_DEADLINE_S = 10.0
+CENTRAL_STATION_PROCESSES = 2
+
+
+def _central(sc: Scenario, plan: SpikePlan, report: dict[str, Any], note: Callable[[str], None]) -> dict[str, Any]:
+    """The central baseline for the same spike: its dispatch timed for real, the rest stated.
+
+    A CSMS process sends SetChargingProfile to N OCPP stations over real WebSockets on
+    loopback (``sims.bench.allocation_central``, what ``bench allocation`` times), the shares
+    of the spike's deficit by the same allocation, ``CENTRAL_TRIALS`` times. Its response
+    lands ``meter wait + dispatch + inverter`` after the step: the CSMS reads the site meter
+    every ``central_meter_interval_s``, so the step waits a seeded-uniform part of it; the
+    dispatch is the median measured here; the inverter's transition is the design bound
+    (``sims.calibration``). The site series is the ``none`` trace with the deficit covered
+    from that moment: the stations here are OCPP endpoints, not the site's chargers.
+    """
+    import random
+
+    from sims import calibration as cal
+    from sims.bench.allocation_central import CentralFleet
+
+    n = plan.nodes
+    deficit_w = plan.building_w + plan.step_w - plan.limit_w
+    note(f"central: timing {CENTRAL_TRIALS} OCPP dispatches to {n} stations")
+    fleet = CentralFleet(n, CENTRAL_STATION_PROCESSES, CENTRAL_DEADLINE_S)
+    try:
+        dispatch_ms = sorted(fleet.spike_ms(k, max(deficit_w, 1.0), CENTRAL_DEADLINE_S) for k in range(CENTRAL_TRIALS))
+    finally:
+        fleet.close()
+    interval_s = float(sc["response"]["central_meter_interval_s"])
+    wait_s = random.Random(int(sc["scenario"]["seed"])).uniform(0.0, interval_s)
+    dispatch_s = dispatch_ms[len(dispatch_ms) // 2] / 1000
+    samples, step_at = report["_samples"], report["_step_at"]
+    lands_at = step_at + wait_s + dispatch_s + cal.INVERTER_MAX_S
+    covered = max(0.0, deficit_w)
+    series = [[t, (load - math.fsum(ch)) - (covered if t >= lands_at else 0.0), f, ch] for t, load, f, ch in samples]
+    totals = measure([[t, load, f, []] for t, load, f, _ch in series], step_at, plan.limit_w, "mesh")
+    totals["peak_discharge_kw"] = round(covered / 1000, 2)
+    totals["messages_per_node"] = 2.0  # one CALL and its CALLRESULT per charger
+    totals["bytes_per_node"] = float(cal.SET_PROFILE_BYTES)
+    totals["central_dispatch_ms"] = {"measured": [round(x, 2) for x in dispatch_ms], "median": round(dispatch_s * 1000, 2)}
+    totals["source"] = (f"dispatch timed for real: a CSMS and {n} OCPP 2.0.1 stations over WebSockets on loopback "
+                        f"({CENTRAL_STATION_PROCESSES} station processes), median of {CENTRAL_TRIALS}; meter wait "
+                        f"{wait_s:.3f} s of the {interval_s:g} s interval (seeded); inverter {cal.INVERTER_MAX_S:g} s "
+                        "(design bound); the site series is the none trace with the deficit covered from then")
+    report["_central_series"] = series
+    return totals
 
 
 def _live(agents: list[Child]) -> str:
@@ -487,7 +546,8 @@ def _live(agents: list[Child]) -> str:
     return f"fewest live members seen by an agent: {min(seen) if seen else 'unknown'}"
 
 
-def _traces(samples: list[list[Any]], step_at: float, plan: SpikePlan, totals: dict[str, Any]) -> list[Any]:
+def _traces(samples: list[list[Any]], step_at: float, plan: SpikePlan, totals: dict[str, Any],
+            central: list[list[Any]] | None) -> list[Any]:
     """The meter trace as ``sims.fleet.Trace`` columns for ``sims.report.write_plots`` (no
     transformer model here: those panels are left empty)."""
     try:
@@ -501,8 +561,8 @@ def _traces(samples: list[list[Any]], step_at: float, plan: SpikePlan, totals: d
     chargers = np.asarray([s[3] for s in samples]).reshape(len(samples), -1)
     blank = np.full(len(samples), np.nan)
     out = []
-    for b in ("none", "mesh"):
-        site_kw = np.asarray([s[1] for s in samples]) / 1000
+    for b in totals:
+        site_kw = np.asarray([s[1] for s in (central if b == "central" and central else samples)]) / 1000
         if b == "none":
             site_kw = site_kw - chargers.sum(axis=1) / 1000
         node = np.maximum(-chargers[:, :48], 0.0) / 1000 if b == "mesh" else np.zeros((len(samples), 0))

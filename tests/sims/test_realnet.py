@@ -1,7 +1,8 @@
 """The real-network runners: a scenario's spike answered by real agents in separate processes.
 
-Small and bounded: 6 agents in 2 worker processes over loopback UDP; 3 agents in 3 network
-namespaces with an nftables partition and random loss (root only). The figures' shape and
+Small and bounded: 6 agents in 2 worker processes over loopback UDP (and the central side's
+CSMS and 6 OCPP stations); 3 agents in 3 network namespaces with an nftables partition and
+random loss (root only). The figures' shape and
 what they must be (the limit held, messages counted) are asserted, not their speed: the
 machine running the suite is shared.
 """
@@ -44,6 +45,12 @@ def test_six_agents_in_two_processes_answer_the_surge_over_loopback(tmp_path) ->
     assert report["level"] == "packet" and report["nodes"] == 6
     _check_mesh_answered(report)
     assert all(live == 6 for live in report["live_members_seen_at_end"].values())
+    # the central baseline beside it: its OCPP dispatch timed for real, every station answered
+    central = report["baselines"]["central"]
+    assert list(report["baselines"]) == ["none", "central", "mesh"]
+    assert set(MEASURED) <= set(central) and central["source"].startswith("dispatch timed for real")
+    assert all(0 < ms < 10_000 for ms in central["central_dispatch_ms"]["measured"])
+    assert central["limits_violated"] == 0 and central["spike_to_response_s"]["episodes"] == 1
     on_disk = json.loads((tmp_path / "report.json").read_text())
     assert on_disk["runner"] == report["runner"] and (tmp_path / "summary.png").stat().st_size > 0
 
@@ -55,6 +62,7 @@ def test_a_partitioned_spike_in_three_namespaces_with_loss() -> None:
         pytest.skip(why)
     report = run_real("partition", mode="netns", nodes=3, loss_pct=10, hold_s=3.0)
     assert report["runner"].startswith("netns: 3 agents, one process each in its own network namespace")
+    assert list(report["baselines"]) == ["none", "mesh"]  # no central side in the namespaces
     assert report["spike"]["detectors"] == ["agent-000", "agent-002"]  # one per part: {0, 1} and {2}
     _check_mesh_answered(report)
     # the nftables rules acted between the namespaces: the cut dropped packets across it, the
