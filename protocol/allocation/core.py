@@ -17,8 +17,14 @@ Its share comes from its own offer and its transformer's level (``plan.member_un
   stale the view;
 * an incremental plan (round 2, ``base_seq = b``) adds to what the member reported in its
   ACK of seq ``b``, planned over the limit left in that ACK. A member in the plan's silent
-  filter (its ACK was lost) or without an ACK of ``b`` releases to 0 instead: the proposer
-  did not count it. A Bloom false positive only releases a member that did answer.
+  filter (the proposer did not hear its ACK of ``b``) takes no increment but keeps what it
+  applies, if that comes from plan ``b`` or a later one of the chain: an ACK that is late or
+  lost must not take discharge away in the middle of a spike. The proposer counted what it
+  last planned for a silent member against the headroom, so keeping it breaks no limit; it
+  re-planned the residual over the others, so a late ACK over-delivers (within every limit)
+  until the next renewal re-bases (below). A silent member whose share is older than ``b``
+  releases to 0 (it may not have been counted). A Bloom false positive only withholds an
+  increment from a member that did answer; the next round gives it.
 
 Whatever the plan says, a member applies ``min(share, its limit now)``. Shares lapse at
 ``ttl`` unless renewed (the proposer re-sends its latest plan), so a lost proposer never
@@ -27,7 +33,11 @@ leaves vehicles discharging; a plan without levels releases at once.
 A **proposer** plans round 1 over its view, collects ACKs and, once all are in or after
 ``round2_after_s``, re-plans the residual over those who answered (silence counts as 0:
 the headroom left in each transformer excludes what silent members were planned, since
-they may be applying it), up to ``max_rounds``.
+they may be applying it), up to ``max_rounds``. At each renewal, if the members' newest ACKs
+sum to more than the deficit (silent members kept shares the others then covered too), it
+re-bases: a new absolute plan over its last view that members only lower their shares to
+(``trim``), and its round 2 raises those with room, so late ACKs cost at most one renewal
+period of over-delivery and never a shortfall, and every share moves one way per plan.
 """
 
 from __future__ import annotations
@@ -159,14 +169,34 @@ class Member:
             samples = self._since(msg.view_since_ms)
             if not samples:
                 return 0
-            return min(member_units(self.node_id, s.limit_w, s.weight, level) for s in samples)
+            units = min(member_units(self.node_id, s.limit_w, s.weight, level) for s in samples)
+            if msg.trim:  # lower only: the next round raises whoever has room
+                cur = self.scopes.get(msg.scope)
+                held = to_units(cur.share_w) if cur is not None and cur.key[:2] == (msg.epoch, origin_id) else 0
+                units = min(units, held)
+            return units
         if in_silent(self.node_id, msg.silent):
-            return 0
+            return self._kept(origin_id, msg)
         base = self.acks.get((msg.scope, (msg.epoch, origin_id, msg.base_seq)))
         if base is None:
             return 0
         delta = member_units(self.node_id, base.limit_w - base.applied_w, base.weight, level)
         return to_units(base.applied_w) + delta
+
+    def _kept(self, origin_id: str, msg: Plan) -> int:
+        """A silent member's share: what it applies now if that comes from this plan's chain.
+
+        The proposer did not hear this member's ACK of ``base_seq``. It may be late or lost
+        rather than unsent, so the member keeps what it applies (no increment: the proposer
+        re-planned the residual over the others), and the proposer counted what it last
+        planned for the member against the headroom. Only a share from the base plan or a
+        later one of the same chain is kept: one from an older plan (this member missed the
+        base) was maybe not counted, and is released.
+        """
+        cur = self.scopes.get(msg.scope)
+        if cur is None or cur.key[:2] != (msg.epoch, origin_id) or cur.key[2] < msg.base_seq:
+            return 0
+        return to_units(cur.share_w)
 
     def _since(self, since_ms: int) -> list[OfferSample]:
         """Offers published at or after ``since_ms`` and the one current at that time."""
@@ -274,6 +304,8 @@ class Proposer:
         self.acks: dict[int, dict[str, Ack]] = {}
         self.transformers: dict[str, str] = {}
         self.headroom_w: dict[str, float] = {}
+        self.view: list[ViewOffer] = []
+        self.rebased = 0
         self._round_started = 0.0
         self._round_of_update = 0  # rounds since the last absolute plan
         self._last_sent = 0.0
@@ -294,9 +326,16 @@ class Proposer:
         view: Iterable[ViewOffer],
         headroom_w: Mapping[str, float],
         now: float,
+        *,
+        trim: bool = False,
     ) -> Plan:
-        """An absolute plan over the view (a new spike, or a new deficit for this one)."""
+        """An absolute plan over the view (a new spike, or a new deficit for this one).
+
+        ``trim``: the re-base of over-delivery; members only lower their shares to it (every
+        share moving one way, a transformer's sum never passes the larger of before and
+        after while the plan spreads), and round 2 raises the ones with room."""
         view = list(view)
+        self.view = view
         self.headroom_w = dict(headroom_w)
         self.transformers = {o.node_id: o.transformer_id for o in view}
         result = plan(
@@ -306,15 +345,16 @@ class Proposer:
         )
         since = min((o.updated_at_ms for o in view), default=0)
         self._round_of_update = 1
-        return self._emit(result, 0, since, view_digest(view), b"", now)
+        return self._emit(result, 0, since, view_digest(view), b"", now, trim)
 
     def _emit(
-        self, result: PlanResult, base_seq: int, since: int, digest: bytes, silent: bytes, now: float
+        self, result: PlanResult, base_seq: int, since: int, digest: bytes, silent: bytes, now: float,
+        trim: bool = False,
     ) -> Plan:
         self.seq += 1
         msg = Plan(
             self.scope, self.epoch, self.seq, base_seq, result.deficit_w, since, digest,
-            result.levels, silent, self.ttl_ms, self.spike_id,
+            result.levels, silent, self.ttl_ms, self.spike_id, trim,
         )
         planned = {n: u / UNITS_PER_W for n, u in result.shares_units.items()}
         self.rounds.append(
@@ -369,9 +409,22 @@ class Proposer:
                 return nxt
             self._round_of_update = self.max_rounds  # nothing left to re-plan
         if now >= self._last_sent + self.renew_every_s:
+            target = self._target_w()
+            if to_units(self.covered_w() - target) > 0 and self.view:
+                self.rebased += 1
+                return self.start(target, self.view, self.headroom_w, now, trim=True)
             self._last_sent = now
             return cur.message
         return None
+
+    def covered_w(self) -> float:
+        """What the members apply by their newest ACKs since the latest absolute plan."""
+        first = next((r.seq for r in reversed(self.rounds) if r.base_seq == 0), 0)
+        newest: dict[str, float] = {}
+        for seq in sorted(self.acks):
+            if seq >= first:
+                newest.update((n, a.applied_w) for n, a in self.acks[seq].items())
+        return math.fsum(newest.values())
 
     def _next_round(self, now: float) -> Plan | None:
         cur = self.current
