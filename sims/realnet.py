@@ -6,12 +6,12 @@ Theory of operation
 ``meshagent run`` starts (``meshagent.agent.run_agent``: membership, control loop, allocation,
 its API), one per charger, on one simulated site:
 
-* **the site** is its own process (``python -m sims.realnet site``): a ``SimulatedSite`` with
+* **the site** is its own process (``python -m sims.agentprocs site``): a ``SimulatedSite`` with
   the building load and one charger per agent, each with a vehicle plugged in, served over
   real Modbus TCP (``hardware.simulated.serve``) as a device on the site's network would be.
   It samples its own meter every ``SAMPLE_S`` on CLOCK_MONOTONIC and steps the building load
   when told; every agent reads that meter and drives its charger through the Modbus drivers.
-* **the agents** live in worker processes (``python -m sims.realnet worker``), each hosting
+* **the agents** live in worker processes (``python -m sims.agentprocs worker``), each hosting
   a share of them in one trio loop, as ``bench allocation`` spreads its agents
   (``sims.procs``: the same line protocol over stdin/stdout, the same ``Child``):
 
@@ -60,22 +60,19 @@ from pathlib import Path
 from typing import Any
 
 import attrs
-import trio
 
 from meshagent.errors import MeshagentError
-from sims.procs import Child, ChildFailed, TimedOut, command_lines, say, slices, stop_all
+from sims.agentprocs import SAMPLE_S, SITE
+from sims.procs import Child, ChildFailed, TimedOut, slices, stop_all
 from sims.scenario import Scenario, ScenarioError, load_scenario
 
 PORT = 7946
 API_PORT = 7947
-SITE = "sim-site"
-SAMPLE_S = 0.005  # the site's own meter trace
 TOLERANCE_S = 2.0  # over the limit for longer than this is a violation (sims.fleet's rule)
 KILL_AFTER_S = 1.0
 PARTITION_LEAD_S = 2.0
 HOLD_S = 6.0  # the spike is held this long after the step
 MAX_AGENTS = 236  # Modbus unit ids 11..247 on the site's one server
-MODELS = ("nissan-leaf-40", "ford-f150-lightning-er", "mitsubishi-outlander-phev")
 # Every agent reads the site meter over Modbus TCP from one server. The detector polls it every
 # 10 ms as in production; the others every 100 ms (enough for their droop and their offers) so
 # N agents do not spend the site server on meter reads, and allow 1 s of silence before
@@ -134,96 +131,6 @@ def spike_of(sc: Scenario) -> SpikePlan:
         kill_fraction=max((float(e.args["fraction"]) for e in kills), default=0.0),
         partition_groups=min(groups, n),
     )
-
-
-def vehicle_of(i: int) -> tuple[str, float]:
-    """Charger i's vehicle: (model from the hardware table, SoC %)."""
-    return MODELS[i % len(MODELS)], 55.0 + (i * 7) % 30
-
-
-# --- the site (its own process) --------------------------------------------------------------
-
-
-async def site_main(host: str, n: int, building_w: float, nominal_hz: float) -> None:
-    from hardware.simulated.serve import SimServer, site_units
-    from hardware.simulated.site import SimulatedSite
-    from hardware.simulated.vehicles import VehicleConfig
-
-    site = SimulatedSite(time.monotonic, SITE, base_load_w=building_w)
-    for i in range(n):
-        model, soc = vehicle_of(i)
-        site.add_charger().connect_vehicle(attrs.evolve(VehicleConfig.of(model), present_soc_pct=soc))
-    site.set_grid(frequency_hz=nominal_hz)
-    samples: list[list[Any]] = []
-    async with SimServer(site_units(site), host=host, port=0) as server, trio.open_nursery() as nursery:
-
-        async def sample() -> None:
-            while True:
-                snap = site.snapshot()
-                samples.append([snap.taken_at_s, snap.active_power_w, snap.frequency_hz,
-                                [round(c.power_w, 1) for c in site.chargers]])
-                await trio.sleep(SAMPLE_S)
-
-        say(f"ready {server.host} {server.port}")
-        async for cmd in command_lines():
-            if cmd[0] == "record":
-                samples.clear()
-                if not nursery.child_tasks:
-                    nursery.start_soon(sample)
-                say("recording")
-            elif cmd[0] == "step":
-                site.step_load(float(cmd[1]))
-                say(f"stepped {time.monotonic()!r}")
-            elif cmd[0] == "trace":
-                say("trace " + json.dumps(samples))
-            else:
-                say(f"error unknown command {' '.join(cmd)}")
-        nursery.cancel_scope.cancel()
-
-
-# --- a worker (its own process): a share of the agents ------------------------------------
-
-
-async def worker_main(n: int, configs: list[str]) -> None:
-    from meshagent.agent import run_agent
-    from meshagent.config import load_config
-    from protocol.state import Scope
-
-    nodes: list[Any] = []
-    scopes: list[trio.CancelScope] = []
-    async with trio.open_nursery() as nursery:
-        for path in configs:
-            config = load_config(Path(path))
-
-            async def one(config: Any = config, *, task_status: trio.TaskStatus[Any] = trio.TASK_STATUS_IGNORED) -> None:
-                with trio.CancelScope() as scope:
-                    scopes.append(scope)
-                    await run_agent(config, task_status=task_status)
-
-            nodes.append(await nursery.start(one))
-        say("started")
-
-        async def join() -> None:
-            while not all(node.core.num_live == n and node.capacity(Scope.site(SITE)).nodes == n  # noqa: ASYNC110 (observer)
-                          for node in nodes):
-                await trio.sleep(0.1)
-            say("ready")
-
-        nursery.start_soon(join)
-        async for cmd in command_lines():
-            if cmd[0] == "kill":
-                for k in (int(x) for x in cmd[1].split(",") if x):
-                    scopes[k].cancel()
-                say("killed")
-            elif cmd[0] == "stats":
-                stats = []
-                for node in nodes:
-                    tr = node.endpoint.transport.statistics()
-                    stats.append([node.node_id, tr.datagrams_sent, tr.bytes_sent, node.core.num_live])
-                say("stats " + json.dumps(stats))
-            else:
-                say(f"error unknown command {' '.join(cmd)}")
-        nursery.cancel_scope.cancel()
 
 
 # --- the parent ------------------------------------------------------------------------------
@@ -373,7 +280,7 @@ def _play(sc: Scenario, plan: SpikePlan, mode: str, hosts: list[str], site_host:
     from meshagent.trust import keystore
 
     n = plan.nodes
-    site = Child("site", "sims.realnet", ["site", site_host, str(n), repr(plan.building_w), repr(plan.nominal_hz)],
+    site = Child("site", "sims.agentprocs", ["site", site_host, str(n), repr(plan.building_w), repr(plan.nominal_hz)],
                  prefix=lab.hub_prefix() if lab is not None else ())
     children.append(site)
     host, port = site.expect("ready", time.monotonic() + 30)
@@ -405,7 +312,7 @@ def _play(sc: Scenario, plan: SpikePlan, mode: str, hosts: list[str], site_host:
     note(f"starting {n} agents ({runner.split(':')[0]})")
     agents: list[Child] = []
     for w, (share, prefix) in enumerate(zip(shares, prefixes, strict=True)):
-        child = Child(f"agents-{w}", "sims.realnet", ["worker", str(n), *(configs[i] for i in share)], prefix=prefix)
+        child = Child(f"agents-{w}", "sims.agentprocs", ["worker", str(n), *(configs[i] for i in share)], prefix=prefix)
         children.append(child)
         agents.append(child)
     # all at once: an agent whose seed is not up yet keeps retrying it (MeshNode.join)
@@ -568,19 +475,3 @@ def _traces(samples: list[list[Any]], step_at: float, plan: SpikePlan, totals: d
         node = np.maximum(-chargers[:, :48], 0.0) / 1000 if b == "mesh" else np.zeros((len(samples), 0))
         out.append(Trace(b, t, site_kw, plan.limit_w / 1000, freq, blank, blank, node, totals[b]))
     return out
-
-
-def main(argv: list[str]) -> None:
-    """``python -m sims.realnet site HOST N BUILDING_W NOMINAL_HZ`` or ``... worker N CONFIG...``"""
-    if argv[0] == "site":
-        trio.run(site_main, argv[1], int(argv[2]), float(argv[3]), float(argv[4]))
-    elif argv[0] == "worker":
-        trio.run(worker_main, int(argv[1]), argv[2:])
-    else:
-        raise SystemExit(f"unknown role {argv[0]!r}")
-
-
-if __name__ == "__main__":
-    import sys
-
-    main(sys.argv[1:])
