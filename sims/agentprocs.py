@@ -16,7 +16,10 @@ Modbus TCP on HOST, samples its own meter every ``SAMPLE_S`` on CLOCK_MONOTONIC,
 when they all run and ``ready`` when each sees all N live and N offers, and answers:
 
 * ``kill K,L``: its agents K and L (indices in its CONFIG list) stop dead; answers ``killed``;
-* ``stats``: ``stats JSON``, per agent ``[node_id, datagrams_sent, bytes_sent, live members]``.
+* ``stats``: ``stats JSON``, per agent ``[node_id, datagrams_sent, bytes_sent, live members]``;
+* ``api PATH K,L``: ``api JSON``, the bodies of ``GET PATH`` on its agents K and L's own API
+  (with their operator token): how the parent reads a detector's ``/v1/spikes`` from inside
+  a namespace it cannot reach.
 
 Both speak through ``sims.procs`` and exit when their stdin closes.
 """
@@ -117,6 +120,11 @@ async def worker_main(n: int, configs: list[str]) -> None:
                 for k in (int(x) for x in cmd[1].split(",") if x):
                     scopes[k].cancel()
                 say("killed")
+            elif cmd[0] == "api":  # GET PATH of each agent whose index is listed, with its operator token
+                bodies = []
+                for k in (int(x) for x in cmd[2].split(",") if x):
+                    bodies.append(await _api_get(configs[k], cmd[1]))
+                say("api " + json.dumps(bodies))
             elif cmd[0] == "stats":
                 stats = []
                 for node in nodes:
@@ -126,6 +134,22 @@ async def worker_main(n: int, configs: list[str]) -> None:
             else:
                 say(f"error unknown command {' '.join(cmd)}")
         nursery.cancel_scope.cancel()
+
+
+async def _api_get(config_path: str, path: str) -> Any:
+    """``GET path`` of an agent's own API (in this process's namespace), or the error."""
+    from meshagent.api.auth import read_token_file
+    from meshagent.api.http import get_json
+    from meshagent.config import load_config
+
+    config = load_config(Path(config_path))
+    host, port = config.section("mesh").api
+    token_file = Path(config_path).parent / "state" / "api" / "operator.token"
+    try:
+        status, body = await get_json(host, port, path, token=read_token_file(token_file))
+    except (OSError, trio.TooSlowError, ValueError) as exc:
+        return {"error": f"{type(exc).__name__}: {exc}"}
+    return body if status == 200 else {"error": f"HTTP {status}", "body": body}
 
 
 def main(argv: list[str]) -> None:

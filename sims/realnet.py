@@ -364,6 +364,7 @@ def _play(sc: Scenario, plan: SpikePlan, mode: str, hosts: list[str], site_host:
             sent, byts = sent + datagrams, byts + nbytes
             live[node_id] = live_now
     window_s = time.monotonic() - started
+    planned = _detector_spikes(agents, shares, detectors)
     dropped = lab.dropped() if lab is not None else None
     baselines = {b: measure(samples, step_at, plan.limit_w, b) for b in ("none", "mesh")}
     baselines["mesh"]["messages_per_node"] = round(sent / n, 2)
@@ -382,6 +383,7 @@ def _play(sc: Scenario, plan: SpikePlan, mode: str, hosts: list[str], site_host:
                   "compressed": "the scenario's surges arrive as one step of the building load"},
         "joined_s": round(joined_s, 2),
         "live_members_seen_at_end": live,
+        "detector_spikes": planned,
         "nftables_dropped": dropped,
         "traffic_window_s": round(window_s, 2),
         "baselines": baselines,
@@ -438,6 +440,31 @@ def _central(sc: Scenario, plan: SpikePlan, report: dict[str, Any], note: Callab
                         "(design bound); the site series is the none trace with the deficit covered from then")
     report["_central_series"] = series
     return totals
+
+
+def _detector_spikes(agents: list[Child], shares: list[range], detectors: list[int]) -> dict[str, Any]:
+    """What each detector planned (its ``GET /v1/spikes``, newest first), in brief: per spike,
+    its rounds' deficit, answered, silent, applied and residual. Why a mesh did not answer
+    is read here first."""
+    out: dict[str, Any] = {}
+    for child, share in zip(agents, shares, strict=True):
+        local = [k for k, i in enumerate(share) if i in detectors]
+        if not local:
+            continue
+        child.send(f"api /v1/spikes {','.join(map(str, local))}")
+        bodies = json.loads(child.read_line(time.monotonic() + 30).split(" ", 1)[1])
+        for k, body in zip(local, bodies, strict=True):
+            name = f"agent-{share[k]:03d}"
+            if not isinstance(body, dict) or "spikes" not in body:
+                out[name] = body
+                continue
+            out[name] = [
+                {"spike_id": sp.get("spike_id"),
+                 "rounds": [{key: r.get(key) for key in ("deficit_w", "answered", "silent", "applied_w", "residual_w")}
+                            for r in sp.get("rounds", [])[:4]]}
+                for sp in body["spikes"][:4]
+            ]
+    return out
 
 
 def _live(agents: list[Child]) -> str:
