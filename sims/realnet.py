@@ -74,11 +74,13 @@ PARTITION_LEAD_S = 2.0
 HOLD_S = 6.0  # the spike is held this long after the step
 MAX_AGENTS = 236  # Modbus unit ids 11..247 on the site's one server
 # Every agent reads the site meter over Modbus TCP from one server. The detector polls it every
-# 10 ms as in production; the others every 100 ms (enough for their droop and their offers) so
-# N agents do not spend the site server on meter reads, and allow 1 s of silence before
-# ERR_SENSOR_LOST on a shared machine. Round 2 waits 500 ms for ACKs from processes that share
-# two cores (late ACKs are counted silent: docs/allocation.md, "Known limits").
-MEMBER_CONTROL = 'meter_period = "100ms"\ndevice_period = "100ms"\nsensor_timeout = "1s"\ntelemetry_period = "1s"\n'
+# 10 ms as in production; the others every 100 ms (enough for their droop and their offers) and
+# their vehicle, thermal sensor and tamper switch every second, so N agents do not spend the
+# site's one server on round trips (at 20 agents on a loaded machine, reading those every 100 ms
+# stretched the members' cycles to about 1 s; every second, to 155 ms), and allow 1 s of silence
+# before ERR_SENSOR_LOST. Round 2 waits 500 ms for ACKs from processes that share the cores
+# (late ACKs: docs/allocation.md, "Known limits").
+MEMBER_CONTROL = 'meter_period = "100ms"\ndevice_period = "1s"\nsensor_timeout = "1s"\ntelemetry_period = "1s"\n'
 DETECTOR_CONTROL = 'spike_update_settle = "300ms"\nsensor_timeout = "1s"\n'
 DETECTOR_ALLOCATION = 'round2_after = "500ms"\n'
 
