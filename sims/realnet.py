@@ -45,7 +45,10 @@ rule), ``peak_site_kw`` against ``site_limit_kw``, ``limits_violated`` (over the
 more than 2 s, counted in episodes), ``messages_per_node`` and ``bytes_per_node`` (every
 datagram the agents' transports sent, from their start to the end of the hold, over N);
 ``none`` is the same meter with every charger's measured power taken out (computed from the
-same run, as the demo's). ``runner`` says which runner produced it and how.
+same run, as the demo's). With ``real-network``, ``central`` sits between them: its OCPP
+dispatch timed for real after the agents have stopped (``_central``). ``runner`` says which
+runner produced the report and how; ``detector_spikes`` what each detector planned, round by
+round (its own ``GET /v1/spikes``): why a mesh missed is read there first.
 """
 
 from __future__ import annotations

@@ -73,9 +73,10 @@ def sim_run(scenario: str, nodes: int | None, seed: int | None, duration: float 
     default          the fleet level: every baseline, the mesh's latency from calibration
     --virtual        the same, the mesh's latency measured in this run (virtual time)
     --real-network   the scenario's spike answered by real agents in separate processes over
-                     real UDP on 127.86.x.y:7946, the site over Modbus TCP (none and mesh)
+                     real UDP on 127.86.x.y:7946, the site over Modbus TCP (none, central
+                     with its OCPP dispatch timed for real, mesh)
     --netns          the same, one agent per network namespace; partitions and --loss are
-                     nftables rules between them (root, ip, nft)
+                     nftables rules between them (root, ip, nft; none and mesh)
     """
     _need_sim_extra()
     chosen = [flag for flag, on in (("--real-network", real_network), ("--virtual", virtual), ("--netns", netns)) if on]
