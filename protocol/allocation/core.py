@@ -70,6 +70,10 @@ class OfferSample:
     at_ms: int
     limit_w: float
     weight: float
+    rated_w: float = 0.0  # the droop's base (a frequency plan leaves the droop its part)
+
+    def spare_w(self, droop_pu: float) -> float:
+        return max(0.0, self.limit_w - droop_pu * self.rated_w)
 
 
 @attrs.frozen
@@ -111,9 +115,9 @@ class Member:
         self.acks: dict[tuple[Scope, PlanKey], Ack] = {}
         self._applied = self._renewed = self._stale = self._refused = self._expired = 0
 
-    def offer(self, at_ms: int, limit_w: float, weight: float) -> None:
+    def offer(self, at_ms: int, limit_w: float, weight: float, rated_w: float = 0.0) -> None:
         """Note an offer this member published (call on every record it publishes)."""
-        self.offers.append(OfferSample(at_ms, limit_w, weight))
+        self.offers.append(OfferSample(at_ms, limit_w, weight, rated_w))
 
     def share_w(self) -> float:
         """The sum of this member's shares (before its own limit: the caller clamps)."""
@@ -147,7 +151,9 @@ class Member:
             return Applied(msg.scope, key, cur.share_w, ack, renewed=True)
         units = self._units(origin_id, msg)
         others = math.fsum(s.share_w for sc, s in self.scopes.items() if sc != msg.scope)
-        room = max(0.0, limit_now_w - others)
+        # a frequency plan plans over what the member's own droop leaves of its limit
+        rated = self.offers[-1].rated_w if self.offers else 0.0
+        room = max(0.0, limit_now_w - others - msg.droop_pu * rated)
         share = min(units / UNITS_PER_W, to_units(room) / UNITS_PER_W)
         if share > 0 or msg.levels:
             self.scopes[msg.scope] = _ScopeState(key, share, now + ttl, msg.spike_id)
@@ -169,7 +175,7 @@ class Member:
             samples = self._since(msg.view_since_ms)
             if not samples:
                 return 0
-            units = min(member_units(self.node_id, s.limit_w, s.weight, level) for s in samples)
+            units = min(member_units(self.node_id, s.spare_w(msg.droop_pu), s.weight, level) for s in samples)
             if msg.trim:  # lower only: the next round raises whoever has room
                 cur = self.scopes.get(msg.scope)
                 held = to_units(cur.share_w) if cur is not None and cur.key[:2] == (msg.epoch, origin_id) else 0
@@ -241,6 +247,7 @@ class ViewOffer:
     weight: float
     updated_at_ms: int
     version: int = 0
+    rated_w: float = 0.0  # the droop's base (its record's rated_discharge_w)
 
 
 @attrs.frozen
@@ -252,6 +259,7 @@ class Round:
     shortfall_w: float
     planned: Mapping[str, float]  # node -> W
     message: Plan
+    at: float = 0.0  # when it was sent first
 
 
 @attrs.frozen
@@ -274,6 +282,37 @@ def view_digest(offers: Iterable[ViewOffer]) -> bytes:
     for o in sorted(offers, key=lambda o: o.node_id):
         h.update(f"{o.node_id}\0{o.version}\0".encode())
     return h.digest()
+
+
+@attrs.frozen
+class DroopShortfall:
+    """What a frequency event's droop asks of a scope and cannot get from where it asks it."""
+
+    droop_pu: float
+    asked_w: float  # sum of droop_pu * rated over the view
+    undelivered_w: float  # the part members cannot deliver (no vehicle, SoC floor, heat)
+    spare_w: float  # what members have left after their own droop
+    headroom_w: Mapping[str, float]  # each transformer's headroom less what its droop delivers
+    delivered_w: Mapping[str, float]  # what the droop delivers under each transformer
+
+
+def droop_shortfall(view: Iterable[ViewOffer], droop_pu: float, headroom_w: Mapping[str, float]) -> DroopShortfall:
+    """Every member's droop asks ``droop_pu * rated`` of it and delivers at most its limit.
+
+    The rest is what a frequency plan (``Proposer.start(..., droop_pu=...)``) spreads over the
+    members' spare, each transformer within what its headroom leaves after its own droop.
+    """
+    asked = undelivered = spare = 0.0
+    delivered: dict[str, float] = {}
+    for o in view:
+        want = droop_pu * o.rated_w
+        got = min(want, max(0.0, o.limit_w))
+        asked += want
+        undelivered += want - got
+        spare += max(0.0, o.limit_w - want)
+        delivered[o.transformer_id] = delivered.get(o.transformer_id, 0.0) + got
+    heads = {t: max(0.0, h - delivered.get(t, 0.0)) for t, h in headroom_w.items()}
+    return DroopShortfall(droop_pu, asked, undelivered, spare, heads, delivered)
 
 
 class Proposer:
@@ -305,6 +344,7 @@ class Proposer:
         self.transformers: dict[str, str] = {}
         self.headroom_w: dict[str, float] = {}
         self.view: list[ViewOffer] = []
+        self.droop_pu = 0.0
         self.rebased = 0
         self._round_started = 0.0
         self._round_of_update = 0  # rounds since the last absolute plan
@@ -328,18 +368,22 @@ class Proposer:
         now: float,
         *,
         trim: bool = False,
+        droop_pu: float = 0.0,
     ) -> Plan:
         """An absolute plan over the view (a new spike, or a new deficit for this one).
 
         ``trim``: the re-base of over-delivery; members only lower their shares to it (every
         share moving one way, a transformer's sum never passes the larger of before and
-        after while the plan spreads), and round 2 raises the ones with room."""
+        after while the plan spreads), and round 2 raises the ones with room. ``droop_pu``: a
+        frequency event's plan, over the spare each member's own droop leaves."""
         view = list(view)
         self.view = view
         self.headroom_w = dict(headroom_w)
+        self.droop_pu = droop_pu
         self.transformers = {o.node_id: o.transformer_id for o in view}
         result = plan(
-            [MemberOffer(o.node_id, o.transformer_id, o.limit_w, o.weight) for o in view],
+            [MemberOffer(o.node_id, o.transformer_id, max(0.0, o.limit_w - droop_pu * o.rated_w), o.weight)
+             for o in view],
             deficit_w,
             headroom_w,
         )
@@ -354,11 +398,11 @@ class Proposer:
         self.seq += 1
         msg = Plan(
             self.scope, self.epoch, self.seq, base_seq, result.deficit_w, since, digest,
-            result.levels, silent, self.ttl_ms, self.spike_id, trim,
+            result.levels, silent, self.ttl_ms, self.spike_id, trim, self.droop_pu,
         )
         planned = {n: u / UNITS_PER_W for n, u in result.shares_units.items()}
         self.rounds.append(
-            Round(self.seq, base_seq, result.deficit_w, result.planned_w, result.shortfall_w, planned, msg)
+            Round(self.seq, base_seq, result.deficit_w, result.planned_w, result.shortfall_w, planned, msg, now)
         )
         self.acks[self.seq] = {}
         self._round_started = self._last_sent = now
@@ -409,10 +453,14 @@ class Proposer:
                 return nxt
             self._round_of_update = self.max_rounds  # nothing left to re-plan
         if now >= self._last_sent + self.renew_every_s:
+            # short: one more round over the newest answers (when it plans anything)
+            nxt = self._next_round(now, only_if_planned=True)
+            if nxt is not None:
+                return nxt
             target = self._target_w()
             if to_units(self.covered_w() - target) > 0 and self.view:
                 self.rebased += 1
-                return self.start(target, self.view, self.headroom_w, now, trim=True)
+                return self.start(target, self.view, self.headroom_w, now, trim=True, droop_pu=self.droop_pu)
             self._last_sent = now
             return cur.message
         return None
@@ -426,28 +474,34 @@ class Proposer:
                 newest.update((n, a.applied_w) for n, a in self.acks[seq].items())
         return math.fsum(newest.values())
 
-    def _next_round(self, now: float) -> Plan | None:
+    def _next_round(self, now: float, *, only_if_planned: bool = False) -> Plan | None:
         cur = self.current
         assert cur is not None
         answered = self.acks.get(cur.seq, {})
-        residual = self._target_w() - math.fsum(a.applied_w for a in answered.values())
-        if to_units(residual) <= 0:
-            return None
         # everyone the view or any ACK named and who did not answer this round is silent:
         # it may hold an ACK of this round we never got, and must not build on it
         silent = sorted(set(self.transformers) - set(answered))
+        residual = (
+            self._target_w()
+            - math.fsum(a.applied_w for a in answered.values())
+            - math.fsum(self._presumed_w(cur, n) for n in silent)
+        )
+        if to_units(residual) <= 0:
+            return None
         used: dict[str, float] = {}
         for a in answered.values():
             used[a.transformer_id] = used.get(a.transformer_id, 0.0) + a.applied_w
         for n in silent:
             tid = self.transformers.get(n, "")
-            used[tid] = used.get(tid, 0.0) + self._last_planned(n)
+            used[tid] = used.get(tid, 0.0) + self._held_bound(n, now)
         headroom = {t: max(0.0, h - used.get(t, 0.0)) for t, h in self.headroom_w.items()}
         offers = [
             MemberOffer(n, a.transformer_id, a.limit_w - a.applied_w, a.weight)
             for n, a in sorted(answered.items())
         ]
         result = plan(offers, residual, headroom)
+        if only_if_planned and to_units(result.planned_w) <= 0:
+            return None
         self._round_of_update += 1
         msg = self._emit(result, cur.seq, 0, b"", silent_filter(silent), now)
         # a round-2 share is the base plus the increment: record the totals
@@ -456,13 +510,46 @@ class Proposer:
         self.rounds[-1] = attrs.evolve(last, planned=totals)
         return msg
 
-    def _last_planned(self, node_id: str) -> float:
-        for r in reversed(self.rounds):
-            if node_id in r.planned:
-                return r.planned[node_id]
-            if r.base_seq == 0:
-                break
-        return 0.0
+    def _presumed_w(self, cur: Round, node_id: str) -> float:
+        """What a member silent in ``cur`` is taken to apply when planning the residual.
+
+        One that answered the round before ``cur`` is alive and its ACK late or lost: it holds
+        what ``cur`` planned for it (or, if ``cur`` never reached it, the share it last
+        acknowledged, a little less: the next round sees it). One silent twice, or never heard
+        in this plan's chain, may be gone: taken as 0, the others cover it (if it is alive it
+        keeps its share: over-delivery, within every limit, until the renewal trims it). After
+        a trim, one that answered before holds at most the trimmed share.
+        """
+        if cur.base_seq:
+            return cur.planned.get(node_id, 0.0)
+        if not cur.message.trim:
+            return 0.0
+        before = [a.applied_w for seq, acks in self.acks.items() if seq < cur.seq
+                  for n, a in acks.items() if n == node_id]
+        return min(cur.planned.get(node_id, 0.0), before[-1]) if before else 0.0
+
+    def held_w(self, now: float) -> dict[str, float]:
+        """Per transformer, the most this proposer's members may apply for it now (each at
+        ``_held_bound``): what another plan of the same detector must leave to it."""
+        if self.stopped:
+            return {}
+        out: dict[str, float] = {}
+        for n, t in self.transformers.items():
+            out[t] = out.get(t, 0.0) + self._held_bound(n, now)
+        return out
+
+    def _held_bound(self, node_id: str, now: float) -> float:
+        """The most a silent member may still apply for this proposer: the largest share any
+        of its plans gave it that has not lapsed (a member that missed an update or a trim
+        holds an older, maybe larger share until it hears a newer plan or ``ttl_ms`` passes)."""
+        first = next((i for i in range(len(self.rounds) - 1, -1, -1) if self.rounds[i].base_seq == 0), 0)
+        horizon = now - self.ttl_ms / 1000.0 - self.renew_every_s
+        best = 0.0
+        for i, r in enumerate(self.rounds):
+            superseded_at = self.rounds[i + 1].at if i + 1 < len(self.rounds) else now
+            if i >= first or superseded_at >= horizon:
+                best = max(best, r.planned.get(node_id, 0.0))
+        return best
 
     def release(self, now: float) -> Plan:
         """The spike ended: a plan without levels sends every share to 0."""

@@ -18,6 +18,9 @@ Wire layout of ``Plan`` (0x40), a msgpack array in this order (see ``protocol.co
                                  share = min(from the levels, what the member applies now
                                  from this (epoch, proposer)); the proposer's re-base of
                                  over-delivery (default false; older senders omit it)
+    12 droop_pu      float 0..1  a frequency event's plan: shares are planned over what is
+                                 left of each member's limit after its own droop at this
+                                 per unit of its rating (``limit - droop_pu * rated``)
 
 The proposer is the urgent broadcast's origin (its signature covers the message), so no
 field names it. ``Ack`` (0x41) answers one plan with what the member applied and its fresh
@@ -56,6 +59,7 @@ class Plan:
     ttl_ms: int = codec.integer(1, 600_000, default=5_000)
     spike_id: str = codec.text(64, default="")
     trim: bool = codec.field(default=False)
+    droop_pu: float = codec.number(0.0, 1.0, default=0.0)
 
     def level_of(self, transformer_id: str) -> Level | None:
         for lv in self.levels:
