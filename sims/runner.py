@@ -15,12 +15,12 @@ the same vehicles at the same times; the result is deterministic for a seed.
 * ``"real-network"``: measured in this run with agents over real UDP on their own loopback
   addresses.
 
-Whichever it is, the report's ``calibration`` says so.
+Whichever it is, the report's ``calibration`` says so. ``allocator`` replaces the allocation
+function of the coordinated baselines (the seam, ``sims.policy.allocate``).
 
 ``level="packet"`` runs the scenario with N complete agents instead (``sims.virtual``: mesh,
 control loop, allocation and simulated devices in virtual time); that report has the mesh
-only, in the same shape, with ``"level": "packet"`` and ``runner`` saying what ran. ``allocator`` replaces the allocation
-function of the coordinated baselines (the seam, ``sims.policy.allocate``).
+only, in the same shape, with ``"level": "packet"`` and ``runner`` saying what ran.
 """
 
 from __future__ import annotations
