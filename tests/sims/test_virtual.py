@@ -83,3 +83,7 @@ def test_cli_packet_runs_complete_agents_and_errs_in_one_line(tmp_path: Path, ca
     assert main(["sim", str(toml), "--packet", "--nodes", "1"]) == 1
     assert capsys.readouterr().err.strip() == (
         "meshagent: error: --nodes: the packet level needs at least 2 agents (a detector and a member)")
+    assert main(["sim", str(toml), "--packet", "--virtual"]) == 1
+    assert capsys.readouterr().err.strip().startswith("meshagent: error: --virtual with --packet: choose one of")
+    assert main(["sim", str(toml), "--packet", "--dt", "0.1"]) == 1
+    assert capsys.readouterr().err.strip().startswith("meshagent: error: --dt: --packet runs every agent")
