@@ -296,10 +296,11 @@ class ControlLogic:
         sample fresh, and has the silence reached the raise point on the clock at the read?
 
         ``sent_at_s``: when the request went out. A device's ``Age`` says how old the sample
-        was when it answered, not when the answer reached us; so the sample is taken to be
-        older by the whole round trip (``read_at_s - sent_at_s``), the earliest it can have
-        been taken, and a frozen sample can no longer look newer than the freeze by its
-        reply's time in flight (up to 10 ms on a loaded machine).
+        was when it answered, not when the answer reached us: the sample was taken between
+        its reported time less the round trip (``read_at_s - sent_at_s``) and its reported
+        time. It counts as new only if even the earlier end is newer than the newest sample,
+        so a frozen sample's later reads, whose times move with their replies' flight (up
+        to 10 ms on a loaded machine), never restart the timer.
         The sample then goes to ``step`` with ``Inputs.meter_judged`` (fresh) or not at all.
         """
         if self._last_valid_s is None:
@@ -496,13 +497,16 @@ class ControlLogic:
         time in flight (which the driver's ``arrival - Age`` cannot see: a few ms), and it
         never restarts the timer: a frozen meter is caught within ``sensor_timeout`` of its last
         sample, plus at most that jitter. With ``round_trip_s`` (the meter's task knows when
-        it sent the request), ``taken_at_s`` is first moved back by the round trip, so that
-        jitter is bounded by the request's own leg (it can only look older). The reference
-        relaxes by 1000 ppm (clock drift) and resets when the device's clock restarts.
+        it sent the request) a sample is new only if, moved back by its round trip (the
+        earliest it can have been taken), it is still newer than the newest one: a frozen
+        sample is then never new after its first read, and the timer runs from that read's
+        time, late by one reply's flight at most (not the largest of all the reads that
+        followed). The reference relaxes by 1000 ppm (clock drift) and resets when the
+        device's clock restarts.
         """
         if not (math.isfinite(meter.load_w) and math.isfinite(meter.frequency_hz) and math.isfinite(meter.taken_at_s)):
             return False
-        taken = meter.taken_at_s - round_trip_s
+        taken = meter.taken_at_s
         if self._newest_taken_s is not None and taken < self._newest_taken_s - CLOCK_RESET_S:
             self._newest_taken_s = self._offset_ref_s = None  # the device restarted its clock
         offset = now_s - taken
@@ -513,7 +517,9 @@ class ControlLogic:
             ref = offset
         self._offset_ref_s, self._offset_at_s = ref, now_s
         age = offset - ref
-        advanced = self._newest_taken_s is None or taken > self._newest_taken_s
+        # new only if it was taken after the newest one even at the earliest it can have
+        # been (its round trip earlier): a frozen sample's reply jitter never makes it new
+        advanced = self._newest_taken_s is None or taken - round_trip_s > self._newest_taken_s
         if not advanced:
             return False
         self._newest_taken_s = taken

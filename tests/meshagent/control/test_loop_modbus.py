@@ -118,9 +118,9 @@ async def test_a_frozen_meter_is_caught_within_the_sensor_timeout_over_modbus_tc
           f"{percentile(lost.zeroed_ms, 0.5):.1f} / p99 {percentile(lost.zeroed_ms, 0.99):.1f} ms; newest "
           f"accepted sample after the freeze: max {max(lost.sample_after_ms):.2f} ms; {lost.stalls} stalls")
     assert len(took_ms) == SENSOR_LOSS_TRIALS
-    # the judgement itself: no frozen sample counted as newer than the freeze beyond the
-    # fastest round trip (its time is moved back by its own round trip)
-    assert max(lost.sample_after_ms) <= 5.0
+    # the judgement itself: a frozen sample counts as newer than the freeze only by its first
+    # reply's time in flight, never by the largest of the reads that follow
+    assert max(lost.sample_after_ms) <= 20.0
     # never early: the raise comes at 80 ms of silence, from the freeze
     assert took_ms[0] >= 75.0
     # quietly p99 is about 81 ms (BENCHMARKS.md); the bounds leave room for a shared machine
