@@ -395,6 +395,7 @@ class ControlLoop:
         # answer in time leaves this cycle without a sample, as a fault would)
         with trio.move_on_at(now + CYCLE_WAIT_PERIODS * self.section.meter_period_s):
             await self.meter.wait_for(now)
+        t_took = self._perf()
         read = self.meter.take()
         meter = read.sample if read is not None else None
         read_at = read.read_at_s if read is not None else None
@@ -433,9 +434,13 @@ class ControlLoop:
         if clearing is not None:
             self.clears.answer(decision, clearing, now)
         self._save_latched()
+        # the period's work, as when the cycle read the meter itself: the meter's read, then
+        # the cycle's own part (waiting for a read that did not come counts as the read)
         if read is not None and read.deadline_s >= now - 1e-9:
-            t0 = min(t0, read.start_perf_s)  # the period's work began with its meter read
-        elapsed = self._perf() - t0
+            meter_s = max(0.0, read.read_perf_s - read.start_perf_s)
+        else:
+            meter_s = t_took - t0
+        elapsed = meter_s + self._perf() - t_took
         self._cycle_s.append(elapsed)
         self._cycles += 1
         if elapsed > self.section.cycle_budget_s:
