@@ -12,8 +12,11 @@ Theory of operation
 * **streams**: ``transport.serve`` reads framed packets from incoming TCP streams (push-pull
   and TCP probes) and hands them to the core as ``reliable``.
 
-Flushing sends the core's ``Send``s: datagrams through the endpoint; ``reliable`` ones each on
-a new TCP stream in a task of its own, bounded by ``reliable_timeout_s``. The same message
+Flushing sends the core's ``Send``s: datagrams through the endpoint, at once and with no task
+switch when the socket takes them (``send_datagram_nowait``; only what would wait goes to a
+task); ``reliable`` ones each on a new TCP stream in a task of its own, bounded by
+``reliable_timeout_s``. The receive task drains a burst already waiting on the socket
+(``receive_datagram_nowait``, at most ``RECEIVE_BURST``) before it flushes once. The same message
 object sent to many members (an urgent broadcast) is sealed once. Events go to subscribers
 (``subscribe()``), which is how the allocation will hear urgent messages (``Delivered``).
 
@@ -81,6 +84,9 @@ from protocol.wire import Sealer, WireLimits
 
 RECENT_EVENTS = 256
 MAX_RELIABLE_INFLIGHT = 64
+# datagrams handled per flush when a burst is waiting on the socket (bounded, so one busy
+# node still lets the others and its own timer run)
+RECEIVE_BURST = 8
 
 
 def _rumors_of(message: Any) -> Rumors | None:
@@ -395,11 +401,21 @@ class MeshNode:
             except trio.ClosedResourceError:  # the transport was closed under us: stop
                 self._stopped.set()
                 return
-            env = endpoint.open(datagram.packet, datagram.source)
-            for got in endpoint.take_ready():  # held packets whose signer is now known
-                self._to_core(got.envelope.sender_id, got.source, got.envelope.message, reliable=False)
-            if env is not None:
-                self._to_core(env.sender_id, datagram.source, env.message, reliable=False)
+            # a burst that is already waiting is handled in one go, then flushed once: one
+            # task switch and one flush per burst rather than per datagram
+            for _ in range(RECEIVE_BURST):
+                env = endpoint.open(datagram.packet, datagram.source)
+                for got in endpoint.take_ready():  # held packets whose signer is now known
+                    self._to_core(got.envelope.sender_id, got.source, got.envelope.message, reliable=False)
+                if env is not None:
+                    self._to_core(env.sender_id, datagram.source, env.message, reliable=False)
+                try:
+                    more = endpoint.transport.receive_datagram_nowait()
+                except trio.ClosedResourceError:
+                    break
+                if more is None:
+                    break
+                datagram = more
             self._flush()
 
     async def _timer_loop(self) -> None:
@@ -483,12 +499,12 @@ class MeshNode:
         while True:
             sends = core.outgoing()
             if sends and nursery is not None:
-                nursery.start_soon(self._send_all, sends)
+                self._send_all(sends)
             for event in core.events():
                 self._on_event(event)
             trust_sends = self.endpoint.pending_outgoing()
             if trust_sends and nursery is not None:
-                nursery.start_soon(self._send_packets, trust_sends)
+                self._send_packets_now(trust_sends)
             revoked = self.endpoint.revoked()
             for node_id in revoked:
                 self._on_revocation(node_id)
@@ -505,14 +521,30 @@ class MeshNode:
         if core.next_deadline() < self._sleeping_until:
             self._wake.set()
 
+    def _send_packets_now(self, packets: list[tuple[Address, bytes]]) -> None:
+        """Send what the socket takes at once; the rest (a full send buffer) in a task."""
+        endpoint = self.endpoint
+        for i, (destination, packet) in enumerate(packets):
+            try:
+                sent = endpoint.send_packet_nowait(destination, packet)
+            except trio.ClosedResourceError:  # the transport was closed under us
+                return
+            if not sent:
+                if self._nursery is not None:
+                    self._nursery.start_soon(self._send_packets, packets[i:])
+                return
+
     async def _send_packets(self, packets: list[tuple[Address, bytes]]) -> None:
         for destination, packet in packets:
             await self.endpoint.send_packet(destination, packet)
 
-    async def _send_all(self, sends: list[Send]) -> None:
+    def _send_all(self, sends: list[Send]) -> None:
+        """Seal the core's datagrams and send them now; reliable ones each in a task."""
         sealed: dict[tuple[int, bool], bytes] = {}
         counts = collections.Counter(id(s.message) for s in sends)
         shared = {key for key, n in counts.items() if n > 1}
+        packets: list[tuple[Address, bytes]] = []
+        endpoint = self.endpoint
         for s in sends:
             if s.reliable:
                 if self._nursery is not None:
@@ -522,15 +554,17 @@ class MeshNode:
             if key in shared:
                 # one message to many members: seal it once, or twice when some of them
                 # are due our certificate (so a gossip round still introduces us)
-                attach = self.endpoint.should_attach(s.address)
+                attach = endpoint.should_attach(s.address)
                 packet = sealed.get((key, attach))
                 if packet is None:
-                    packet = sealed[(key, attach)] = self.endpoint.seal(s.message, attach_certificate=attach)
-                    if len(packet) > self.endpoint.transport.max_datagram_bytes:
-                        packet = sealed[(key, attach)] = self.endpoint.seal(s.message)
-                await self.endpoint.send_packet(s.address, packet)
+                    packet = sealed[(key, attach)] = endpoint.seal(s.message, attach_certificate=attach)
+                    if len(packet) > endpoint.transport.max_datagram_bytes:
+                        packet = sealed[(key, attach)] = endpoint.seal(s.message)
             else:
-                await self.endpoint.send(s.address, s.message)
+                packet = endpoint.sealed_for(s.address, s.message)
+            packets.append((s.address, packet))
+        if packets:
+            self._send_packets_now(packets)
 
     async def _send_reliable(self, send: Send) -> None:
         async with self._reliable_limit:

@@ -171,6 +171,34 @@ async def test_three_nodes_on_real_udp(pki):
         nursery.cancel_scope.cancel()
     for t in transports:
         await t.aclose()
+    # the datagrams went out on the real sockets by the no-wait path, every one counted
+    assert all(t.statistics().datagrams_sent > 0 for t in transports)
+    assert sum(n.statistics().datagrams_sent for n in nodes) == sum(t.statistics().datagrams_sent for t in transports)
+
+
+async def test_a_transport_that_never_takes_a_datagram_at_once(pki, autojump_clock):
+    """When the socket would block (``send_datagram_nowait`` says False), the node sends from
+    a task that waits; when nothing is waiting, it receives one datagram at a time."""
+    async with open_memory_network(random.Random(3)) as net:
+        real = net.endpoint
+        refused = []
+
+        def endpoint(*args, **kwargs):
+            t = real(*args, **kwargs)
+
+            def would_block(destination, packet):
+                refused.append(destination)
+                return False
+
+            t.send_datagram_nowait = would_block
+            t.receive_datagram_nowait = lambda: None
+            return t
+
+        net.endpoint = endpoint
+        async with mesh(pki, 4, net=net) as nodes:
+            await wait_until(lambda: all(len(statuses(n)) == 3 for n in nodes), timeout_s=30)
+            assert refused
+            assert all(n.statistics().datagrams_sent > 0 for n in nodes)
 
 
 async def test_other_layers_get_their_unicast_messages(pki, autojump_clock):
