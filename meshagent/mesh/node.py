@@ -45,7 +45,7 @@ from typing import Any
 import attrs
 import trio
 
-from meshagent.transport.base import Address, FramedStream, Transport, drop_reasons
+from meshagent.transport.base import Address, Datagram, FramedStream, Transport, drop_reasons
 from meshagent.trust.endpoint import (
     MAX_CERTIFICATES_PER_MESSAGE,
     SecureEndpoint,
@@ -59,6 +59,7 @@ from protocol.state import Capacity, Scope, StateRecord
 from protocol.stats import percentile
 from protocol.swim import (
     HANDLED_MESSAGES,
+    Ack,
     Delegate,
     Delivered,
     Ed25519Items,
@@ -72,6 +73,9 @@ from protocol.swim import (
     MemberRemoved,
     Membership,
     MembershipStatistics,
+    Nack,
+    Ping,
+    PingReq,
     PushPull,
     Rumors,
     Send,
@@ -84,9 +88,13 @@ from protocol.wire import Sealer, WireLimits
 
 RECENT_EVENTS = 256
 MAX_RELIABLE_INFLIGHT = 64
-# datagrams handled per flush when a burst is waiting on the socket (bounded, so one busy
-# node still lets the others and its own timer run)
+# datagrams read off the socket per wake-up (probes among them are answered at once), and
+# datagrams of the rest handled per flush (bounded, so one busy node still lets the others
+# and its own timer run); datagrams read but not yet handled are at most WAITING_LIMIT
+RECEIVE_DRAIN = 64
 RECEIVE_BURST = 8
+WAITING_LIMIT = 512
+_PROBE_TYPES = frozenset(TYPE_OF[cls] for cls in (Ping, Ack, Nack, PingReq))
 
 
 def _rumors_of(message: Any) -> Rumors | None:
@@ -215,6 +223,8 @@ class MeshNode:
         self._late_wakeups = 0
         self._late_wakeup_s = swim_config.probe_timeout_s * LATE_WAKEUP_FRACTION
         self._events_dropped = 0
+        self._waiting: deque[Datagram] = deque()  # read, not yet handled (see _receive_loop)
+        self._waiting_dropped = 0
         self.lateness = LatenessRecorder()
         self._stopped = trio.Event()
         self._spread: set[bytes] = set()  # revocations we have broadcast
@@ -380,7 +390,8 @@ class MeshNode:
             membership=self.core.statistics(),
             datagrams_sent=ep.sent,
             datagrams_received=ep.received,
-            dropped={**ep.dropped, **drop_reasons(self.endpoint.transport.statistics())},
+            dropped={**ep.dropped, **drop_reasons(self.endpoint.transport.statistics()),
+                     "receive_backlog_full": self._waiting_dropped},
             reliable_sent=self._reliable_sent,
             reliable_failed=self._reliable_failed,
             ignored_messages=self._ignored,
@@ -395,28 +406,50 @@ class MeshNode:
 
     async def _receive_loop(self) -> None:
         endpoint = self.endpoint
+        transport = endpoint.transport
+        waiting = self._waiting
         while True:
             try:
-                datagram = await endpoint.transport.receive_datagram()
+                if not waiting:
+                    self._take(await transport.receive_datagram())
+                else:
+                    await trio.lowlevel.checkpoint()  # let the timers and the others run
+                # Read what is already on the socket (cheap), answer probes at once and keep
+                # the rest in order (memberlist's packet handler does the same: pings and
+                # acks inline, gossip handed off to a queue). When one core is short, a ping
+                # then waits behind at most the probes, not behind a backlog of gossip whose
+                # signatures must all be checked first, and its sender does not suspect us.
+                for _ in range(RECEIVE_DRAIN):
+                    more = transport.receive_datagram_nowait()
+                    if more is None:
+                        break
+                    self._take(more)
             except trio.ClosedResourceError:  # the transport was closed under us: stop
                 self._stopped.set()
                 return
-            # a burst that is already waiting is handled in one go, then flushed once: one
-            # task switch and one flush per burst rather than per datagram
-            for _ in range(RECEIVE_BURST):
-                env = endpoint.open(datagram.packet, datagram.source)
-                for got in endpoint.take_ready():  # held packets whose signer is now known
-                    self._to_core(got.envelope.sender_id, got.source, got.envelope.message, reliable=False)
-                if env is not None:
-                    self._to_core(env.sender_id, datagram.source, env.message, reliable=False)
-                try:
-                    more = endpoint.transport.receive_datagram_nowait()
-                except trio.ClosedResourceError:
-                    break
-                if more is None:
-                    break
-                datagram = more
+            for _ in range(min(RECEIVE_BURST, len(waiting))):
+                self._open_datagram(waiting.popleft())
             self._flush()
+
+    def _take(self, datagram: Datagram) -> None:
+        """A datagram read from the socket: a probe now, anything else to ``_waiting``."""
+        packet = datagram.packet
+        # the type byte, unverified, only orders the work: the packet is verified either way
+        if len(packet) > 1 and packet[1] in _PROBE_TYPES:
+            self._open_datagram(datagram)
+            return
+        if len(self._waiting) >= WAITING_LIMIT:
+            self._waiting_dropped += 1  # as a full socket buffer would: the protocol copes
+            return
+        self._waiting.append(datagram)
+
+    def _open_datagram(self, datagram: Datagram) -> None:
+        endpoint = self.endpoint
+        env = endpoint.open(datagram.packet, datagram.source)
+        for got in endpoint.take_ready():  # held packets whose signer is now known
+            self._to_core(got.envelope.sender_id, got.source, got.envelope.message, reliable=False)
+        if env is not None:
+            self._to_core(env.sender_id, datagram.source, env.message, reliable=False)
 
     async def _timer_loop(self) -> None:
         while True:
