@@ -93,7 +93,7 @@ MAX_RELIABLE_INFLIGHT = 64
 # and its own timer run); datagrams read but not yet handled are at most WAITING_LIMIT
 RECEIVE_DRAIN = 64
 RECEIVE_BURST = 8
-WAITING_LIMIT = 512
+WAITING_LIMIT = 128
 _PROBE_TYPES = frozenset(TYPE_OF[cls] for cls in (Ping, Ack, Nack, PingReq))
 
 
