@@ -19,7 +19,8 @@ from hardware.connect import open_charger
 from hardware.interfaces import DeviceFault, FaultKind, InverterState
 from hardware.modbus.registers import MODELS
 from hardware.modbus.symbols import SYMBOLS
-from hardware.simulated.serve import ChargerUnit, SimServer, site_units
+from hardware.simulated.images import ChargerUnit
+from hardware.simulated.serve import SimServer, site_units
 from tests.hardware.conftest import STALE_AFTER_S, TIMEOUT_S, make_site
 from tests.hardware.test_cli import run
 
@@ -141,7 +142,7 @@ async def test_setpoint_is_one_atomic_write_with_the_sunspec_sign(std: tuple[Any
     # one FC16: WSetEna, WSetMod, WSet, WSetRvrt; then the reversion timer renewed
     assert unit.write_log[0] == (first, 6)
     assert unit.write_log[1] == (start + MODELS[704].point("WSetEnaRvrt").offset, 3)
-    assert (unit.wset_ena, unit.wset_w, unit.wset_rvrt_w, unit.wset_rvrt_tms) == (1, 4321.5, 0.0, 1)
+    assert (unit.wset_ena, unit.wset_w, unit.reversion.wset_rvrt_w, unit.reversion.wset_rvrt_tms) == (1, 4321.5, 0.0, 1)
     status = await ch.inverter.status()
     assert status.setpoint_w == -4321.5
     await ch.inverter.status()
@@ -159,12 +160,12 @@ async def test_device_reverts_to_no_power_when_the_writes_stop(std: tuple[Any, S
     for _ in range(3):  # renewed: still discharging past the 1 s reversion time
         await trio.sleep(0.5)
         await ch.inverter.set_power(-5000.0)
-    assert unit.reversions == 0 and site.chargers[0].snapshot().setpoint_w == -5000.0
+    assert unit.reversion.reversions == 0 and site.chargers[0].snapshot().setpoint_w == -5000.0
     t0 = time.monotonic()
     await until(lambda: site.chargers[0].snapshot().actual_power_w == 0.0, 3)
     reverted_after = time.monotonic() - t0
     assert 0.9 <= reverted_after <= 1.5, reverted_after
-    assert unit.reversions == 1 and unit.wset_ena == 0
+    assert unit.reversion.reversions == 1 and unit.wset_ena == 0
 
 
 class NoReversionUnit(ChargerUnit):
@@ -185,7 +186,7 @@ async def test_a_device_without_reversion_is_named_once() -> None:
             await ch.inverter.set_power(-1000.0)
             await ch.inverter.set_power(-2000.0)
             assert len(ch.inverter.notes) == 1 and "WSetRvrtTms" in ch.inverter.notes[0]
-            assert unit.wset_w == 2000.0 and unit.rvrt_deadline is None
+            assert unit.wset_w == 2000.0 and unit.reversion.deadline is None
         finally:
             await ch.aclose()
 
