@@ -266,7 +266,8 @@ async def test_droop_is_on_the_702_rating_with_a_vehicle_capping_below_it(tmp_pa
     inverter_nameplate: the Ford caps discharge at 9.6 kW under the 11 kW WMaxRtg, and the
     steady droop is the IEEE 1547-2018 curve on 11 kW within 1 %. (The old base, the largest
     limit seen, 9.6 kW, is 1.1-5.8 % off at these frequencies.) Real clock: the server is a
-    thread; the open-loop response time is set to its 0.2 s minimum so each step settles fast."""
+    thread; the open-loop response time is set to its 0.2 s minimum so each step settles fast
+    (within 2.5 s, then held for 0.5 s)."""
     from hardware.connect import open_site_meter
     from hardware.simulated import SimulatedSite, VehicleConfig
     from meshagent.control.loop import ControlLoop, Devices
@@ -290,11 +291,22 @@ async def test_droop_is_on_the_702_rating_with_a_vehicle_capping_below_it(tmp_pa
                     await nursery.start(loop.run)
                     for f in (59.7, 59.0, 58.6):
                         site.set_grid(frequency_hz=f)
-                        await trio.sleep(2.5)
-                        got_w = charger.snapshot().actual_power_w
                         want_w = -reference_droop_pu(f) * 11_000.0
-                        errors.append(abs(got_w - want_w) / 11_000.0)
-                        assert abs(got_w - want_w) <= 0.01 * 11_000.0, (f, got_w, want_w)
+
+                        def error_w(want_w: float = want_w) -> float:
+                            return abs(charger.snapshot().actual_power_w - want_w)
+
+                        # settled: every sample for 0.5 s (2.5 response times) within 1 % of the
+                        # nameplate (a ramp passing through the band is not settled), by 3 s after
+                        # the step (it was one sample after a fixed 2.5 s)
+                        held: list[float] = []
+                        with trio.move_on_after(3.0):
+                            while len(held) < 25 or max(held[-25:]) > 0.01 * 11_000.0:
+                                held.append(error_w())
+                                await trio.sleep(0.02)
+                        held = held[-25:]
+                        errors.append(max(held) / 11_000.0)
+                        assert max(held) <= 0.01 * 11_000.0, (f, charger.snapshot().actual_power_w, want_w, held)
                     nursery.cancel_scope.cancel()
             assert (loop.logic.nameplate_source, loop.logic.nameplate_discharge_w) == ("device", 11_000.0)
             assert charger.limits().max_discharge_w == 9600.0
