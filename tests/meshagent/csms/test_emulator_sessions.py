@@ -126,7 +126,7 @@ async def test_sim_world_vehicles_arriving_and_leaving_are_billed_sessions(tmp_p
     csms = CsmsProcess(tmp_path, via_cli=True)
     await csms.start()
     cfg = _node_config(tmp_path, "sim-1", 'meter = "sim://site-s/meter"\ncharger = "sim://site-s/charger-1"\n'
-                                          'sim_arrivals = "6s/2s"', csms)
+                                          'sim_arrivals = "3s/1s"', csms)
     agent = await trio.lowlevel.open_process([str(SCRIPT), "run", "--config", str(cfg)], stdout=subprocess.DEVNULL,
                                              stderr=logs("agent.log"))
     try:
