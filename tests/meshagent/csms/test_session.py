@@ -22,9 +22,8 @@ from hardware.simulated import SimulatedCharger, SimulatedSite, VehicleConfig
 from hardware.simulated.serve import SimServer, site_units
 from meshagent.csms.session import Kind, Observation, SessionLogic
 from meshagent.transport.udp import port_free
-from meshagent.trust import keystore
 from sims.csms_server import billing_report
-from tests.meshagent.csms.helpers import CsmsProcess, wait_until
+from tests.meshagent.csms.helpers import CsmsProcess, agent_config, wait_until
 
 
 def kinds(actions) -> list[tuple[str, str]]:  # type: ignore[no-untyped-def]
@@ -142,16 +141,11 @@ async def field_agent(tmp_path: Path) -> AsyncIterator[Callable[..., Awaitable[F
         server = SimServer(site_units(site, standard=standard))
         running.append(server)
         await server.start()
-        ca = keystore.ca_init(tmp_path / "ca")
-        keystore.enroll(ca, node_id, tmp_path / node_id, site_id="site-1", transformer_id="tx-1")
-        cfg = tmp_path / node_id / "node.toml"
-        cfg.write_text(f'[node]\nid = "{node_id}"\n\n[mesh]\npreset = "local"\nbind = "{HOST}:7946"\n'
-                       f'api = "{HOST}:7947"\n\n[devices]\nmeter = "{server.url(1)}"\ncharger = "{server.url(11)}"\n\n'
-                       f'[csms]\nurl = "{csms.url}"\nstation_id = "{station_id}"\nqueue = "{tmp_path / "q.sqlite3"}"\n'
-                       f'{csms_lines}session_poll = "0.1s"\n\n'
-                       # the droop's open-loop response at its 0.2 s minimum (5 s by default): a
-                       # discharge shows within a second, so a second without one means something
-                       '[control]\nresponse_time = "200ms"\n')
+        cfg = agent_config(tmp_path, node_id, HOST, f'meter = "{server.url(1)}"\ncharger = "{server.url(11)}"',
+                           csms.url, station_id=station_id, csms_lines=csms_lines,
+                           # the droop's open-loop response at its 0.2 s minimum (5 s by default): a
+                           # discharge shows within a second, so a second without one means something
+                           extra='[control]\nresponse_time = "200ms"\n')
         running.append(await trio.lowlevel.open_process([str(SCRIPT), "run", "--config", str(cfg)],
                                                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
         return FieldAgent(site, charger, csms)
