@@ -388,6 +388,7 @@ async def _run_control(config: NodeConfig, node: MeshNode, state_dir: Path, publ
         round2_after_s=alloc_cfg.round2_after_s,
         renew_every_s=alloc_cfg.renew_every_s,
         ttl_ms=int(alloc_cfg.share_ttl_s * 1000),
+        response_pu=lambda: loop.logic.response_pu,  # the droop's per unit: frequency events
     )
     holder["allocator"] = allocator
     allocation["allocator"] = allocator
@@ -419,10 +420,11 @@ async def _run_control(config: NodeConfig, node: MeshNode, state_dir: Path, publ
                         soc=offer.soc,
                         thermal_derating=offer.thermal_derating,
                         faults=offer.faults,
+                        rated_discharge_w=loop.logic.nameplate_discharge_w,
                     )
                     if record is not None:  # what a proposer may plan on: see Member.offer
                         allocator.offer(record.updated_at_ms, record.discharge_available_w,
-                                        record.energy_above_min_soc_wh)
+                                        record.energy_above_min_soc_wh, record.rated_discharge_w)
                     last, last_at = offer, now
     finally:
         with trio.CancelScope(shield=True):

@@ -89,6 +89,9 @@ class StateRecord:
     signature: bytes = codec.blob(64, default=b"")
     auth_list_version: int = codec.integer(0, AUTH_LIST_VERSION_MAX, default=0)
     auth_list_hash: bytes = codec.blob(AUTH_LIST_HASH_BYTES, default=b"", validator=_hash_or_empty)
+    # the IEEE 1547 droop's base (the inverter's discharge rating): what a frequency event's
+    # droop asks of this charger per unit, delivered or not (docs/allocation.md)
+    rated_discharge_w: float = codec.number(0.0, default=0.0)
 
     @property
     def order(self) -> tuple[int, int]:
@@ -98,7 +101,9 @@ class StateRecord:
 
 # Fields appended after ``signature``, with their defaults: left out of the signed bytes while
 # they hold them (``signed_fields``).
-_APPENDED_DEFAULTS: tuple[tuple[str, object], ...] = (("auth_list_version", 0), ("auth_list_hash", b""))
+_APPENDED_DEFAULTS: tuple[tuple[str, object], ...] = (
+    ("auth_list_version", 0), ("auth_list_hash", b""), ("rated_discharge_w", 0.0),
+)
 
 
 def signed_fields(record: StateRecord) -> list[object]:
@@ -130,6 +135,7 @@ class ScopeKind(enum.Enum):
     ALL = 0
     SITE = 1
     TRANSFORMER = 2
+    FREQUENCY = 3  # a site's frequency response: its members, apart from the site's load spikes
 
 
 @attrs.frozen
@@ -151,10 +157,14 @@ class Scope:
     def transformer(cls, transformer_id: str) -> Scope:
         return cls(ScopeKind.TRANSFORMER, transformer_id)
 
+    @classmethod
+    def frequency(cls, site_id: str) -> Scope:
+        return cls(ScopeKind.FREQUENCY, site_id)
+
     def contains(self, site_id: str, transformer_id: str) -> bool:
         if self.kind is ScopeKind.ALL:
             return True
-        if self.kind is ScopeKind.SITE:
+        if self.kind in (ScopeKind.SITE, ScopeKind.FREQUENCY):
             return site_id == self.id
         return transformer_id == self.id
 

@@ -348,7 +348,7 @@ async def _demo(workdir: Path, out: Path) -> int:
         await _surge(site, trace, nodes, hosts[0], api_port, token, get_json, check)
 
         # 4. the frequency dip
-        await _dip(site, trace, check)
+        await _dip(site, trace, check, hosts[0], api_port, token, get_json)
 
         # 5. a failure, a revocation, hostile packets
         victim = by_id[f"charger-{n_chargers}"]
@@ -368,7 +368,9 @@ async def _demo(workdir: Path, out: Path) -> int:
               f"removed everywhere in {took:.2f} s" if took is not None else "still present")
         await _hostile(by_id, check)
         _status, body = await get_json(hosts[0], api_port, "/v1/spikes", token=token)
-        more = (body.get("spikes") or [])[:-1] if isinstance(body, dict) else []  # newest first; the surge last
+        load_spikes = [sp for sp in (body.get("spikes") or []) if sp["scope"]["kind"] != "frequency"] \
+            if isinstance(body, dict) else []
+        more = load_spikes[:-1]  # newest first; the surge last
         if more:
             _say(f"  after the dip the detector planned {len(more)} more spike(s), deficit "
                  + ", ".join(f"{m['rounds'][0]['deficit_w'] / 1000:.1f} kW" for m in reversed(more) if m["rounds"])
@@ -438,9 +440,15 @@ async def _surge(site: Any, trace: Trace, nodes: list[Any], host: str, api_port:
     applied = dict(split[-1]["applied"])
     total = math.fsum(applied.values())
     short = split[-1]["residual_w"]
-    check("the surge split among the agents (round 1-2)", abs(total - split[0]["deficit_w"]) <= 0.1 or short > 0.1,
+    over = total - split[0]["deficit_w"]
+    # Over the deficit (never a limit: checked below) when ACKs of round 1 came after round 2
+    # was planned: those members kept their shares while round 2 covered them too; the next
+    # renewal trims it (docs/allocation.md, "Late or lost ACKs").
+    check("the surge split among the agents (round 1-2)", over >= -0.1 or short > 0.1,
           f"{sum(1 for w in applied.values() if w > 0)} chargers ACKed {total:.1f} W of {split[0]['deficit_w']:.1f} W"
-          + (f", shortfall {short:.1f} W reported" if short > 0.1 else f", residual {short:.1f} W"))
+          + (f", shortfall {short:.1f} W reported" if short > 0.1
+             else f", {over:.1f} W over: late ACKs, trimmed at the renewal" if over > 0.1
+             else f", residual {short:.1f} W"))
     moved = [t for t in first if t is not None]
     sharing = sum(1 for w in applied.values() if w > 0)
     check("step to the last share at an inverter", len(moved) >= sharing > 0,
@@ -472,8 +480,9 @@ async def _surge(site: Any, trace: Trace, nodes: list[Any], host: str, api_port:
          "criterion holds the cover until the load stays under the baseline it froze, or for rise_hold, 30 s)")
 
 
-async def _dip(site: Any, trace: Trace, check: Any) -> None:
-    """Take the grid below 59.5 Hz; every charger's droop answers on its own."""
+async def _dip(site: Any, trace: Trace, check: Any, host: str, api_port: int, token: str, get_json: Any) -> None:
+    """Take the grid below 59.5 Hz; every charger's droop answers on its own, and what the
+    droop of a charger with no vehicle cannot deliver the detector plans over the others."""
     _say(f"  frequency dip: {NOMINAL_HZ:g} Hz -> {DIP_HZ:g} Hz for {DIP_HOLD_S:g} s (IEEE 1547 droop on each "
          "charger, no message)")
     site.set_grid(frequency_hz=DIP_HZ)
@@ -490,6 +499,16 @@ async def _dip(site: Any, trace: Trace, check: Any) -> None:
     check("every charger with a vehicle answers the dip", len(answering) == len(plugged),
           f"{len(answering)} of {len(plugged)}, {math.fsum(response.values()) / 1000:.1f} kW in all after "
           f"{DIP_HOLD_S:g} s")
+    _status, body = await get_json(host, api_port, "/v1/spikes", token=token)
+    freq = [sp for sp in (body.get("spikes") or []) if sp["scope"]["kind"] == "frequency"] if isinstance(body, dict) else []
+    if freq and freq[0]["rounds"]:
+        first = freq[0]["rounds"][0]
+        best = max((r for r in freq[0]["rounds"] if r["deficit_w"] > 0), key=lambda r: r["applied_w"])
+        gave = {n: w for n, w in best["applied"].items() if w > 0}
+        _say(f"    what the droop of chargers with no vehicle or at their SoC floor could not deliver, "
+             f"{first['deficit_w'] / 1000:.1f} kW at first, {DETECTOR} planned over the others' spare after their "
+             f"own droop ({len(freq[0]['rounds'])} plan(s) as the droop moved): {best['applied_w'] / 1000:.1f} kW "
+             f"from {len(gave)} chargers; released as the droop lets go")
 
 
 def _summary(trace: Trace) -> None:

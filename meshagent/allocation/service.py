@@ -15,6 +15,14 @@ One ``Allocator`` per agent, beside its ``MeshNode`` and ``ControlLoop``:
   ``renew_every_s`` (shares lapse after ``ttl_ms`` otherwise); UPDATE re-plans the new
   deficit; END releases every share.
 
+* **frequency events** (a detector given ``response_pu``, its control loop's droop per unit):
+  every member's droop answers first, locally; the detector, whose droop stands for all of
+  them (same grid, same curve), works out what the members cannot deliver from their records
+  (``droop_shortfall``: a charger with no vehicle, at its SoC floor or derated still owes
+  ``droop_pu * rated``) and plans it over their spare in the site's frequency scope
+  (``Scope.frequency``), re-planning when the droop moves by ``FREQ_UPDATE_PU`` and
+  releasing when it lets go.
+
 ``apply(share_w, covered_w)`` is the control loop's ``set_share``: ``covered_w`` is what the
 mesh applies for this node's own proposals (None when it proposes nothing), which the
 detector's loop counts as covered so the spike does not end when the neighbours' discharge
@@ -37,12 +45,18 @@ import trio
 
 from meshagent.mesh.node import MeshNode
 from meshagent.transport.base import Address
-from protocol.allocation.core import Member, PlanKey, Proposer, ViewOffer
+from protocol.allocation.core import Member, PlanKey, Proposer, ViewOffer, droop_shortfall
 from protocol.allocation.messages import Ack, Plan
 from protocol.state import Scope
 from protocol.swim import Delivered
 
 RECENT_SPIKES = 32
+FREQ_START_PU = 0.01  # the droop answers an event (as the control loop's RESPONSE_SEEN_PU)
+FREQ_END_PU = 0.005  # the droop let go: release (hysteresis under the start)
+FREQ_UPDATE_PU = 0.02  # re-plan when the droop moved this much (of rating) since the last plan
+FREQ_SETTLE_S = 0.2  # and at most this often
+FREQ_MIN_W = 100.0  # a shortfall smaller than this is not worth a plan
+FREQ_POLL_S = 0.02
 
 
 def spike_scope(scope: str, scope_id: str) -> Scope:
@@ -74,6 +88,7 @@ class Allocator:
         renew_every_s: float = 1.0,
         ttl_ms: int = 5_000,
         on_applied: Callable[[Scope, PlanKey, float], None] | None = None,
+        response_pu: Callable[[], float] | None = None,
     ) -> None:
         self.node = node
         cert = node.identity.certificate
@@ -87,6 +102,9 @@ class Allocator:
         self.renew_every_s = renew_every_s
         self.ttl_ms = ttl_ms
         self.on_applied = on_applied
+        self.response_pu = response_pu
+        self._freq_plans = 0
+        self._droop_delivered: dict[Scope, Mapping[str, float]] = {}
         self.proposers: dict[Scope, Proposer] = {}
         self.recent: collections.deque[Proposer] = collections.deque(maxlen=RECENT_SPIKES)
         self._epochs: dict[Scope, int] = {}
@@ -96,9 +114,9 @@ class Allocator:
 
     # --- inputs ----------------------------------------------------------------------------
 
-    def offer(self, at_ms: int, limit_w: float, weight: float) -> None:
+    def offer(self, at_ms: int, limit_w: float, weight: float, rated_w: float = 0.0) -> None:
         """Note an offer this node published in its state record."""
-        self.member.offer(at_ms, limit_w, weight)
+        self.member.offer(at_ms, limit_w, weight, rated_w)
 
     def on_spike(self, spike: Any) -> None:
         """The control loop's spike (``meshagent.control.detect.Spike``); sync, never blocks."""
@@ -114,31 +132,99 @@ class Allocator:
             self.proposers.pop(scope, None)
             return
         if prop is None or prop.stopped:
-            if self._other_proposer_active(scope, now):
-                self._deferred += 1
+            prop = self._new_proposer(scope, spike.spike_id, now)
+            if prop is None:
                 return
-            epoch = self._epochs.get(scope, 0) + 1
-            self._epochs[scope] = epoch
-            prop = Proposer(
-                self.node.node_id, scope, epoch, spike_id=spike.spike_id,
-                round2_after_s=self.round2_after_s, renew_every_s=self.renew_every_s, ttl_ms=self.ttl_ms,
-            )
-            self.proposers[scope] = prop
-            self.recent.append(prop)
-        msg = prop.start(spike.deficit_w, self.view(scope), self.headroom_w(), now)
+        msg = prop.start(spike.deficit_w, self.view(scope), self._headroom_for(scope, now), now)
         self._broadcast(prop, msg)
 
-    def view(self, scope: Scope) -> list[ViewOffer]:
-        """Live members' offers in ``scope`` from their gossiped records (this node's too)."""
+    def _headroom_for(self, scope: Scope, now: float) -> dict[str, float]:
+        """Each transformer's headroom less what this node's other live plans (a site spike, a
+        transformer spike, a frequency event at once) may have its members apply: plans of
+        one detector respect the headroom together. (Plans of two detectors do not see each
+        other's use: docs/allocation.md, known limits.)"""
+        heads = dict(self.headroom_w())
+        for other in self.proposers.values():
+            if other.scope == scope or other.stopped:
+                continue
+            for t, w in other.held_w(now).items():
+                if t in heads:
+                    heads[t] = max(0.0, heads[t] - w)
+        if scope in self._droop_delivered:
+            for t, w in self._droop_delivered[scope].items():
+                if t in heads:
+                    heads[t] = max(0.0, heads[t] - w)
+        return heads
+
+    def _new_proposer(self, scope: Scope, spike_id: str, now: float) -> Proposer | None:
+        if self._other_proposer_active(scope, now):
+            self._deferred += 1
+            return None
+        epoch = self._epochs.get(scope, 0) + 1
+        self._epochs[scope] = epoch
+        prop = Proposer(
+            self.node.node_id, scope, epoch, spike_id=spike_id,
+            round2_after_s=self.round2_after_s, renew_every_s=self.renew_every_s, ttl_ms=self.ttl_ms,
+        )
+        self.proposers[scope] = prop
+        self.recent.append(prop)
+        return prop
+
+    def view(self, scope: Scope, *, with_faults: bool = False) -> list[ViewOffer]:
+        """Live members' offers in ``scope`` from their gossiped records (this node's too).
+
+        ``with_faults``: members with faults too, with nothing to offer (a frequency event's
+        droop still asks its part of them)."""
         core = self.node.core
         out = []
         for r in self.node.records.records():
-            if scope.contains(r.site_id, r.transformer_id) and core.is_live(r.node_id) and not r.faults:
-                out.append(
-                    ViewOffer(r.node_id, r.transformer_id, r.discharge_available_w,
-                              r.energy_above_min_soc_wh, r.updated_at_ms, r.version)
-                )
+            if not (scope.contains(r.site_id, r.transformer_id) and core.is_live(r.node_id)):
+                continue
+            if r.faults and not with_faults:
+                continue
+            out.append(
+                ViewOffer(r.node_id, r.transformer_id, 0.0 if r.faults else r.discharge_available_w,
+                          r.energy_above_min_soc_wh, r.updated_at_ms, r.version, r.rated_discharge_w)
+            )
         return out
+
+    def _frequency_step(self, now: float, state: dict[str, float]) -> None:
+        """One look at the droop: start, re-plan or release the frequency scope's plan."""
+        assert self.response_pu is not None
+        scope = Scope.frequency(self.node.local.site_id)
+        pu = min(1.0, max(0.0, self.response_pu()))  # discharge only: what 1547's droop asks
+        prop = self.proposers.get(scope)
+        active = prop is not None and not prop.stopped
+        if active and pu < FREQ_END_PU:
+            assert prop is not None
+            self._broadcast(prop, prop.release(now))
+            self.proposers.pop(scope, None)
+            self._droop_delivered.pop(scope, None)
+            return
+        if pu < FREQ_START_PU:
+            return
+        if active and (abs(pu - state["pu"]) < FREQ_UPDATE_PU or now - state["at"] < FREQ_SETTLE_S):
+            return
+        view = self.view(scope, with_faults=True)
+        self._droop_delivered.pop(scope, None)
+        short = droop_shortfall(view, pu, self._headroom_for(scope, now))
+        if not active:
+            if short.undelivered_w < FREQ_MIN_W:
+                return
+            prop = self._new_proposer(scope, f"{self.node.node_id}:f{self._freq_plans + 1}", now)
+            if prop is None:
+                return
+        assert prop is not None
+        self._freq_plans += 1
+        self._droop_delivered[scope] = short.delivered_w
+        state["pu"], state["at"] = pu, now
+        self._broadcast(prop, prop.start(short.undelivered_w, view, short.headroom_w, now, droop_pu=pu))
+
+    async def _frequency(self) -> None:
+        state = {"pu": 0.0, "at": -math.inf}
+        while True:
+            await trio.sleep(FREQ_POLL_S)
+            self._frequency_step(trio.current_time(), state)
 
     # --- the task --------------------------------------------------------------------------
 
@@ -146,6 +232,8 @@ class Allocator:
         events = self.node.subscribe()
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._timers)
+            if self.is_detector and self.response_pu is not None:
+                nursery.start_soon(self._frequency)
             task_status.started()
             async for ev in events:
                 if isinstance(ev, Delivered) and isinstance(ev.message, Plan):
@@ -164,6 +252,8 @@ class Allocator:
             if self.member.tick(now):
                 self._apply_now()
             for prop in list(self.proposers.values()):
+                if len(self.proposers) > 1:  # the others' use moves: rounds plan within what is left
+                    prop.headroom_w = self._headroom_for(prop.scope, now)
                 msg = prop.tick(now)
                 if msg is not None:
                     self._broadcast(prop, msg)

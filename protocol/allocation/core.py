@@ -17,8 +17,14 @@ Its share comes from its own offer and its transformer's level (``plan.member_un
   stale the view;
 * an incremental plan (round 2, ``base_seq = b``) adds to what the member reported in its
   ACK of seq ``b``, planned over the limit left in that ACK. A member in the plan's silent
-  filter (its ACK was lost) or without an ACK of ``b`` releases to 0 instead: the proposer
-  did not count it. A Bloom false positive only releases a member that did answer.
+  filter (the proposer did not hear its ACK of ``b``) takes no increment but keeps what it
+  applies, if that comes from plan ``b`` or a later one of the chain: an ACK that is late or
+  lost must not take discharge away in the middle of a spike. The proposer counted what it
+  last planned for a silent member against the headroom, so keeping it breaks no limit; it
+  re-planned the residual over the others, so a late ACK over-delivers (within every limit)
+  until the next renewal re-bases (below). A silent member whose share is older than ``b``
+  releases to 0 (it may not have been counted). A Bloom false positive only withholds an
+  increment from a member that did answer; the next round gives it.
 
 Whatever the plan says, a member applies ``min(share, its limit now)``. Shares lapse at
 ``ttl`` unless renewed (the proposer re-sends its latest plan), so a lost proposer never
@@ -27,7 +33,11 @@ leaves vehicles discharging; a plan without levels releases at once.
 A **proposer** plans round 1 over its view, collects ACKs and, once all are in or after
 ``round2_after_s``, re-plans the residual over those who answered (silence counts as 0:
 the headroom left in each transformer excludes what silent members were planned, since
-they may be applying it), up to ``max_rounds``.
+they may be applying it), up to ``max_rounds``. At each renewal, if the members' newest ACKs
+sum to more than the deficit (silent members kept shares the others then covered too), it
+re-bases: a new absolute plan over its last view that members only lower their shares to
+(``trim``), and its round 2 raises those with room, so late ACKs cost at most one renewal
+period of over-delivery and never a shortfall, and every share moves one way per plan.
 """
 
 from __future__ import annotations
@@ -60,6 +70,10 @@ class OfferSample:
     at_ms: int
     limit_w: float
     weight: float
+    rated_w: float = 0.0  # the droop's base (a frequency plan leaves the droop its part)
+
+    def spare_w(self, droop_pu: float) -> float:
+        return max(0.0, self.limit_w - droop_pu * self.rated_w)
 
 
 @attrs.frozen
@@ -101,9 +115,9 @@ class Member:
         self.acks: dict[tuple[Scope, PlanKey], Ack] = {}
         self._applied = self._renewed = self._stale = self._refused = self._expired = 0
 
-    def offer(self, at_ms: int, limit_w: float, weight: float) -> None:
+    def offer(self, at_ms: int, limit_w: float, weight: float, rated_w: float = 0.0) -> None:
         """Note an offer this member published (call on every record it publishes)."""
-        self.offers.append(OfferSample(at_ms, limit_w, weight))
+        self.offers.append(OfferSample(at_ms, limit_w, weight, rated_w))
 
     def share_w(self) -> float:
         """The sum of this member's shares (before its own limit: the caller clamps)."""
@@ -137,7 +151,9 @@ class Member:
             return Applied(msg.scope, key, cur.share_w, ack, renewed=True)
         units = self._units(origin_id, msg)
         others = math.fsum(s.share_w for sc, s in self.scopes.items() if sc != msg.scope)
-        room = max(0.0, limit_now_w - others)
+        # a frequency plan plans over what the member's own droop leaves of its limit
+        rated = self.offers[-1].rated_w if self.offers else 0.0
+        room = max(0.0, limit_now_w - others - msg.droop_pu * rated)
         share = min(units / UNITS_PER_W, to_units(room) / UNITS_PER_W)
         if share > 0 or msg.levels:
             self.scopes[msg.scope] = _ScopeState(key, share, now + ttl, msg.spike_id)
@@ -159,14 +175,34 @@ class Member:
             samples = self._since(msg.view_since_ms)
             if not samples:
                 return 0
-            return min(member_units(self.node_id, s.limit_w, s.weight, level) for s in samples)
+            units = min(member_units(self.node_id, s.spare_w(msg.droop_pu), s.weight, level) for s in samples)
+            if msg.trim:  # lower only: the next round raises whoever has room
+                cur = self.scopes.get(msg.scope)
+                held = to_units(cur.share_w) if cur is not None and cur.key[:2] == (msg.epoch, origin_id) else 0
+                units = min(units, held)
+            return units
         if in_silent(self.node_id, msg.silent):
-            return 0
+            return self._kept(origin_id, msg)
         base = self.acks.get((msg.scope, (msg.epoch, origin_id, msg.base_seq)))
         if base is None:
             return 0
         delta = member_units(self.node_id, base.limit_w - base.applied_w, base.weight, level)
         return to_units(base.applied_w) + delta
+
+    def _kept(self, origin_id: str, msg: Plan) -> int:
+        """A silent member's share: what it applies now if that comes from this plan's chain.
+
+        The proposer did not hear this member's ACK of ``base_seq``. It may be late or lost
+        rather than unsent, so the member keeps what it applies (no increment: the proposer
+        re-planned the residual over the others), and the proposer counted what it last
+        planned for the member against the headroom. Only a share from the base plan or a
+        later one of the same chain is kept: one from an older plan (this member missed the
+        base) was maybe not counted, and is released.
+        """
+        cur = self.scopes.get(msg.scope)
+        if cur is None or cur.key[:2] != (msg.epoch, origin_id) or cur.key[2] < msg.base_seq:
+            return 0
+        return to_units(cur.share_w)
 
     def _since(self, since_ms: int) -> list[OfferSample]:
         """Offers published at or after ``since_ms`` and the one current at that time."""
@@ -211,6 +247,7 @@ class ViewOffer:
     weight: float
     updated_at_ms: int
     version: int = 0
+    rated_w: float = 0.0  # the droop's base (its record's rated_discharge_w)
 
 
 @attrs.frozen
@@ -222,6 +259,7 @@ class Round:
     shortfall_w: float
     planned: Mapping[str, float]  # node -> W
     message: Plan
+    at: float = 0.0  # when it was sent first
 
 
 @attrs.frozen
@@ -244,6 +282,37 @@ def view_digest(offers: Iterable[ViewOffer]) -> bytes:
     for o in sorted(offers, key=lambda o: o.node_id):
         h.update(f"{o.node_id}\0{o.version}\0".encode())
     return h.digest()
+
+
+@attrs.frozen
+class DroopShortfall:
+    """What a frequency event's droop asks of a scope and cannot get from where it asks it."""
+
+    droop_pu: float
+    asked_w: float  # sum of droop_pu * rated over the view
+    undelivered_w: float  # the part members cannot deliver (no vehicle, SoC floor, heat)
+    spare_w: float  # what members have left after their own droop
+    headroom_w: Mapping[str, float]  # each transformer's headroom less what its droop delivers
+    delivered_w: Mapping[str, float]  # what the droop delivers under each transformer
+
+
+def droop_shortfall(view: Iterable[ViewOffer], droop_pu: float, headroom_w: Mapping[str, float]) -> DroopShortfall:
+    """Every member's droop asks ``droop_pu * rated`` of it and delivers at most its limit.
+
+    The rest is what a frequency plan (``Proposer.start(..., droop_pu=...)``) spreads over the
+    members' spare, each transformer within what its headroom leaves after its own droop.
+    """
+    asked = undelivered = spare = 0.0
+    delivered: dict[str, float] = {}
+    for o in view:
+        want = droop_pu * o.rated_w
+        got = min(want, max(0.0, o.limit_w))
+        asked += want
+        undelivered += want - got
+        spare += max(0.0, o.limit_w - want)
+        delivered[o.transformer_id] = delivered.get(o.transformer_id, 0.0) + got
+    heads = {t: max(0.0, h - delivered.get(t, 0.0)) for t, h in headroom_w.items()}
+    return DroopShortfall(droop_pu, asked, undelivered, spare, heads, delivered)
 
 
 class Proposer:
@@ -274,6 +343,9 @@ class Proposer:
         self.acks: dict[int, dict[str, Ack]] = {}
         self.transformers: dict[str, str] = {}
         self.headroom_w: dict[str, float] = {}
+        self.view: list[ViewOffer] = []
+        self.droop_pu = 0.0
+        self.rebased = 0
         self._round_started = 0.0
         self._round_of_update = 0  # rounds since the last absolute plan
         self._last_sent = 0.0
@@ -294,31 +366,43 @@ class Proposer:
         view: Iterable[ViewOffer],
         headroom_w: Mapping[str, float],
         now: float,
+        *,
+        trim: bool = False,
+        droop_pu: float = 0.0,
     ) -> Plan:
-        """An absolute plan over the view (a new spike, or a new deficit for this one)."""
+        """An absolute plan over the view (a new spike, or a new deficit for this one).
+
+        ``trim``: the re-base of over-delivery; members only lower their shares to it (every
+        share moving one way, a transformer's sum never passes the larger of before and
+        after while the plan spreads), and round 2 raises the ones with room. ``droop_pu``: a
+        frequency event's plan, over the spare each member's own droop leaves."""
         view = list(view)
+        self.view = view
         self.headroom_w = dict(headroom_w)
+        self.droop_pu = droop_pu
         self.transformers = {o.node_id: o.transformer_id for o in view}
         result = plan(
-            [MemberOffer(o.node_id, o.transformer_id, o.limit_w, o.weight) for o in view],
+            [MemberOffer(o.node_id, o.transformer_id, max(0.0, o.limit_w - droop_pu * o.rated_w), o.weight)
+             for o in view],
             deficit_w,
             headroom_w,
         )
         since = min((o.updated_at_ms for o in view), default=0)
         self._round_of_update = 1
-        return self._emit(result, 0, since, view_digest(view), b"", now)
+        return self._emit(result, 0, since, view_digest(view), b"", now, trim)
 
     def _emit(
-        self, result: PlanResult, base_seq: int, since: int, digest: bytes, silent: bytes, now: float
+        self, result: PlanResult, base_seq: int, since: int, digest: bytes, silent: bytes, now: float,
+        trim: bool = False,
     ) -> Plan:
         self.seq += 1
         msg = Plan(
             self.scope, self.epoch, self.seq, base_seq, result.deficit_w, since, digest,
-            result.levels, silent, self.ttl_ms, self.spike_id,
+            result.levels, silent, self.ttl_ms, self.spike_id, trim, self.droop_pu,
         )
         planned = {n: u / UNITS_PER_W for n, u in result.shares_units.items()}
         self.rounds.append(
-            Round(self.seq, base_seq, result.deficit_w, result.planned_w, result.shortfall_w, planned, msg)
+            Round(self.seq, base_seq, result.deficit_w, result.planned_w, result.shortfall_w, planned, msg, now)
         )
         self.acks[self.seq] = {}
         self._round_started = self._last_sent = now
@@ -369,32 +453,55 @@ class Proposer:
                 return nxt
             self._round_of_update = self.max_rounds  # nothing left to re-plan
         if now >= self._last_sent + self.renew_every_s:
+            # short: one more round over the newest answers (when it plans anything)
+            nxt = self._next_round(now, only_if_planned=True)
+            if nxt is not None:
+                return nxt
+            target = self._target_w()
+            if to_units(self.covered_w() - target) > 0 and self.view:
+                self.rebased += 1
+                return self.start(target, self.view, self.headroom_w, now, trim=True, droop_pu=self.droop_pu)
             self._last_sent = now
             return cur.message
         return None
 
-    def _next_round(self, now: float) -> Plan | None:
+    def covered_w(self) -> float:
+        """What the members apply by their newest ACKs since the latest absolute plan."""
+        first = next((r.seq for r in reversed(self.rounds) if r.base_seq == 0), 0)
+        newest: dict[str, float] = {}
+        for seq in sorted(self.acks):
+            if seq >= first:
+                newest.update((n, a.applied_w) for n, a in self.acks[seq].items())
+        return math.fsum(newest.values())
+
+    def _next_round(self, now: float, *, only_if_planned: bool = False) -> Plan | None:
         cur = self.current
         assert cur is not None
         answered = self.acks.get(cur.seq, {})
-        residual = self._target_w() - math.fsum(a.applied_w for a in answered.values())
-        if to_units(residual) <= 0:
-            return None
         # everyone the view or any ACK named and who did not answer this round is silent:
         # it may hold an ACK of this round we never got, and must not build on it
         silent = sorted(set(self.transformers) - set(answered))
+        residual = (
+            self._target_w()
+            - math.fsum(a.applied_w for a in answered.values())
+            - math.fsum(self._presumed_w(cur, n) for n in silent)
+        )
+        if to_units(residual) <= 0:
+            return None
         used: dict[str, float] = {}
         for a in answered.values():
             used[a.transformer_id] = used.get(a.transformer_id, 0.0) + a.applied_w
         for n in silent:
             tid = self.transformers.get(n, "")
-            used[tid] = used.get(tid, 0.0) + self._last_planned(n)
+            used[tid] = used.get(tid, 0.0) + self._held_bound(n, now)
         headroom = {t: max(0.0, h - used.get(t, 0.0)) for t, h in self.headroom_w.items()}
         offers = [
             MemberOffer(n, a.transformer_id, a.limit_w - a.applied_w, a.weight)
             for n, a in sorted(answered.items())
         ]
         result = plan(offers, residual, headroom)
+        if only_if_planned and to_units(result.planned_w) <= 0:
+            return None
         self._round_of_update += 1
         msg = self._emit(result, cur.seq, 0, b"", silent_filter(silent), now)
         # a round-2 share is the base plus the increment: record the totals
@@ -403,13 +510,46 @@ class Proposer:
         self.rounds[-1] = attrs.evolve(last, planned=totals)
         return msg
 
-    def _last_planned(self, node_id: str) -> float:
-        for r in reversed(self.rounds):
-            if node_id in r.planned:
-                return r.planned[node_id]
-            if r.base_seq == 0:
-                break
-        return 0.0
+    def _presumed_w(self, cur: Round, node_id: str) -> float:
+        """What a member silent in ``cur`` is taken to apply when planning the residual.
+
+        One that answered the round before ``cur`` is alive and its ACK late or lost: it holds
+        what ``cur`` planned for it (or, if ``cur`` never reached it, the share it last
+        acknowledged, a little less: the next round sees it). One silent twice, or never heard
+        in this plan's chain, may be gone: taken as 0, the others cover it (if it is alive it
+        keeps its share: over-delivery, within every limit, until the renewal trims it). After
+        a trim, one that answered before holds at most the trimmed share.
+        """
+        if cur.base_seq:
+            return cur.planned.get(node_id, 0.0)
+        if not cur.message.trim:
+            return 0.0
+        before = [a.applied_w for seq, acks in self.acks.items() if seq < cur.seq
+                  for n, a in acks.items() if n == node_id]
+        return min(cur.planned.get(node_id, 0.0), before[-1]) if before else 0.0
+
+    def held_w(self, now: float) -> dict[str, float]:
+        """Per transformer, the most this proposer's members may apply for it now (each at
+        ``_held_bound``): what another plan of the same detector must leave to it."""
+        if self.stopped:
+            return {}
+        out: dict[str, float] = {}
+        for n, t in self.transformers.items():
+            out[t] = out.get(t, 0.0) + self._held_bound(n, now)
+        return out
+
+    def _held_bound(self, node_id: str, now: float) -> float:
+        """The most a silent member may still apply for this proposer: the largest share any
+        of its plans gave it that has not lapsed (a member that missed an update or a trim
+        holds an older, maybe larger share until it hears a newer plan or ``ttl_ms`` passes)."""
+        first = next((i for i in range(len(self.rounds) - 1, -1, -1) if self.rounds[i].base_seq == 0), 0)
+        horizon = now - self.ttl_ms / 1000.0 - self.renew_every_s
+        best = 0.0
+        for i, r in enumerate(self.rounds):
+            superseded_at = self.rounds[i + 1].at if i + 1 < len(self.rounds) else now
+            if i >= first or superseded_at >= horizon:
+                best = max(best, r.planned.get(node_id, 0.0))
+        return best
 
     def release(self, now: float) -> Plan:
         """The spike ended: a plan without levels sends every share to 0."""

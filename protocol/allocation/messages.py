@@ -14,6 +14,13 @@ Wire layout of ``Plan`` (0x40), a msgpack array in this order (see ``protocol.co
     8 silent         bytes <= 256 Bloom filter of members planned in seq b that did not answer
     9 ttl_ms         int         shares lapse this long after the plan unless renewed
     10 spike_id      str <= 64   the detector's spike id (for ``meshagent spikes``)
+    11 trim          bool        an absolute plan that only lowers shares of its chain:
+                                 share = min(from the levels, what the member applies now
+                                 from this (epoch, proposer)); the proposer's re-base of
+                                 over-delivery (default false; older senders omit it)
+    12 droop_pu      float 0..1  a frequency event's plan: shares are planned over what is
+                                 left of each member's limit after its own droop at this
+                                 per unit of its rating (``limit - droop_pu * rated``)
 
 The proposer is the urgent broadcast's origin (its signature covers the message), so no
 field names it. ``Ack`` (0x41) answers one plan with what the member applied and its fresh
@@ -51,6 +58,8 @@ class Plan:
     silent: bytes = codec.blob(SILENT_MAX_BYTES, default=b"")
     ttl_ms: int = codec.integer(1, 600_000, default=5_000)
     spike_id: str = codec.text(64, default="")
+    trim: bool = codec.field(default=False)
+    droop_pu: float = codec.number(0.0, 1.0, default=0.0)
 
     def level_of(self, transformer_id: str) -> Level | None:
         for lv in self.levels:

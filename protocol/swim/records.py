@@ -58,11 +58,13 @@ class StateRecords(QueuedDelegate):
         updated_at_ms: int,
         auth_list_version: int = 0,
         auth_list_hash: bytes = b"",
+        rated_discharge_w: float = 0.0,
     ) -> StateRecord:
         """Publish this node's new state record (``updated_at_ms``: the shell's wall clock).
 
         ``auth_list_version``/``auth_list_hash``: the summary of this node's local
         authorization list (0 and empty: none), which peers replicate by.
+        ``rated_discharge_w``: the droop's base (0: not known).
         """
         host = self.host
         version = 1 if self._mine is None else self._mine.version + 1
@@ -82,6 +84,7 @@ class StateRecords(QueuedDelegate):
             updated_at_ms=updated_at_ms,
             auth_list_version=auth_list_version,
             auth_list_hash=bytes(auth_list_hash),
+            rated_discharge_w=float(rated_discharge_w),
         )
         return self._set_mine(record)
 

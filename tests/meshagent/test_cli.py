@@ -107,7 +107,12 @@ def test_demo_splits_a_surge_among_24_agents_over_real_udp(tmp_path):
     split = re.search(r"chargers ACKed ([0-9.]+) W of ([0-9.]+) W(, shortfall ([0-9.]+) W reported)?", out)
     assert split, out
     acked, deficit = float(split[1]), float(split[2])
-    assert abs(acked - deficit) <= 0.1 or (split[4] and abs(acked + float(split[4]) - deficit) <= 0.2), split[0]
+    # (over it when round-1 ACKs came after round 2: those members keep their shares; trimmed at the renewal)
+    assert abs(acked - deficit) <= 0.1 or (split[4] and abs(acked + float(split[4]) - deficit) <= 0.2) \
+        or (acked > deficit and "late ACKs, trimmed at the renewal" in out), split[0]
+    # the dip: what the droop of the chargers at their SoC floor cannot deliver, planned over the others
+    freq = re.search(r"could not deliver, ([0-9.]+) kW at first, charger-1 planned .*?: ([0-9.]+) kW from (\d+) chargers", out)
+    assert freq and float(freq[2]) > 0 and int(freq[3]) >= 10, out
     # the meter back under the limit, measured; every charger inside its limit (the check reads the whole trace)
     under = re.search(r"([0-9.]+) kW at 3 s", out)
     assert under and float(under[1]) <= 200.0, out

@@ -74,3 +74,12 @@ def _rumors(r: StateRecord):
     from protocol.swim import Rumors
 
     return Rumors(records=(r,))
+
+
+def test_the_droop_rating_is_appended_and_signed_only_when_set():
+    plain, rated = record(), record(rated_discharge_w=11_500.0)
+    assert len(signed_fields(plain)) == 12 and signing_payload(plain).endswith(old_layout(plain))
+    assert len(signed_fields(rated)) == 15  # the list's two defaults come along before it
+    assert signing_payload(rated) != signing_payload(attrs.evolve(rated, rated_discharge_w=1.0))
+    assert codec.decode_untrusted(StateRecord, codec.encode(rated)) == rated
+    assert codec.decode_untrusted(StateRecord, old_layout(plain)).rated_discharge_w == 0.0

@@ -38,14 +38,15 @@ class Agent:
         self.applied_w = w
         self.history.append(w)
 
-    def publish(self, limit_w: float | None = None) -> None:
+    def publish(self, limit_w: float | None = None, rated_w: float = 0.0) -> None:
         if limit_w is not None:
             self.limit_w = limit_w
         rec = self.node.publish_record(
             discharge_available_w=self.limit_w, energy_above_min_soc_wh=self.weight, soc=0.6,
-            thermal_derating=0.0, faults=(),
+            thermal_derating=0.0, faults=(), rated_discharge_w=rated_w,
         )
-        self.alloc.offer(rec.updated_at_ms, rec.discharge_available_w, rec.energy_above_min_soc_wh)
+        self.alloc.offer(rec.updated_at_ms, rec.discharge_available_w, rec.energy_above_min_soc_wh,
+                         rec.rated_discharge_w)
 
 
 async def wait_until(predicate, *, timeout_s: float, step_s: float = 0.01) -> None:
@@ -202,3 +203,68 @@ async def test_covered_keeps_every_member_through_an_update(pki, autojump_clock)
         ags[0].alloc.on_spike(spike(Phase.UPDATE, 22_000.0))  # sent; no member has answered yet
         assert (ags[0].alloc.covered_w() or 0.0) >= 20_000.0 - ags[0].applied_w - 0.1
         await wait_until(lambda: abs((ags[0].alloc.covered_w() or 0.0) - 22_000.0) <= 0.1, timeout_s=1)
+
+
+async def test_what_the_droop_cannot_deliver_is_planned_over_the_others(pki, autojump_clock):
+    """A frequency event: every charger's droop asks 40 % of its 10 kW rating; two have no
+    vehicle (limit 0) and one is capped at 2 kW, so 4 + 4 + 2 kW go undelivered. The detector
+    plans those 10 kW over what the others' droop leaves them, and releases when it lets go."""
+    droop = {"pu": 0.0}
+    async with open_memory_network(random.Random(7)) as net, agents(
+        pki, 6, net=net, response_pu=lambda: droop["pu"]
+    ) as ags:
+        limits = [10_000.0, 0.0, 0.0, 2_000.0, 9_000.0, 10_000.0]
+        for a, lim in zip(ags, limits, strict=True):
+            a.publish(lim, rated_w=10_000.0)
+        await wait_until(lambda: all(r.rated_discharge_w == 10_000.0 for r in ags[0].node.records.records()),
+                         timeout_s=10, step_s=0.1)
+        droop["pu"] = 0.4
+        await wait_until(lambda: abs(total(ags) - 10_000.0) <= 0.1, timeout_s=1)
+        for a in ags:  # the share rides on top of the member's own droop, within its limit
+            assert a.applied_w + min(a.limit_w, 0.4 * 10_000.0) <= a.limit_w + 1e-6
+        assert [a.applied_w > 0 for a in ags] == [True, False, False, False, True, True]
+        rep = ags[0].alloc.spikes()[0]
+        assert rep["scope"] == {"kind": "frequency", "id": "site-1"} and rep["rounds"][0]["deficit_w"] == 10_000.0
+        droop["pu"] = 0.6  # deeper: 6 + 6 + 4 kW undelivered, 4 + 3 + 4 kW spare: all of it
+        await wait_until(lambda: abs(total(ags) - 11_000.0) <= 0.1, timeout_s=1)
+        assert ags[0].alloc.spikes()[0]["rounds"][-1]["residual_w"] >= 4_999.0  # the shortfall is reported
+        droop["pu"] = 0.0
+        await wait_until(lambda: total(ags) == 0.0, timeout_s=1)
+        assert ags[0].alloc.spikes()[0]["released"]
+
+
+async def test_a_droop_every_charger_can_deliver_sends_no_plan(pki, autojump_clock):
+    droop = {"pu": 0.0}
+    async with open_memory_network(random.Random(8)) as net, agents(
+        pki, 4, net=net, response_pu=lambda: droop["pu"]
+    ) as ags:
+        for a in ags:
+            a.publish(10_000.0, rated_w=10_000.0)
+        await wait_until(lambda: all(r.rated_discharge_w == 10_000.0 for r in ags[0].node.records.records()),
+                         timeout_s=10, step_s=0.1)
+        droop["pu"] = 0.5
+        await trio.sleep(1.0)
+        assert total(ags) == 0.0 and ags[0].alloc.spikes() == []
+
+
+async def test_a_site_spike_and_a_frequency_event_share_the_headroom(pki, autojump_clock):
+    """One detector, two plans at once (the site's load spike, the frequency event's shortfall):
+    together they keep the transformer within its headroom."""
+    droop = {"pu": 0.0}
+    async with open_memory_network(random.Random(9)) as net, agents(
+        pki, 5, net=net, response_pu=lambda: droop["pu"], headroom_w=lambda: {"tx-1": 30_000.0}
+    ) as ags:
+        limits = [10_000.0, 0.0, 10_000.0, 10_000.0, 10_000.0]
+        for a, lim in zip(ags, limits, strict=True):
+            a.publish(lim, rated_w=10_000.0)
+        await wait_until(lambda: all(r.rated_discharge_w == 10_000.0 for r in ags[0].node.records.records()),
+                         timeout_s=10, step_s=0.1)
+        ags[0].alloc.on_spike(spike(Phase.START, 15_000.0))
+        await wait_until(lambda: abs(total(ags) - 15_000.0) <= 0.1, timeout_s=1)
+        droop["pu"] = 0.5  # the member with no vehicle owes 5 kW; the four others' droop takes 20 kW
+        await trio.sleep(1.0)
+        # the droop under tx-1 delivers 20 kW and the site spike's plan holds 15 kW of its 30 kW
+        # headroom: nothing is left for the frequency plan (alone it would have planned 5 kW)
+        assert abs(total(ags) - 15_000.0) <= 0.1
+        freq = [sp for sp in ags[0].alloc.spikes() if sp["scope"]["kind"] == "frequency"]
+        assert freq and freq[0]["rounds"][0]["planned_w"] == 0.0
