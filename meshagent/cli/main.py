@@ -160,7 +160,7 @@ def demo(out: Path) -> None:
 def bench(name: str, as_json: bool, quick: bool) -> None:
     """Run benchmark NAME and print a table (see BENCHMARKS.md).
 
-    Names: wire, gossip, urgent, modbus, control, ocpp, api, sim.
+    Names: wire, gossip, urgent, modbus, control, ocpp, allocation, sunspec, api, sim.
     """
     from sims.bench import run_benchmark
 

@@ -141,3 +141,14 @@ def test_demo_without_matplotlib_says_how_to_get_the_plots(tmp_path):
     assert r.returncode == 0, r.stderr
     assert "pip install -e '.[sim]' gives the plots" in r.stdout
     assert not list(tmp_path.iterdir())
+
+
+def test_bench_help_names_every_benchmark():
+    from click.testing import CliRunner
+
+    from meshagent.cli.main import cli
+    from sims.bench import BENCHMARKS
+
+    r = CliRunner().invoke(cli, ["bench", "--help"])
+    names = r.output.split("Names:")[1].split(".")[0]
+    assert {n.strip() for n in names.split(",")} == set(BENCHMARKS), r.output
