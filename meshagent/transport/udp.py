@@ -103,6 +103,9 @@ def _family_of(host: str) -> int:
     return stdlib_socket.AF_INET6 if ip.version == 6 else stdlib_socket.AF_INET
 
 
+RECEIVE_BUFFER_BYTES = 2 * 1024 * 1024
+
+
 class UdpTransport(Transport):
     """UDP + TCP on one port. Create with ``await UdpTransport.bind(...)``."""
 
@@ -117,6 +120,15 @@ class UdpTransport(Transport):
         self.max_datagram_bytes = max_datagram_bytes
         self.allow = allow
         self._kernel_drops = False
+        # A spike's ACKs reach the detector at once (one per member); Linux's default receive
+        # buffer (208 KiB, a few hundred small datagrams at the kernel's per-packet overhead)
+        # overflowed at N = 100 in `bench allocation`. Ask for RECEIVE_BUFFER_BYTES; the kernel
+        # caps it at net.core.rmem_max (and doubles it for its bookkeeping).
+        try:
+            udp.setsockopt(stdlib_socket.SOL_SOCKET, stdlib_socket.SO_RCVBUF, RECEIVE_BUFFER_BYTES)
+        except OSError:
+            pass
+        self.receive_buffer_bytes = udp.getsockopt(stdlib_socket.SOL_SOCKET, stdlib_socket.SO_RCVBUF)
         if _SO_RXQ_OVFL is not None:
             try:
                 udp.setsockopt(stdlib_socket.SOL_SOCKET, _SO_RXQ_OVFL, 1)
