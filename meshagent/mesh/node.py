@@ -94,7 +94,9 @@ MAX_RELIABLE_INFLIGHT = 64
 RECEIVE_DRAIN = 64
 RECEIVE_BURST = 8
 WAITING_LIMIT = 128
-_PROBE_TYPES = frozenset(TYPE_OF[cls] for cls in (Ping, Ack, Nack, PingReq))
+# handled as they are read, ahead of the backlog: the probes, and urgent broadcasts (a spike's
+# PLAN); a client adds its own time-critical unicast type with ``on_message(..., first=True)``
+_FIRST_TYPES = frozenset(TYPE_OF[cls] for cls in (Ping, Ack, Nack, PingReq, Urgent))
 
 
 def _rumors_of(message: Any) -> Rumors | None:
@@ -225,6 +227,7 @@ class MeshNode:
         self._events_dropped = 0
         self._waiting: deque[Datagram] = deque()  # read, not yet handled (see _receive_loop)
         self._waiting_dropped = 0
+        self._first_types = set(_FIRST_TYPES)
         self.lateness = LatenessRecorder()
         self._stopped = trio.Event()
         self._spread: set[bytes] = set()  # revocations we have broadcast
@@ -347,12 +350,13 @@ class MeshNode:
         self._flush()
         return sent
 
-    def on_message(self, cls: type, handler: Callable[[str, Address, Any], None]) -> None:
+    def on_message(self, cls: type, handler: Callable[[str, Address, Any], None], *, first: bool = False) -> None:
         """Route verified messages of ``cls`` (not membership ones) to ``handler``.
 
         ``handler(sender_id, source_address, message)`` runs in the receive task: it must not
         block; start work with ``spawn``. This is how other layers (authorization lists, the
-        allocation) get their unicast messages.
+        allocation) get their unicast messages. ``first``: handle them as they are read, with
+        the probes, not after the backlog of gossip (a spike's ACKs).
         """
         claimed = {c for d in self._delegates for c in d.message_types}
         if cls in HANDLED_MESSAGES or cls in claimed or cls in (Certificates, CertificateRequest, Revoke):
@@ -360,6 +364,8 @@ class MeshNode:
         if cls not in TYPE_OF:
             raise ValueError(f"{cls.__name__} is not a registered message type")
         self._handlers[cls] = handler
+        if first:
+            self._first_types.add(TYPE_OF[cls])
 
     async def send(self, address: Address, message: Any) -> None:
         """Sign and send one datagram to ``address`` (best effort)."""
@@ -435,7 +441,7 @@ class MeshNode:
         """A datagram read from the socket: a probe now, anything else to ``_waiting``."""
         packet = datagram.packet
         # the type byte, unverified, only orders the work: the packet is verified either way
-        if len(packet) > 1 and packet[1] in _PROBE_TYPES:
+        if len(packet) > 1 and packet[1] in self._first_types:
             self._open_datagram(datagram)
             return
         if len(self._waiting) >= WAITING_LIMIT:

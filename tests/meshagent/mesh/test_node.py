@@ -427,3 +427,32 @@ async def test_a_ping_behind_a_backlog_is_answered_first(pki, autojump_clock):
             assert dropped["receive_backlog_full"] + dropped["truncated"] == WAITING_LIMIT + 100
             assert env.message.seq == 7
             nursery.cancel_scope.cancel()
+
+
+async def test_a_first_message_type_is_handled_ahead_of_the_backlog(pki, autojump_clock):
+    """A client's time-critical unicast (the allocation's ACK) registered with ``first=True``
+    is handled as it is read, like a probe, not after the gossip read before it."""
+    from meshagent.mesh.node import WAITING_LIMIT
+    from protocol.allocation.messages import Ack as AllocAck
+    from protocol.state import Scope
+    from protocol.wire import MAGIC_VERSION, Sealer
+
+    async with open_memory_network(random.Random(6)) as net:
+        b_ident, a_ident = pki.identity("detector-b"), pki.identity("member-a")
+        b = MeshNode(b_ident, pki.trust(), net.endpoint(receive_queue=4096), LOCAL, boot_epoch=1,
+                     wall_clock_ms=wall_ms, rng=random.Random(1))
+        truncated_when_handled: list[int] = []
+        b.on_message(AllocAck, lambda *_: truncated_when_handled.append(b.endpoint.statistics().dropped["truncated"]),
+                     first=True)
+        a = net.endpoint()
+        async with trio.open_nursery() as nursery:
+            await nursery.start(b.run)
+            garbage = bytes([MAGIC_VERSION, 0x14]) + bytes(20)
+            for _ in range(WAITING_LIMIT):
+                a.send_datagram_nowait(b.address, garbage)
+            ack = AllocAck(Scope.site("s"), 1, 1, 100.0, 1000.0, 1.0, "tx-1")
+            a.send_datagram_nowait(b.address, Sealer(a_ident, 1).seal(ack, wall_ms(), attach_certificate=True))
+            await trio.testing.wait_all_tasks_blocked()
+            assert len(truncated_when_handled) == 1
+            assert truncated_when_handled[0] < WAITING_LIMIT  # most of the backlog still waited
+            nursery.cancel_scope.cancel()
