@@ -37,7 +37,9 @@ def sim() -> None:
     """Simulate a scenario under every baseline: SCENARIO is a name or a TOML file.
 
     \b
-    meshagent sim SCENARIO [--nodes N] [--seed S] [--out DIR] [--json]
+    meshagent sim SCENARIO [--nodes N] [--seed S] [--virtual] [--out DIR] [--json]
+    meshagent sim SCENARIO --real-network [--nodes N] [--workers W] [--duration HOLD_S]
+    meshagent sim SCENARIO --netns [--nodes N] [--loss PCT] [--duration HOLD_S]
     meshagent sim sweep SCENARIO --seeds 1-8 [--set section.key=v1,v2] [--address ADDR]
     Built-in scenarios: sims/scenarios/*.toml (see docs/simulation.md).
     """
@@ -47,45 +49,82 @@ def sim() -> None:
 @click.argument("scenario")
 @click.option("--nodes", type=int, help="Chargers (the site scales with them).")
 @click.option("--seed", type=int, help="Seed of the world (default: the scenario's).")
-@click.option("--duration", type=float, help="Simulated seconds (default: the scenario's).")
+@click.option("--duration", type=float,
+              help="Simulated seconds (default: the scenario's); with --real-network/--netns: "
+                   "seconds the spike is held (default 6).")
 @click.option("--dt", type=float, help="Step length in seconds (default: the scenario's).")
 @click.option("--real-network", "real_network", is_flag=True,
-              help="Measure the mesh's delivery latency with agents over real UDP on loopback.")
+              help="Play the spike with real agents in worker processes over real UDP on loopback.")
 @click.option("--virtual", is_flag=True,
-              help="Measure it with complete agents on the in-memory network in virtual time.")
-@click.option("--netns", is_flag=True, help="Agents in network namespaces (root; not built yet).")
+              help="Fleet level, the mesh's latency measured with complete agents in virtual time.")
+@click.option("--netns", is_flag=True,
+              help="Play the spike with one agent process per network namespace (root; nftables).")
+@click.option("--workers", type=int, help="With --real-network: worker processes for the agents (default 2).")
+@click.option("--loss", type=float, help="With --netns: random drop of the mesh's datagrams, percent.")
 @click.option("--out", type=click.Path(path_type=Path), default=Path("sim-out"), show_default=True,
               help="Directory for report.json and summary.png.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as one JSON object, last line.")
 def sim_run(scenario: str, nodes: int | None, seed: int | None, duration: float | None, dt: float | None,
-            real_network: bool, virtual: bool, netns: bool, out: Path, as_json: bool) -> None:
-    """Run SCENARIO under none, droop, central and mesh; print the summary; write the plots."""
+            real_network: bool, virtual: bool, netns: bool, workers: int | None, loss: float | None,
+            out: Path, as_json: bool) -> None:
+    """Run SCENARIO under none, droop, central and mesh; print the summary; write the plots.
+
+    \b
+    default          the fleet level: every baseline, the mesh's latency from calibration
+    --virtual        the same, the mesh's latency measured in this run (virtual time)
+    --real-network   the scenario's spike answered by real agents in separate processes over
+                     real UDP on 127.86.x.y:7946, the site over Modbus TCP (none, central
+                     with its OCPP dispatch timed for real, mesh)
+    --netns          the same, one agent per network namespace; partitions and --loss are
+                     nftables rules between them (root, ip, nft; none and mesh)
+    """
     _need_sim_extra()
-    if sum((real_network, virtual, netns)) > 1:
-        raise click.UsageError("choose one of --real-network, --virtual, --netns")
-    if netns:
-        raise MeshagentError("--netns: the network-namespace runner is not built yet (issue 14); "
-                             "use --real-network")
+    chosen = [flag for flag, on in (("--real-network", real_network), ("--virtual", virtual), ("--netns", netns)) if on]
+    if len(chosen) > 1:
+        raise MeshagentError(f"{chosen[0]} with {chosen[1]}: choose one of --real-network, --virtual, --netns")
+    if workers is not None and not real_network:
+        raise MeshagentError("--workers: only with --real-network (--netns runs one process per namespace)")
+    if workers is not None and not 1 <= workers <= 64:
+        raise MeshagentError(f"--workers: expected 1 to 64, got {workers}")
+    if loss is not None and not netns:
+        raise MeshagentError("--loss: only with --netns (the drop is an nftables rule between namespaces)")
+    if loss is not None and not 0 <= loss <= 100:
+        raise MeshagentError(f"--loss: expected a percentage 0 to 100, got {loss:g}")
+    if dt is not None and (real_network or netns):
+        raise MeshagentError(f"--dt: {chosen[0]} runs on the real clock, not in steps")
+    if duration is not None and (real_network or netns) and not 1 <= duration <= 600:
+        raise MeshagentError(f"--duration: with {chosen[0]}, the spike's hold in seconds, 1 to 600; got {duration:g}")
     from rich.console import Console
     from rich.progress import Progress
 
     from sims.report import summary_table
-    from sims.runner import run
 
-    latency = "real-network" if real_network else "virtual" if virtual else "calibrated"
     console = Console(stderr=as_json)
-    with Progress(console=console, transient=True) as bar:
-        tasks: dict[str, Any] = {}
+    if real_network or netns:
+        from sims.realnet import HOLD_S, run_real
 
-        def progress(baseline: str, fraction: float) -> None:
-            if baseline not in tasks:
-                tasks[baseline] = bar.add_task(baseline, total=1.0)
-            bar.update(tasks[baseline], completed=fraction)
+        report = run_real(scenario, mode="netns" if netns else "real-network", nodes=nodes, seed=seed,
+                          workers=workers or 2, loss_pct=loss or 0.0, hold_s=duration or HOLD_S, out=out,
+                          progress=lambda line: console.print(f"[dim]{line}[/dim]"))
+        console.print(summary_table(report))
+        console.print(f"runner: {report['runner']}")
+    else:
+        from sims.runner import run
 
-        report = run(scenario, nodes=nodes, seed=seed, duration_s=duration, dt_s=dt, out=out,
-                     mesh_latency=latency, progress=progress)
-    console.print(summary_table(report))
-    console.print(f"report: {report['files']['json']}\nplots:  {report['files']['plots']}")
+        latency = "virtual" if virtual else "calibrated"
+        with Progress(console=console, transient=True) as bar:
+            tasks: dict[str, Any] = {}
+
+            def progress(baseline: str, fraction: float) -> None:
+                if baseline not in tasks:
+                    tasks[baseline] = bar.add_task(baseline, total=1.0)
+                bar.update(tasks[baseline], completed=fraction)
+
+            report = run(scenario, nodes=nodes, seed=seed, duration_s=duration, dt_s=dt, out=out,
+                         mesh_latency=latency, progress=progress)
+        console.print(summary_table(report))
+    files = report["files"]
+    console.print(f"report: {files['json']}" + (f"\nplots:  {files['plots']}" if "plots" in files else ""))
     if as_json:
         click.echo(json.dumps(report, sort_keys=True))
 

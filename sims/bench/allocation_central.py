@@ -40,8 +40,9 @@ from websockets.typing import Subprotocol
 
 from protocol.allocation.plan import MemberOffer, plan
 from sims.bench.allocation_mesh import LIMIT_W, WEIGHT, agent_id
-from sims.bench.children import Child, stop_all
 from sims.csms_server import on  # the ocpp package's route decorator, typed
+from sims.procs import Child, stop_all
+from sims.procs import say as _say
 
 SUBPROTOCOL = Subprotocol("ocpp2.0.1")
 CONNECT_CONCURRENCY = 32  # stations opening their WebSocket at once (the listen backlog is 100)
@@ -58,11 +59,6 @@ async def _stdin_lines() -> Any:
     await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
     while line := await reader.readline():
         yield line.decode().split()
-
-
-def _say(line: str) -> None:
-    sys.stdout.write(line + "\n")
-    sys.stdout.flush()
 
 
 def _profile(trial: int, share_w: float) -> call.SetChargingProfile:

@@ -14,7 +14,7 @@ Agents boot ``JOIN_STAGGER_S`` apart (chargers do not all boot in the same milli
 worker says ``ready`` once each of its agents sees all N live and every offer, and the parent
 then waits for ``SETTLE_S`` without a new suspicion anywhere before the first spike.
 
-The parent drives one spike at a time over the workers' stdin/stdout (``sims.bench.children``):
+The parent drives one spike at a time over the workers' stdin/stdout (``sims.procs``):
 
 1. ``arm K`` to every worker: each forgets the last spike's applies;
 2. ``spike K DEFICIT`` to worker 0: it reads ``time.monotonic()`` and at once calls the
@@ -32,14 +32,13 @@ The parent drives one spike at a time over the workers' stdin/stdout (``sims.ben
    ``covered`` figure: what the meter sees, whoever applied);
 6. ``end K`` releases the shares (the spike's END) before the next spike.
 
-Workers exit when their stdin closes (``sims.bench.children``), so none outlives the parent.
+Workers exit when their stdin closes (``sims.procs``), so none outlives the parent.
 """
 
 from __future__ import annotations
 
 import json
 import math
-import os
 import random
 import sys
 import time
@@ -50,7 +49,8 @@ import trio
 from meshagent.transport.base import Address
 from protocol.identity import NodeIdentity
 from protocol.swim import SwimConfig
-from sims.bench.children import Child, TimedOut, stop_all
+from sims.procs import Child, TimedOut, command_lines, slices, stop_all
+from sims.procs import say as _say
 from sims.testpki import Pki
 
 PORT = 7946
@@ -109,22 +109,6 @@ class _Applies:
             _say(f"done {self.trial} {len(self.at)} {last!r} {missing or '-'}")
 
 
-def _say(line: str) -> None:
-    os.write(sys.stdout.fileno(), line.encode() + b"\n")
-
-
-async def _lines(stream: trio.lowlevel.FdStream) -> Any:
-    buffer = b""
-    while True:
-        while b"\n" in buffer:
-            line, _, buffer = buffer.partition(b"\n")
-            yield line.decode().split()
-        chunk = await stream.receive_some(65536)
-        if not chunk:
-            return
-        buffer += chunk
-
-
 async def worker(n: int, lo: int, hi: int, now_ms: int, seed: Address | None, join_timeout_s: float) -> None:
     from meshagent.allocation.service import Allocator
     from meshagent.control.detect import Phase, Spike
@@ -154,7 +138,6 @@ async def worker(n: int, lo: int, hi: int, now_ms: int, seed: Address | None, jo
                       round2_after_s=0.05, ttl_ms=60_000, renew_every_s=30.0)
             for i, node in zip(range(lo, hi), nodes, strict=True)
         ]
-        stdin = trio.lowlevel.FdStream(os.dup(sys.stdin.fileno()))
         async with trio.open_nursery() as nursery:
             for node, alloc in zip(nodes, allocs, strict=True):
                 await nursery.start(node.run)
@@ -163,7 +146,7 @@ async def worker(n: int, lo: int, hi: int, now_ms: int, seed: Address | None, jo
                 # the seed a join storm the spikes have nothing to do with
                 await trio.sleep(JOIN_STAGGER_S)
             nursery.start_soon(_join, n, nodes, allocs, join_timeout_s)
-            async for cmd in _lines(stdin):
+            async for cmd in command_lines():
                 if cmd[0] == "arm":
                     applies.arm(int(cmd[1]))
                     _say(f"armed {cmd[1]}")
@@ -251,13 +234,12 @@ class MeshFleet:
     def __init__(self, n: int, workers: int, join_timeout_s: float) -> None:
         self.n = n
         self.workers: list[Child] = []
-        bounds = [round(n * w / workers) for w in range(workers + 1)]
         now_ms = time.time_ns() // 1_000_000
         started = time.monotonic()
         try:
             seed: list[str] = []
-            for w in range(workers):
-                args = [str(n), str(bounds[w]), str(bounds[w + 1]), str(now_ms), str(join_timeout_s), *seed]
+            for w, share in enumerate(slices(n, workers)):
+                args = [str(n), str(share.start), str(share.stop), str(now_ms), str(join_timeout_s), *seed]
                 child = Child(f"mesh-worker-{w}", "sims.bench.allocation_mesh", args)
                 self.workers.append(child)
                 bound = child.expect("bound", time.monotonic() + 60)
