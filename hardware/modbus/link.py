@@ -13,8 +13,9 @@ either returns exactly what the device sent, validated, or raises ``DeviceFault`
                          transaction id, unit, function, length or CRC
     DISCONNECTED         connect refused, peer closed, serial port gone, or in backoff
 
-After a TIMEOUT or BAD_FRAME the connection is dropped (a late reply would otherwise be
-read as the answer to the next request) and reopened on the next call. Reconnects back off
+After a TIMEOUT or BAD_FRAME, or a request cancelled by its caller, the connection is
+dropped (a late reply would otherwise be read as the answer to the next request) and
+reopened on the next call. Reconnects back off
 exponentially (``backoff_min_s`` doubling to ``backoff_max_s``); a call made during the
 backoff fails at once with DISCONNECTED instead of sleeping, so a 10 ms control loop is
 never blocked by a dead device: it sees a fault and acts on it.
@@ -161,6 +162,11 @@ class _LinkBase:
             except trio.TooSlowError:
                 self._drop()
                 raise self._fault(FaultKind.TIMEOUT, f"no reply within {self.timeout_s * 1e3:g} ms") from None
+            except trio.Cancelled:
+                # the caller gave up (the control loop's meter task, at its sensor deadline):
+                # a late reply would be read as the answer to the next request
+                self._drop()
+                raise
             except _BadFrame as exc:
                 self._drop()
                 raise self._fault(FaultKind.BAD_FRAME, str(exc)) from None

@@ -110,7 +110,7 @@ class Allocator:
         self._epochs: dict[Scope, int] = {}
         self._wake = trio.Event()
         self._sent = self._received = self._acks_sent = self._acks_received = self._deferred = 0
-        node.on_message(Ack, self._on_ack)
+        node.on_message(Ack, self._on_ack, first=True)  # a spike's ACKs do not wait behind gossip
 
     # --- inputs ----------------------------------------------------------------------------
 

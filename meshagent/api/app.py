@@ -7,13 +7,14 @@ hypercorn's trio worker inside the agent's nursery (one process, no thread). Eve
 reads the node's in-memory view and never blocks, so a request costs a few hundred
 microseconds even with 1,000 members in view (``meshagent bench api``).
 
-Each route declares who may call it, in one table (``ROUTES``):
+The app is put together from one module per job:
 
-- ``read``: a bearer token of the ``utility-reader`` or ``operator`` role;
-- ``write``: the ``operator`` token;
-- ``loopback``: no token, but only from a loopback address (``/healthz``, ``/readyz``,
-  ``/metrics``: probes and a local scraper);
-- ``public``: the page itself and ``/openapi.json``, which carry no data.
+- ``meshagent.api.routes``: the routes as one table (``ROUTES``: method, path, who may call
+  it, summary, parameters) and the OpenAPI document rendered from it;
+- ``meshagent.api.bodies``: what each route answers (and the parser of what a caller sends);
+- ``meshagent.api.metrics``: ``/metrics``, every ``statistics()`` of the agent;
+- this module: ``AgentView`` (what the API reads and acts on), the access check, the
+  handlers bound to the table's rows, and the event hub.
 
 With ``[api] tls`` configured, a second listener speaks TLS and requires a client certificate
 from the operator's X.509 CA (``api.client_ca``); its requests are the ``operator`` role
@@ -41,35 +42,35 @@ from __future__ import annotations
 import ipaddress
 import json
 import logging
-import math
-import re
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from importlib import resources
 from typing import Any
 
 import attrs
 import trio
-from prometheus_client import CollectorRegistry, Counter, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from meshagent.api.auth import READERS, WRITERS, Tokens
-from meshagent.api.faults import describe
+from meshagent.api.bodies import (
+    BadRequest,
+    capacity_body,
+    faults_body,
+    members_body,
+    request_params,
+    spikes_body,
+    stats_body,
+    transformers_body,
+)
+from meshagent.api.metrics import ApiMetrics
+from meshagent.api.routes import ROUTES, RouteSpec, openapi_document
 
 log = logging.getLogger("meshagent.api")
 
 SNAPSHOT_PERIOD_S = 1.0
 KEEPALIVE_S = 15.0
-MAX_BODY_BYTES = 16 * 1024
-
-
-class BadRequest(Exception):
-    def __init__(self, field: str, message: str) -> None:
-        super().__init__(message)
-        self.field = field
 
 
 @attrs.define
@@ -145,7 +146,7 @@ class EventHub:
     async def _snapshots(self, view: AgentView) -> None:
         last: dict[str, str] = {}
         while True:
-            for name, body in (("faults", _faults(view)), ("spikes", _spikes(view))):
+            for name, body in (("faults", faults_body(view.node)), ("spikes", spikes_body(view.spikes))):
                 text = json.dumps(body, sort_keys=True, default=str)
                 if last.get(name) != text:
                     if name in last:
@@ -154,246 +155,7 @@ class EventHub:
             await trio.sleep(SNAPSHOT_PERIOD_S)
 
 
-# --- what the routes read -------------------------------------------------------------------------
-
-
-def _record_age(node: Any, node_id: str) -> float | None:
-    rec = node.record(node_id)
-    if rec is None:
-        return None
-    return float(round(max(0, node.endpoint.wall_clock_ms() - rec.updated_at_ms) / 1000, 3))
-
-
-def _member_row(node: Any, node_id: str, status: str, incarnation: int, address: Any, site_id: str,
-                transformer_id: str, since_s: float | None) -> dict[str, Any]:
-    from meshagent.transport.udp import format_address
-
-    rec = node.record(node_id)
-    return {
-        "node_id": node_id, "status": status, "incarnation": incarnation,
-        "address": format_address(address), "site_id": site_id, "transformer_id": transformer_id,
-        "record_age_s": _record_age(node, node_id), "since_s": since_s,
-        "discharge_available_w": None if rec is None else rec.discharge_available_w,
-        "soc": None if rec is None else rec.soc,
-        "faults": [] if rec is None else list(rec.faults),
-    }
-
-
-def members_body(node: Any) -> dict[str, Any]:
-    now = trio.current_time()
-    rows = [_member_row(node, node.node_id, "alive (self)", node.core.incarnation, node.address,
-                        node.local.site_id, node.local.transformer_id, None)]
-    for m in sorted(node.members(), key=lambda m: m.node_id):
-        rows.append(_member_row(node, m.node_id, m.status.value, m.incarnation, m.address, m.site_id,
-                                m.transformer_id, round(now - m.changed_at, 3)))
-    return {"node_id": node.node_id, "members": rows}
-
-
-def capacity_body(
-    node: Any, scope_text: str, headroom_w: Callable[[], Mapping[str, float]] | None = None
-) -> dict[str, Any]:
-    from meshagent.agent import parse_scope
-    from meshagent.allocation.capacity import breakdown_json, transformer_aware
-
-    try:
-        scope = parse_scope(scope_text)
-    except ValueError as exc:
-        raise BadRequest("scope", str(exc)) from None
-    cap = node.capacity(scope)
-    body: dict[str, Any] = {
-        "scope": {"kind": cap.scope.kind.name.lower(), "id": cap.scope.id},
-        "discharge_available_w": cap.discharge_available_w,
-        "energy_above_min_soc_wh": cap.energy_above_min_soc_wh,
-        "nodes": cap.nodes,
-        "nodes_with_faults": cap.nodes_with_faults,
-        "oldest_updated_at_ms": cap.oldest_updated_at_ms,
-        "answered_by": node.node_id,
-    }
-    if hasattr(node, "core"):  # a MeshNode (the API's test doubles have no membership core)
-        # each transformer counted at most its headroom, with the breakdown (docs/allocation.md)
-        body.update(breakdown_json(transformer_aware(node, cap.scope, headroom_w() if headroom_w else {})))
-    return body
-
-
-def transformers_body(node: Any) -> list[dict[str, Any]]:
-    """Capacity per transformer in view (for the page)."""
-    from protocol.state import Scope
-
-    ids = {node.local.transformer_id} | {m.transformer_id for m in node.members()}
-    out = []
-    for tid in sorted(ids):
-        cap = node.capacity(Scope.transformer(tid))
-        out.append({"transformer_id": tid, "discharge_available_w": cap.discharge_available_w,
-                    "energy_above_min_soc_wh": cap.energy_above_min_soc_wh, "nodes": cap.nodes,
-                    "nodes_with_faults": cap.nodes_with_faults})
-    return out
-
-
-def _faults(view: AgentView) -> dict[str, Any]:
-    node = view.node
-    rows = []
-    ids = [node.node_id, *sorted(m.node_id for m in node.members())]
-    for node_id in ids:
-        rec = node.record(node_id)
-        if rec is None:
-            continue
-        for code in rec.faults:
-            rows.append({"node_id": node_id, **describe(code), "record_age_s": _record_age(node, node_id)})
-    return {"faults": rows}
-
-
-def _jsonable(item: Any) -> Any:
-    if attrs.has(type(item)):
-        return attrs.asdict(item, value_serializer=lambda _i, _a, v: v.name.lower() if hasattr(v, "name") and not isinstance(v, str | int) else v)
-    return item
-
-
-def _spikes(view: AgentView) -> dict[str, Any]:
-    if view.spikes is None:
-        return {"allocation": False, "spikes": []}
-    return {"allocation": True, "spikes": [_jsonable(s) for s in view.spikes()]}
-
-
-def stats_body(view: AgentView, api_stats: dict[str, Any]) -> dict[str, Any]:
-    body: dict[str, Any] = {"node": attrs.asdict(view.node.statistics())}
-    body.update({name: _plain(fn()) for name, fn in sorted(view.stats_sources.items())})
-    body["api"] = api_stats
-    return body
-
-
-def _plain(stats: Any) -> Any:
-    return attrs.asdict(stats) if attrs.has(type(stats)) else stats
-
-
-# --- metrics ----------------------------------------------------------------------------------------
-
-_NAME = re.compile(r"[^a-zA-Z0-9_]")
-
-
-def _flatten(prefix: str, value: Any, out: list[tuple[str, dict[str, str], float]]) -> None:
-    """Numbers become samples; a dict of numbers becomes one metric labelled by ``key``."""
-    if attrs.has(type(value)):  # a record: one metric per field
-        for field in attrs.fields(type(value)):
-            _flatten(f"{prefix}_{field.name}", getattr(value, field.name), out)
-        return
-    if isinstance(value, bool):
-        out.append((prefix, {}, float(value)))
-    elif isinstance(value, int | float):
-        if math.isfinite(value):
-            out.append((prefix, {}, float(value)))
-    elif isinstance(value, dict):
-        numeric = [isinstance(v, int | float) and not isinstance(v, bool) for v in value.values()]
-        if value and all(numeric):  # e.g. drops by reason: one metric, labelled
-            for key, sub in value.items():
-                if math.isfinite(sub):
-                    out.append((prefix, {"key": str(key)}, float(sub)))
-        else:
-            for key, sub in value.items():
-                _flatten(f"{prefix}_{_NAME.sub('_', str(key))}", sub, out)
-
-
-class _StatsCollector:
-    """Renders every ``statistics()`` the agent holds, generically: counters other parts add
-    appear in /metrics without this file changing."""
-
-    def __init__(self, view: AgentView) -> None:
-        self.view = view
-
-    def collect(self) -> Any:
-        node = self.view.node
-        s = node.statistics()
-        m = s.membership
-        members = GaugeMetricFamily("meshagent_members", "Members in this node's view by state", labels=["status"])
-        for status in ("alive", "suspect", "dead", "left"):
-            members.add_metric([status], getattr(m, status))
-        yield members
-        yield GaugeMetricFamily("meshagent_health_score", "Local health (awareness) score; 0 is healthy", value=m.health_score)
-        dropped = CounterMetricFamily("meshagent_dropped", "Datagrams dropped, by reason", labels=["reason"])
-        for reason, count in sorted(s.dropped.items()):
-            dropped.add_metric([reason], count)
-        yield dropped
-        sources: list[tuple[str, Any]] = [("node", s)]
-        for name, fn in sorted(self.view.stats_sources.items()):
-            try:
-                sources.append((name, fn()))
-            except Exception:  # a broken source must not take /metrics down
-                log.exception("statistics source %s failed", name)
-        families: dict[str, GaugeMetricFamily] = {}
-        for name, stats in sources:
-            samples: list[tuple[str, dict[str, str], float]] = []
-            _flatten(f"meshagent_{_NAME.sub('_', name)}", stats, samples)
-            for metric, labels, value in samples:
-                fam = families.get(metric)
-                if fam is None:
-                    fam = families[metric] = GaugeMetricFamily(metric, f"{name} statistics", labels=sorted(labels))
-                fam.add_metric([labels[k] for k in sorted(labels)], value)
-        yield from families.values()
-
-
 # --- the app ------------------------------------------------------------------------------------------
-
-
-@attrs.frozen
-class RouteSpec:
-    method: str
-    path: str
-    access: str  # read, write, loopback, public
-    summary: str
-    params: tuple[tuple[str, str, bool], ...] = ()  # (name, in, required)
-
-
-ROUTES: tuple[RouteSpec, ...] = (
-    RouteSpec("GET", "/", "public", "The operator's web page (no data without a token)."),
-    RouteSpec("GET", "/openapi.json", "public", "This description."),
-    RouteSpec("GET", "/healthz", "loopback", "Liveness: the process serves requests."),
-    RouteSpec("GET", "/readyz", "loopback", "Readiness: the mesh node is running."),
-    RouteSpec("GET", "/metrics", "loopback", "Prometheus metrics (every statistics() of the agent)."),
-    RouteSpec("GET", "/v1/members", "read", "This node's view of the mesh."),
-    RouteSpec("GET", "/v1/capacity", "read", "Aggregate discharge capacity of live members in a scope.",
-              (("scope", "query", False),)),
-    RouteSpec("GET", "/v1/transformers", "read", "Capacity per transformer in view."),
-    RouteSpec("GET", "/v1/spikes", "read", "Recent spikes, plans, applied shares and residual (when the allocation runs)."),
-    RouteSpec("GET", "/v1/faults", "read", "Active fault codes in the mesh, with meaning and what clears them."),
-    RouteSpec("GET", "/v1/stats", "read", "Every statistics() record of the agent, as JSON."),
-    RouteSpec("GET", "/v1/authorize/{token}", "read", "Local authorization decision for an id token.",
-              (("token", "path", True), ("type", "query", False))),
-    RouteSpec("GET", "/v1/authorize", "read", "As /v1/authorize/{token}, with id_token= in the query.",
-              (("id_token", "query", True), ("type", "query", False))),
-    RouteSpec("GET", "/v1/events", "read", "Server-sent events: membership, faults, spikes."),
-    RouteSpec("POST", "/v1/join", "write", "Join through seeds (remembered across restarts).", (("seeds", "query", True),)),
-    RouteSpec("POST", "/v1/leave", "write", "Leave the mesh gracefully and stop the agent."),
-    RouteSpec("POST", "/v1/revoke", "write", "Apply and spread a CA-signed revocation (hex).", (("record", "query", True),)),
-    RouteSpec("POST", "/v1/revocations", "write", "Old name of /v1/revoke.", (("record", "query", True),)),
-    RouteSpec("POST", "/v1/control/clear-faults", "write",
-              "Ask the control loop to clear its latched faults; answers 202 with the request's id."),
-    RouteSpec("GET", "/v1/control/clear-faults", "write",
-              "The control loop's answer to a clear-faults request: each code cleared or refused, with the cause.",
-              (("id", "query", True),)),
-)
-
-
-def openapi_document(routes: Sequence[RouteSpec] = ROUTES) -> dict[str, Any]:
-    paths: dict[str, Any] = {}
-    for r in routes:
-        op: dict[str, Any] = {"summary": r.summary, "responses": {"200": {"description": "OK"}}}
-        if r.access in ("read", "write"):
-            op["security"] = [{"bearer": []}]
-            op["responses"]["401"] = {"description": "missing or wrong token", "content": {"application/json": {}}}
-            op["responses"]["403"] = {"description": "token of a role that may not do this", "content": {"application/json": {}}}
-            op["x-roles"] = sorted(READERS if r.access == "read" else WRITERS)
-        elif r.access == "loopback":
-            op["x-access"] = "loopback only, no token"
-            op["responses"]["403"] = {"description": "asked from a non-loopback address"}
-        if r.params:
-            op["parameters"] = [{"name": n, "in": where, "required": req, "schema": {"type": "string"}} for n, where, req in r.params]
-            op["responses"]["400"] = {"description": "bad request; JSON names the field", "content": {"application/json": {}}}
-        paths.setdefault(r.path, {})[r.method.lower()] = op
-    return {
-        "openapi": "3.1.0",
-        "info": {"title": "meshagent node API", "version": "1"},
-        "components": {"securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}}},
-        "paths": paths,
-    }
 
 
 def _is_loopback(request: Request) -> bool:
@@ -407,16 +169,13 @@ def _is_loopback(request: Request) -> bool:
 
 def build_app(view: AgentView, hub: EventHub | None = None) -> Starlette:
     hub = hub if hub is not None else EventHub()
-    registry = CollectorRegistry(auto_describe=False)
-    requests_total = Counter("meshagent_api_requests", "API requests by route and status", ["route", "status"], registry=registry)
-    denied_total = Counter("meshagent_api_denied", "API requests refused by reason", ["reason"], registry=registry)
-    registry.register(_StatsCollector(view))
+    metrics_ = ApiMetrics(view.node, view.stats_sources)
     counts: dict[str, Any] = {"requests": 0, "denied": {}, "errors": 0}
     page = resources.files("meshagent.api").joinpath("static/index.html").read_text()
     openapi = openapi_document()
 
     def deny(status: int, reason: str, message: str) -> JSONResponse:
-        denied_total.labels(reason).inc()
+        metrics_.denied_total.labels(reason).inc()
         counts["denied"][reason] = counts["denied"].get(reason, 0) + 1
         return JSONResponse({"error": message, "reason": reason}, status_code=status,
                             headers={"www-authenticate": "Bearer"} if status == 401 else None)
@@ -442,35 +201,15 @@ def build_app(view: AgentView, hub: EventHub | None = None) -> Starlette:
             return deny(403, "forbidden_role", f"role {role} may not do this (needs {' or '.join(sorted(allowed))})")
         return None
 
-    async def params(request: Request) -> dict[str, str]:
-        """Query parameters, and for a POST a JSON object body's fields too."""
-        out = dict(request.query_params)
-        if request.method == "POST":
-            body = await request.body()
-            if len(body) > MAX_BODY_BYTES:
-                raise BadRequest("body", f"body larger than {MAX_BODY_BYTES} bytes")
-            if body.strip():
-                try:
-                    data = json.loads(body)
-                except ValueError:
-                    raise BadRequest("body", "body must be a JSON object") from None
-                if not isinstance(data, dict):
-                    raise BadRequest("body", "body must be a JSON object")
-                for key, value in data.items():
-                    if isinstance(value, list):
-                        value = ",".join(map(str, value))
-                    out[str(key)] = str(value)
-        return out
-
     def endpoint(spec: RouteSpec, fn: Callable[[Request, dict[str, str]], Any]) -> Route:
         async def handle(request: Request) -> Response:
             counts["requests"] += 1
             refused = check(request, spec.access)
             if refused is not None:
-                requests_total.labels(spec.path, str(refused.status_code)).inc()
+                metrics_.requests_total.labels(spec.path, str(refused.status_code)).inc()
                 return refused
             try:
-                result = fn(request, await params(request))
+                result = fn(request, await request_params(request))
                 if hasattr(result, "__await__"):
                     result = await result
             except BadRequest as exc:
@@ -480,7 +219,7 @@ def build_app(view: AgentView, hub: EventHub | None = None) -> Starlette:
                 log.exception("API %s %s failed", spec.method, spec.path)
                 result = JSONResponse({"error": "internal error (logged by the agent)"}, status_code=500)
             response = result if isinstance(result, Response) else JSONResponse(result[1], status_code=result[0])
-            requests_total.labels(spec.path, str(response.status_code)).inc()
+            metrics_.requests_total.labels(spec.path, str(response.status_code)).inc()
             return response
 
         return Route(spec.path, handle, methods=[spec.method])
@@ -502,7 +241,7 @@ def build_app(view: AgentView, hub: EventHub | None = None) -> Starlette:
         return (200 if ready else 503), {"ready": ready, "node_id": node.node_id}
 
     def metrics(_r: Request, _p: dict[str, str]) -> Response:
-        return Response(generate_latest(registry), media_type="text/plain; version=0.0.4; charset=utf-8")
+        return Response(metrics_.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
 
     def members(_r: Request, _p: dict[str, str]) -> tuple[int, Any]:
         return 200, members_body(node)
@@ -514,13 +253,13 @@ def build_app(view: AgentView, hub: EventHub | None = None) -> Starlette:
         return 200, {"transformers": transformers_body(node), "answered_by": node.node_id}
 
     def spikes(_r: Request, _p: dict[str, str]) -> tuple[int, Any]:
-        return 200, _spikes(view)
+        return 200, spikes_body(view.spikes)
 
     def faults(_r: Request, _p: dict[str, str]) -> tuple[int, Any]:
-        return 200, _faults(view)
+        return 200, faults_body(node)
 
     def stats(_r: Request, _p: dict[str, str]) -> tuple[int, Any]:
-        return 200, stats_body(view, {**counts, "events_dropped": hub.dropped})
+        return 200, stats_body(node, view.stats_sources, {**counts, "events_dropped": hub.dropped})
 
     def authorize(token: str, token_type: str) -> tuple[int, Any]:
         from meshagent.csms.authsync import local_decision
@@ -622,7 +361,3 @@ def build_app(view: AgentView, hub: EventHub | None = None) -> Starlette:
     app.state.hub = hub
     app.state.counts = counts
     return app
-
-
-if __name__ == "__main__":  # python -m meshagent.api.app > docs/openapi.json
-    print(json.dumps(openapi_document(), indent=2, sort_keys=True))

@@ -12,9 +12,12 @@ One cycle, in order:
 
 1. **Meter.** A valid sample (finite, and newer than the last one) feeds spike detection, the droop, the predictive PID, the trip
    windows and the return-to-service timer. A meter silent or frozen is caught within
-   ``sensor_timeout`` (100 ms): the cycle that finds the newest sample
-   ``sensor_timeout - 2 x meter_period`` old raises the latched ``ERR_SENSOR_LOST``; until
-   then the last response is held.
+   ``sensor_timeout`` (100 ms): once the newest sample is ``sensor_timeout - 2 x meter_period``
+   old, the latched ``ERR_SENSOR_LOST`` is raised; until then the last response is held.
+   Who judges: ``step`` itself when driven from a table (``Inputs.meter_judged`` false);
+   in the loop, the meter's own task (``meter.py``), through ``observe_meter`` after each
+   read and ``judge_silence`` at ``sensor_deadline_s``, so that no device read of the cycle
+   can delay the raise.
 2. **Interlocks.** The tamper switch (``ERR_TAMPER``, latched, emergency opening of the
    contactors), welded contacts (``ERR_CONTACTOR_WELD``, latched), temperatures
    (``ERR_THERMAL``: derating, stop, cleared, with hysteresis), the vehicle's minimum SoC and
@@ -94,6 +97,9 @@ class Inputs:
     base_setpoint_w: float = 0.0  # the charging session's own setpoint (+ charge)
     read_at_s: float | None = None  # the loop's clock when the meter answered (None: ``now``)
     offer_hold: str = ""  # why the vehicle stays out of the offer though plugged in ("": it need not)
+    # True: ``meter`` was already judged fresh by ``observe_meter`` (the meter's own task),
+    # which is then also the one to raise ERR_SENSOR_LOST; None there means no fresh sample
+    meter_judged: bool = False
 
 
 class ContactorCommand(enum.StrEnum):
@@ -266,6 +272,59 @@ class ControlLogic:
         return out
 
     @property
+    def sensor_raise_after_s(self) -> float:
+        """Silence (since the newest valid sample was taken) at which ERR_SENSOR_LOST is raised.
+
+        ``sensor_timeout`` is the promise from the freeze; two ``meter_period`` are kept back:
+        one for how much later than the freeze a frozen sample can look (its reply's time in
+        flight, which ``arrival - Age`` cannot see), one for the judge's own lateness (the
+        wake-up of the task at the deadline, or the wait for the next read).
+        """
+        s = self.section
+        return float(s.sensor_timeout_s - 2 * s.meter_period_s)
+
+    def sensor_deadline_s(self) -> float:
+        """Loop time at which the meter's silence reaches ``sensor_raise_after_s``
+        (``inf``: ERR_SENSOR_LOST is latched already, or no read was judged yet)."""
+        if self._last_valid_s is None or Code.ERR_SENSOR_LOST in self.latched:
+            return math.inf
+        return self._last_valid_s + self.sensor_raise_after_s
+
+    def observe_meter(self, meter: MeterSample | None, read_at_s: float,
+                      sent_at_s: float | None = None) -> tuple[bool, list[FaultEvent]]:
+        """The meter's own task, after each read (``None``: no answer or a fault): is the
+        sample fresh, and has the silence reached the raise point on the clock at the read?
+
+        ``sent_at_s``: when the request went out. A device's ``Age`` says how old the sample
+        was when it answered, not when the answer reached us: the sample was taken between
+        its reported time less the round trip (``read_at_s - sent_at_s``) and its reported
+        time. It counts as new only if even the earlier end is newer than the newest sample,
+        so a frozen sample's later reads, whose times move with their replies' flight (up
+        to 10 ms on a loaded machine), never restart the timer.
+        The sample then goes to ``step`` with ``Inputs.meter_judged`` (fresh) or not at all.
+        """
+        if self._last_valid_s is None:
+            self._last_valid_s = read_at_s
+        round_trip_s = max(0.0, read_at_s - sent_at_s) if sent_at_s is not None else 0.0
+        ok = meter is not None and self._fresh(meter, read_at_s, round_trip_s)
+        return ok, self.judge_silence(read_at_s)
+
+    def judge_silence(self, now_s: float, event_at_s: float | None = None) -> list[FaultEvent]:
+        """Raise ERR_SENSOR_LOST if the newest valid sample is ``sensor_raise_after_s`` old at
+        ``now_s`` (the meter's task calls it at ``sensor_deadline_s`` even while no read has
+        come back)."""
+        events: list[FaultEvent] = []
+        if self._last_valid_s is None:
+            self._last_valid_s = now_s
+        silent_s = now_s - self._last_valid_s
+        if silent_s >= self.sensor_raise_after_s - 1e-9:
+            self.rts.reset()
+            self._raise(Code.ERR_SENSOR_LOST, now_s if event_at_s is None else event_at_s,
+                        f"no valid meter reading for {silent_s * 1e3:.0f} ms: discharge to 0",
+                        {"silent_ms": silent_s * 1e3, "timeout_ms": self.section.sensor_timeout_s * 1e3}, events)
+        return events
+
+    @property
     def last_sample_at_s(self) -> float | None:
         """When (loop clock) the newest valid meter sample was taken, as judged from its age."""
         return self._last_valid_s
@@ -298,7 +357,9 @@ class ControlLogic:
         events: list[FaultEvent] = []
         spikes: list[Spike] = []
         if self._started_s is None:
-            self._started_s = self._last_valid_s = now_s
+            self._started_s = now_s
+        if self._last_valid_s is None:
+            self._last_valid_s = now_s
         share_w = inputs.share_w if math.isfinite(inputs.share_w) else 0.0
         covered_w = inputs.covered_w
         if covered_w is None:  # alone: what this charger has taken off the meter
@@ -310,7 +371,10 @@ class ControlLogic:
         # Freshness is judged on the clock at the read, not on the grid deadline: a late
         # cycle must neither make a sample look older nor hide how long the meter is silent.
         clock_s = now_s if inputs.read_at_s is None else max(now_s, inputs.read_at_s)
-        meter_ok = meter is not None and self._fresh(meter, clock_s)
+        if inputs.meter_judged:
+            meter_ok = meter is not None
+        else:
+            meter_ok = meter is not None and self._fresh(meter, clock_s)
         in_rts_band = False
         pid_state: PidState | None = None
         if meter_ok:
@@ -345,16 +409,15 @@ class ControlLogic:
                              "clearing_time_s": trip.stage.clearing_time_s}, events)
         assert self._last_valid_s is not None
         silent_s = clock_s - self._last_valid_s  # since the newest valid sample was taken
-        # A frozen meter must be caught within sensor_timeout of the freeze. Raise once the
-        # newest sample is two meter_period short of it: one period is the wait for the next
-        # cycle on the grid, the other the frozen sample's reply in flight (its time looks
-        # that much later than the freeze) and this cycle's own reads before it decides.
-        if silent_s >= s.sensor_timeout_s - 2 * s.meter_period_s - 1e-9:
-            self.rts.reset()
+        # A frozen meter must be caught within sensor_timeout of the freeze
+        # (``sensor_raise_after_s``). A judged meter was judged by its own task, which
+        # raises; the cycle only drops the return-to-service band while silent.
+        if silent_s >= self.sensor_raise_after_s - 1e-9:
             in_rts_band = False
-            self._raise(Code.ERR_SENSOR_LOST, now_s,
-                        f"no valid meter reading for {silent_s * 1e3:.0f} ms: discharge to 0",
-                        {"silent_ms": silent_s * 1e3, "timeout_ms": s.sensor_timeout_s * 1e3}, events)
+            if inputs.meter_judged:
+                self.rts.reset()
+            else:
+                events.extend(self.judge_silence(clock_s, now_s))
 
         # 2. interlocks
         dev = inputs.device
@@ -365,7 +428,10 @@ class ControlLogic:
         outcomes: list[ClearOutcome] = []
         if self._clear_pending:
             self._clear_pending = False
-            outcomes = self._carry_out_clear(dev, meter_ok, in_rts_band, now_s, events)
+            # judged by the meter's task, a fresh sample may have come a moment before this
+            # cycle took it: the meter answers with fresh samples if the newest is recent
+            meter_answers = meter_ok or (inputs.meter_judged and silent_s <= 2 * s.meter_period_s + 1e-9)
+            outcomes = self._carry_out_clear(dev, meter_answers, in_rts_band, now_s, events)
 
         # 4. contactors and setpoint
         emergency = Code.ERR_TAMPER in self.latched
@@ -418,7 +484,7 @@ class ControlLogic:
                 setattr(self, f"nameplate_{name}_w", float(seen))
                 self.nameplate_source = "learned"
 
-    def _fresh(self, meter: MeterSample, now_s: float) -> bool:
+    def _fresh(self, meter: MeterSample, now_s: float, round_trip_s: float = 0.0) -> bool:
         """Is this meter sample valid and newer than the last, and how old is the newest?
 
         ``taken_at_s`` is on the device's clock, and over Modbus it is the reply's arrival
@@ -430,8 +496,13 @@ class ControlLogic:
         to arrive. A frozen sample can then seem newer only by the jitter of its reply's
         time in flight (which the driver's ``arrival - Age`` cannot see: a few ms), and it
         never restarts the timer: a frozen meter is caught within ``sensor_timeout`` of its last
-        sample, plus at most that jitter. The reference relaxes by 1000 ppm (clock drift)
-        and resets when the device's clock restarts.
+        sample, plus at most that jitter. With ``round_trip_s`` (the meter's task knows when
+        it sent the request) a sample is new only if, moved back by its round trip (the
+        earliest it can have been taken), it is still newer than the newest one: a frozen
+        sample is then never new after its first read, and the timer runs from that read's
+        time, late by one reply's flight at most (not the largest of all the reads that
+        followed). The reference relaxes by 1000 ppm (clock drift) and resets when the
+        device's clock restarts.
         """
         if not (math.isfinite(meter.load_w) and math.isfinite(meter.frequency_hz) and math.isfinite(meter.taken_at_s)):
             return False
@@ -446,7 +517,9 @@ class ControlLogic:
             ref = offset
         self._offset_ref_s, self._offset_at_s = ref, now_s
         age = offset - ref
-        advanced = self._newest_taken_s is None or taken > self._newest_taken_s
+        # new only if it was taken after the newest one even at the earliest it can have
+        # been (its round trip earlier): a frozen sample's reply jitter never makes it new
+        advanced = self._newest_taken_s is None or taken - round_trip_s > self._newest_taken_s
         if not advanced:
             return False
         self._newest_taken_s = taken

@@ -2,33 +2,34 @@
 
 Theory of operation
 -------------------
-``ControlLoop.run`` wakes on a fixed grid of deadlines on the trio clock
-(``start + k x meter_period``), so a late wake-up never shifts the later ones; a cycle that
-overruns a whole period skips the deadlines it missed instead of bursting to catch up. Each
-cycle:
+``ControlLoop.run`` runs two tasks on one grid of deadlines on the trio clock
+(``start + k x meter_period``): a late wake-up never shifts the later ones, and a task that
+overruns a whole period skips the deadlines it missed instead of bursting to catch up.
 
-1. reads the site meter and the inverter every cycle (the sample belongs to the cycle's
-   deadline on the grid), the vehicle link, thermal sensor and tamper switch every
-   ``device_period`` (over Modbus each read is a round trip); a device that faults is
-   replaced by its last good reading while that is younger than its period plus
-   ``sensor_timeout``; after that the cycle has no device state and the setpoint is 0;
-2. calls ``ControlLogic.step`` (the sans-IO core: every decision is there);
-3. carries out the decision: an emergency opening of the contactors first, then safe mode
-   on the inverter when asked (it refuses setpoints there) and a normal opening at zero
-   current, otherwise ``set_power`` when the setpoint changed or once a second to re-assert
-   it (releasing contactors held open first);
-4. hands spikes to ``on_spike`` (the allocation; until it exists, tests read them), writes
-   fault events to ``errors.jsonl``, and every ``telemetry_period`` one line to
-   ``telemetry.jsonl``;
-5. records the cycle time (real time, ``perf_counter``) and the wake-up jitter (trio clock),
-   and reports ``LATENCY_OVER_BUDGET`` when the cycle took longer than ``cycle_budget``.
+* The meter's task (``meter.py``) reads the site meter every period, judges each sample
+  as it arrives and raises ``ERR_SENSOR_LOST`` at the sensor deadline on its own schedule,
+  so no device read can delay it; the raise writes 0 W at once (``Actuator.zero``).
+* The cycle, each period:
+
+  1. takes the meter read of its period (waiting for it at most half a period), reads the
+     inverter every cycle and the vehicle link, thermal sensor and tamper switch every
+     ``device_period`` (over Modbus each read is a round trip); a device that faults is
+     replaced by its last good reading while that is younger than its period plus
+     ``sensor_timeout``; after that the cycle has no device state and the setpoint is 0;
+  2. calls ``ControlLogic.step`` (the sans-IO core: every decision is there);
+  3. has the ``Actuator`` (``actuate.py``) carry out the decision;
+  4. hands spikes to ``on_spike`` (the allocation), writes fault events to
+     ``errors.jsonl``, and every ``telemetry_period`` one line to ``telemetry.jsonl``;
+  5. records the cycle time (real time, ``perf_counter``) and the wake-up jitter (trio
+     clock), and reports ``LATENCY_OVER_BUDGET`` when the cycle took longer than
+     ``cycle_budget``.
 
 Under ``trio.testing.MockClock`` the same loop runs in virtual time against the simulated
 devices; the jitter is then 0 and the cycle time is the real CPU time of a cycle.
 
-Operator commands reach it two ways: ``request_clear_faults()`` in process, or the file
-``clear-faults.request`` in the state directory (``journal.request_clear``), which the loop
-looks for every telemetry period. Either way it first asks the inverter to clear its own
+Operator commands (``clearing.py``) reach it in process (``request_clear_faults``), through
+the API, or as the file ``clear-faults.request`` in the state directory, which the loop looks
+for every telemetry period. Either way the cycle first asks the inverter to clear its own
 latched faults (the tamper latch lives there), then the logic's.
 
 Adapter notes (``hardware.interfaces``): the inverter closes its contactors itself when it
@@ -65,7 +66,6 @@ from hardware.interfaces import (
     ContactorState,
     DeviceFault,
     Inverter,
-    InverterState,
     InverterStatus,
     SiteMeter,
     TamperReading,
@@ -76,17 +76,18 @@ from hardware.interfaces import (
     VehicleStatus,
 )
 from meshagent.control import journal
+from meshagent.control.actuate import Actuator
+from meshagent.control.clearing import ClearRequests, clear_inverter
 from meshagent.control.codes import Action, Code, FaultEvent
 from meshagent.control.detect import Phase, Spike
 from meshagent.control.limits import DeviceState
-from meshagent.control.logic import ContactorCommand, ControlLogic, Decision, Inputs, MeterSample
+from meshagent.control.logic import ControlLogic, Decision, Inputs, MeterSample
+from meshagent.control.meter import CYCLE_WAIT_PERIODS, MeterTask
 from protocol.stats import percentile
 
 log = logging.getLogger("meshagent.control")
 
-SETPOINT_REFRESH_S = 1.0  # re-send an unchanged setpoint this often (a restarted inverter forgets)
 SAMPLES_KEPT = 20_000  # cycle-time and jitter samples kept for the percentiles
-CLEAR_ANSWERS_KEPT = 32  # answers to API clear-faults requests kept for their GET
 
 
 @attrs.frozen
@@ -169,6 +170,8 @@ class LoopStatistics:
     last_device_fault: str
     contactor_commands: int = 0  # open/close commands the inverter carried out
     emergency_openings: int = 0  # of which emergency openings under load (heavy wear)
+    meter_missed_periods: int = 0  # periods the meter's own task could not read on time
+    sensor_zero_writes: int = 0  # 0 W written at once on ERR_SENSOR_LOST, outside the cycle
 
 
 def _w(watts: float) -> float:
@@ -219,33 +222,52 @@ class ControlLoop:
         self.covered_w: float | None = None
         self.base_setpoint_w = 0.0
         self.last_decision: Decision | None = None
-        self.last_meter: MeterSample | None = None  # the allocation reads the measured loading
         self.last_status: InverterStatus | None = None
         self.last_vehicle: VehicleStatus | None = None
         self.last_device_state: DeviceState | None = None  # None: a device could not be read
         self._telemetry: journal.RotatingJsonLines | None = None
         self._errors: journal.ErrorLog | None = None
         self._held = {name: _Held() for name in ("inverter", "vehicle", "thermal", "tamper")}
-        self._clear_requested = False
-        self._clear_request_id: str | None = None  # of a file request, echoed in the answer file
-        self.pending_clear_ids: list[str] = []  # API requests waiting for the next cycle
-        self.clear_answers: collections.OrderedDict[str, dict[str, Any]] = collections.OrderedDict()
-        self._clear_done = trio.Event()
-        self.last_clear: dict[str, Any] | None = None  # the answer to the last clear-faults
+        self.meter = MeterTask(devices.meter, self.logic, section.meter_period_s, on_events=self._meter_events,
+                               on_fault=self._meter_fault, perf_clock=perf_clock)
+        self.actuator = Actuator(devices.inverter, hold_zero=lambda: bool(self.logic.latched),
+                                 on_fault=self._device_fault)
+        self.clears = ClearRequests(node_id, state_dir)
+        self._nursery: trio.Nursery | None = None
         self._saved_latched: tuple[str, ...] | None = None
-        self._last_written_w: float | None = None
-        self._last_write_s = -math.inf
         self._sample_perf: collections.OrderedDict[float, float] = collections.OrderedDict()
         self._cycle_s: collections.deque[float] = collections.deque(maxlen=SAMPLES_KEPT)
         self._jitter_s: collections.deque[float] = collections.deque(maxlen=SAMPLES_KEPT)
         self._detect_ms: list[float] = []
         self._detect_proc_ms: list[float] = []
         self._cycles = self._missed = self._over_budget = 0
-        self._spikes = self._meter_faults = self._device_faults = self._writes = 0
+        self._spikes = self._meter_faults = self._device_faults = 0
         self._last_device_fault = ""
-        self._contactor_commands = self._emergency_openings = 0
-        self.last_contactor_result: ContactorResult | None = None
         self.events: list[FaultEvent] = []  # every fault event, also in errors.jsonl (tests read it)
+
+    # --- read by the rest of the agent and the tests ---------------------------------------
+
+    @property
+    def last_meter(self) -> MeterSample | None:
+        """The meter's newest answer, fresh or not (the allocation reads the measured loading)."""
+        return self.meter.last_reading
+
+    @property
+    def last_contactor_result(self) -> ContactorResult | None:
+        return self.actuator.last_contactor_result
+
+    @property
+    def last_clear(self) -> dict[str, Any] | None:
+        """The answer to the last clear-faults (``ClearRequests.answer``'s shape)."""
+        return self.clears.last
+
+    @property
+    def clear_answers(self) -> collections.OrderedDict[str, dict[str, Any]]:
+        return self.clears.answers
+
+    @property
+    def pending_clear_ids(self) -> list[str]:
+        return self.clears.pending_ids
 
     # --- inputs from the rest of the agent -------------------------------------------------
 
@@ -262,20 +284,14 @@ class ControlLoop:
 
         With ``request_id``, the answer is kept in ``clear_answers[request_id]`` (the API's).
         """
-        self._clear_requested = True
-        if request_id is not None:
-            self.pending_clear_ids.append(request_id)
+        self.clears.request(request_id)
 
     async def clear_faults(self) -> dict[str, Any]:
-        """Clear-faults and wait for the answer (the next cycle): ``_answer_clear``'s shape.
+        """Clear-faults and wait for the answer (the next cycle): ``ClearRequests.answer``'s shape.
 
         Wrap in ``trio.fail_after``: a loop that is not running never answers.
         """
-        self._clear_requested = True
-        done = self._clear_done
-        await done.wait()
-        assert self.last_clear is not None
-        return self.last_clear
+        return await self.clears.wait_answer()
 
     def report_latency(self, what: str, elapsed_s: float, budget_s: float) -> None:
         """Any round trip with a budget (allocation, gossip) reports overruns here."""
@@ -284,6 +300,7 @@ class ControlLoop:
             self._log(event)
 
     def statistics(self) -> LoopStatistics:
+        a, m = self.actuator, self.meter.statistics()
         return LoopStatistics(
             cycles=self._cycles, missed_periods=self._missed,
             cycle_p50_ms=_pct(self._cycle_s, 0.50) * 1e3, cycle_p99_ms=_pct(self._cycle_s, 0.99) * 1e3,
@@ -291,10 +308,11 @@ class ControlLoop:
             jitter_p99_ms=_pct(self._jitter_s, 0.99) * 1e3, jitter_max_ms=max(self._jitter_s, default=0.0) * 1e3,
             over_budget=self._over_budget, detect_ms=tuple(self._detect_ms),
             detect_processing_ms=tuple(self._detect_proc_ms), spikes_handed=self._spikes,
-            meter_faults=self._meter_faults, device_faults=self._device_faults, setpoint_writes=self._writes,
+            meter_faults=self._meter_faults, device_faults=self._device_faults, setpoint_writes=a.writes,
             telemetry_lines=self._telemetry.lines if self._telemetry else 0,
             error_lines=self._errors.lines if self._errors else 0, last_device_fault=self._last_device_fault,
-            contactor_commands=self._contactor_commands, emergency_openings=self._emergency_openings,
+            contactor_commands=a.contactor_commands, emergency_openings=a.emergency_openings,
+            meter_missed_periods=m.missed_periods, sensor_zero_writes=a.zero_writes,
         )
 
     # --- the loop ----------------------------------------------------------------------------
@@ -309,10 +327,12 @@ class ControlLoop:
             self._errors = journal.ErrorLog(self.state_dir / journal.ERRORS_FILE, self.node_id)
         try:
             async with trio.open_nursery() as nursery:
+                self._nursery = nursery
                 nursery.start_soon(self._watch_sighup)
                 await self._run(cycles, task_status)
                 nursery.cancel_scope.cancel()
         finally:
+            self._nursery = None
             for f in (self._telemetry, self._errors):
                 if f is not None:
                     f.close()
@@ -344,6 +364,8 @@ class ControlLoop:
         if self.state_dir is not None:
             for event in self.logic.restore_latched(journal.load_latched(self.state_dir), deadline):
                 self._log(event)
+        assert self._nursery is not None
+        await self._nursery.start(self.meter.run, deadline)
         task_status.started()
         k = 0
         while cycles is None or k < cycles:
@@ -353,7 +375,7 @@ class ControlLoop:
             # time: a 20 ms minimum duration is then exactly 3 samples, and the PID's dt
             # exactly one period, however late the scheduler woke us.
             if k % telemetry_every == 0:
-                self._poll_clear_request()
+                self.clears.poll_file()
             await self._cycle(deadline)
             if k % telemetry_every == 0:
                 self._write_telemetry(deadline)
@@ -369,38 +391,40 @@ class ControlLoop:
 
     async def _cycle(self, now: float) -> None:
         t0 = self._perf()
-        meter: MeterSample | None = None
-        try:
-            r = await self.devices.meter.read()
-            meter = MeterSample(r.active_power_w, r.frequency_hz, r.taken_at_s)
-            self.last_meter = meter
-        except DeviceFault as fault:
-            self._meter_faults += 1
-            self._last_device_fault = str(fault)
-        t_meter = self._perf()
-        read_at = trio.current_time()
-        self._sample_perf[now] = t_meter
-        while len(self._sample_perf) > 1000:
-            self._sample_perf.popitem(last=False)
+        # the meter's read of this period, judged by its own task (a meter that does not
+        # answer in time leaves this cycle without a sample, as a fault would)
+        with trio.move_on_at(now + CYCLE_WAIT_PERIODS * self.section.meter_period_s):
+            await self.meter.wait_for(now)
+        t_took = self._perf()
+        read = self.meter.take()
+        meter = read.sample if read is not None else None
+        read_at = read.read_at_s if read is not None else None
+        t_meter = read.read_perf_s if read is not None and meter is not None else self._perf()
+        if meter is not None:
+            self._sample_perf[now] = t_meter
+            while len(self._sample_perf) > 1000:
+                self._sample_perf.popitem(last=False)
 
         clearing: dict[str, Any] | None = None
-        if self._clear_requested:
+        if self.clears.take():
             # the inverter's own latches first (the tamper latch lives there), so this
             # cycle's reads already show what its clear did
-            self._clear_requested = False
-            clearing = await self._clear_inverter()
+            clearing = await clear_inverter(self.devices.inverter)
+            for name in ("inverter", "tamper"):  # read them again, after its clear
+                self._held[name].at_s = -math.inf
             self.logic.clear_faults(now)
         dev = await self._read_devices(now)
         hold = self._offer_hold() if self._offer_hold is not None else ""
         decision = self.logic.step(
-            Inputs(meter, dev, self.share_w, self.covered_w, self.base_setpoint_w, read_at, hold), now
+            Inputs(meter, dev, self.share_w, self.covered_w, self.base_setpoint_w, read_at, hold, meter_judged=True),
+            now,
         )
         self.last_decision = decision
         if self.logic.nameplate_source != self._nameplate_said:
             self._say_nameplate()
         for spike in decision.spikes:
             self._hand_on(spike, t_meter)
-        opened = await self._actuate(decision, now)
+        opened = await self.actuator.apply(decision, self.last_status, now)
         for event in decision.events:
             if opened is not None and event.code is Code.ERR_TAMPER and event.action is Action.RAISED:
                 event = attrs.evolve(event, figures={**event.figures, **opened})
@@ -408,9 +432,15 @@ class ControlLoop:
                 event = attrs.evolve(event, figures={**event.figures, **clearing})
             self._log(event)
         if clearing is not None:
-            self._answer_clear(decision, clearing, now)
+            self.clears.answer(decision, clearing, now)
         self._save_latched()
-        elapsed = self._perf() - t0
+        # the period's work, as when the cycle read the meter itself: the meter's read, then
+        # the cycle's own part (waiting for a read that did not come counts as the read)
+        if read is not None and read.deadline_s >= now - 1e-9:
+            meter_s = max(0.0, read.read_perf_s - read.start_perf_s)
+        else:
+            meter_s = t_took - t0
+        elapsed = meter_s + self._perf() - t_took
         self._cycle_s.append(elapsed)
         self._cycles += 1
         if elapsed > self.section.cycle_budget_s:
@@ -418,6 +448,18 @@ class ControlLoop:
             report = self.logic.report_latency("control_cycle", elapsed, self.section.cycle_budget_s, now)
             if report is not None:
                 self._log(report)
+
+    def _meter_events(self, events: list[FaultEvent]) -> None:
+        """The meter's task raised (ERR_SENSOR_LOST): log it, save the latch, 0 W now."""
+        for event in events:
+            self._log(event)
+        self._save_latched()
+        if Code.ERR_SENSOR_LOST in self.logic.latched and self._nursery is not None:
+            self._nursery.start_soon(self.actuator.zero, self.last_status, trio.current_time())
+
+    def _meter_fault(self, fault: DeviceFault) -> None:
+        self._meter_faults += 1
+        self._last_device_fault = str(fault)
 
     async def _read(self, name: str, read: Callable[[], Any], now: float, every_s: float) -> Any:
         """Read the device if its turn has come; its last good value while young enough."""
@@ -448,81 +490,6 @@ class ControlLoop:
         self.last_device_state = device_state(inv, veh, th, ta)
         return self.last_device_state
 
-    async def _clear_inverter(self) -> dict[str, Any]:
-        figures: dict[str, Any] = {}
-        try:
-            result = await self.devices.inverter.clear_faults()
-            figures["inverter_cleared"] = list(result.cleared)
-        except DeviceFault as fault:
-            figures["inverter_refused"] = str(fault)
-        for name in ("inverter", "tamper"):  # read them again, after its clear
-            self._held[name].at_s = -math.inf
-        return figures
-
-    def _answer_clear(self, decision: Decision, inverter: dict[str, Any], now: float) -> None:
-        """The answer to a clear-faults: each active code cleared, or refused with its cause.
-
-        What the inverter did rides on the cleared / clear_refused lines; with nothing of
-        ours active a clear logs nothing (clear-faults is idempotent).
-        """
-        outcomes = [o.as_json() for o in decision.clear_outcomes]
-        self.last_clear = {
-            "node": self.node_id, "t_s": round(now, 3), "codes": outcomes, **inverter,
-            "still_active": list(decision.faults), "ok": all(o["cleared"] for o in outcomes),
-        }
-        if self.state_dir is not None and self._clear_request_id is not None:
-            journal.write_clear_answer(self.state_dir, {"id": self._clear_request_id, **self.last_clear})
-        self._clear_request_id = None
-        for rid in self.pending_clear_ids:
-            self.clear_answers[rid] = self.last_clear
-        self.pending_clear_ids.clear()
-        while len(self.clear_answers) > CLEAR_ANSWERS_KEPT:
-            self.clear_answers.popitem(last=False)
-        done, self._clear_done = self._clear_done, trio.Event()
-        done.set()
-
-    async def _actuate(self, decision: Decision, now: float) -> dict[str, Any] | None:
-        """Carry out the decision; returns the figures of an emergency opening it made."""
-        inv = self.devices.inverter
-        status = self.last_status
-        opened: dict[str, Any] | None = None
-        welded = status is not None and status.contactor is ContactorState.WELDED
-        if decision.contactor is ContactorCommand.EMERGENCY_OPEN and not welded:
-            # before anything else, and on its own: a failure here must not keep safe mode off
-            try:
-                result = self._record(await inv.open_contactors(emergency=True))
-                opened = {"contactor": result.contactor.value, "under_load": result.under_load,
-                          "broken_power_w": result.broken_power_w}
-            except DeviceFault as fault:
-                self._device_fault(fault)
-        try:
-            if decision.safe_mode:
-                if status is None or status.state not in (InverterState.SAFE_MODE, InverterState.FAULT):
-                    await inv.set_safe_mode(True)
-                    self._last_written_w = None
-                if decision.contactor is ContactorCommand.OPEN and not welded:
-                    self._record(await inv.open_contactors())  # the logic saw zero current
-                return opened
-            if status is not None and status.state is InverterState.SAFE_MODE:
-                await inv.set_safe_mode(False)
-                self._last_written_w = None
-            if status is not None and status.state is InverterState.FAULT:
-                return opened  # it refuses setpoints until its own faults are cleared
-            w = decision.setpoint_w
-            if w != 0 and status is not None and status.contactors_held_open:
-                # the logic lets power through only when the contactor guard allows a closing
-                self._record(await inv.close_contactors())
-                self._last_written_w = None
-            if (self._last_written_w is None or abs(w - self._last_written_w) >= 0.1
-                    or now - self._last_write_s >= SETPOINT_REFRESH_S):
-                await inv.set_power(w)
-                self._last_written_w, self._last_write_s = w, now
-                self._writes += 1
-        except DeviceFault as fault:
-            self._device_fault(fault)
-            self._last_written_w = None
-        return opened
-
     def _say_nameplate(self) -> None:
         """Once per source: what the droop's base is and where it came from."""
         lg = self.logic
@@ -540,14 +507,6 @@ class ControlLoop:
     def _device_fault(self, fault: DeviceFault) -> None:
         self._device_faults += 1
         self._last_device_fault = str(fault)
-
-    def _record(self, result: ContactorResult) -> ContactorResult:
-        self.last_contactor_result = result
-        if result.changed:
-            self._contactor_commands += 1
-        if result.under_load:
-            self._emergency_openings += 1
-        return result
 
     # --- outputs ---------------------------------------------------------------------------
 
@@ -574,15 +533,6 @@ class ControlLoop:
         if latched != self._saved_latched:
             journal.save_latched(self.state_dir, latched)
             self._saved_latched = latched
-
-    def _poll_clear_request(self) -> None:
-        if self.state_dir is None:
-            return
-        request = journal.take_clear_request(self.state_dir)
-        if request is not None:
-            self._clear_requested = True
-            rid = request.get("id")
-            self._clear_request_id = rid if isinstance(rid, str) else ""
 
     def _write_telemetry(self, now: float) -> None:
         if self._telemetry is None:

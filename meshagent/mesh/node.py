@@ -12,8 +12,11 @@ Theory of operation
 * **streams**: ``transport.serve`` reads framed packets from incoming TCP streams (push-pull
   and TCP probes) and hands them to the core as ``reliable``.
 
-Flushing sends the core's ``Send``s: datagrams through the endpoint; ``reliable`` ones each on
-a new TCP stream in a task of its own, bounded by ``reliable_timeout_s``. The same message
+Flushing sends the core's ``Send``s: datagrams through the endpoint, at once and with no task
+switch when the socket takes them (``send_datagram_nowait``; only what would wait goes to a
+task); ``reliable`` ones each on a new TCP stream in a task of its own, bounded by
+``reliable_timeout_s``. The receive task drains a burst already waiting on the socket
+(``receive_datagram_nowait``, at most ``RECEIVE_BURST``) before it flushes once. The same message
 object sent to many members (an urgent broadcast) is sealed once. Events go to subscribers
 (``subscribe()``), which is how the allocation will hear urgent messages (``Delivered``).
 
@@ -42,7 +45,7 @@ from typing import Any
 import attrs
 import trio
 
-from meshagent.transport.base import Address, FramedStream, Transport, drop_reasons
+from meshagent.transport.base import Address, Datagram, FramedStream, Transport, drop_reasons
 from meshagent.trust.endpoint import (
     MAX_CERTIFICATES_PER_MESSAGE,
     SecureEndpoint,
@@ -56,6 +59,7 @@ from protocol.state import Capacity, Scope, StateRecord
 from protocol.stats import percentile
 from protocol.swim import (
     HANDLED_MESSAGES,
+    Ack,
     Delegate,
     Delivered,
     Ed25519Items,
@@ -69,6 +73,9 @@ from protocol.swim import (
     MemberRemoved,
     Membership,
     MembershipStatistics,
+    Nack,
+    Ping,
+    PingReq,
     PushPull,
     Rumors,
     Send,
@@ -81,6 +88,15 @@ from protocol.wire import Sealer, WireLimits
 
 RECENT_EVENTS = 256
 MAX_RELIABLE_INFLIGHT = 64
+# datagrams read off the socket per wake-up (probes among them are answered at once), and
+# datagrams of the rest handled per flush (bounded, so one busy node still lets the others
+# and its own timer run); datagrams read but not yet handled are at most WAITING_LIMIT
+RECEIVE_DRAIN = 64
+RECEIVE_BURST = 8
+WAITING_LIMIT = 128
+# handled as they are read, ahead of the backlog: the probes, and urgent broadcasts (a spike's
+# PLAN); a client adds its own time-critical unicast type with ``on_message(..., first=True)``
+_FIRST_TYPES = frozenset(TYPE_OF[cls] for cls in (Ping, Ack, Nack, PingReq, Urgent))
 
 
 def _rumors_of(message: Any) -> Rumors | None:
@@ -209,6 +225,9 @@ class MeshNode:
         self._late_wakeups = 0
         self._late_wakeup_s = swim_config.probe_timeout_s * LATE_WAKEUP_FRACTION
         self._events_dropped = 0
+        self._waiting: deque[Datagram] = deque()  # read, not yet handled (see _receive_loop)
+        self._waiting_dropped = 0
+        self._first_types = set(_FIRST_TYPES)
         self.lateness = LatenessRecorder()
         self._stopped = trio.Event()
         self._spread: set[bytes] = set()  # revocations we have broadcast
@@ -331,12 +350,13 @@ class MeshNode:
         self._flush()
         return sent
 
-    def on_message(self, cls: type, handler: Callable[[str, Address, Any], None]) -> None:
+    def on_message(self, cls: type, handler: Callable[[str, Address, Any], None], *, first: bool = False) -> None:
         """Route verified messages of ``cls`` (not membership ones) to ``handler``.
 
         ``handler(sender_id, source_address, message)`` runs in the receive task: it must not
         block; start work with ``spawn``. This is how other layers (authorization lists, the
-        allocation) get their unicast messages.
+        allocation) get their unicast messages. ``first``: handle them as they are read, with
+        the probes, not after the backlog of gossip (a spike's ACKs).
         """
         claimed = {c for d in self._delegates for c in d.message_types}
         if cls in HANDLED_MESSAGES or cls in claimed or cls in (Certificates, CertificateRequest, Revoke):
@@ -344,6 +364,8 @@ class MeshNode:
         if cls not in TYPE_OF:
             raise ValueError(f"{cls.__name__} is not a registered message type")
         self._handlers[cls] = handler
+        if first:
+            self._first_types.add(TYPE_OF[cls])
 
     async def send(self, address: Address, message: Any) -> None:
         """Sign and send one datagram to ``address`` (best effort)."""
@@ -374,7 +396,8 @@ class MeshNode:
             membership=self.core.statistics(),
             datagrams_sent=ep.sent,
             datagrams_received=ep.received,
-            dropped={**ep.dropped, **drop_reasons(self.endpoint.transport.statistics())},
+            dropped={**ep.dropped, **drop_reasons(self.endpoint.transport.statistics()),
+                     "receive_backlog_full": self._waiting_dropped},
             reliable_sent=self._reliable_sent,
             reliable_failed=self._reliable_failed,
             ignored_messages=self._ignored,
@@ -389,18 +412,50 @@ class MeshNode:
 
     async def _receive_loop(self) -> None:
         endpoint = self.endpoint
+        transport = endpoint.transport
+        waiting = self._waiting
         while True:
             try:
-                datagram = await endpoint.transport.receive_datagram()
+                if not waiting:
+                    self._take(await transport.receive_datagram())
+                else:
+                    await trio.lowlevel.checkpoint()  # let the timers and the others run
+                # Read what is already on the socket (cheap), answer probes at once and keep
+                # the rest in order (memberlist's packet handler does the same: pings and
+                # acks inline, gossip handed off to a queue). When one core is short, a ping
+                # then waits behind at most the probes, not behind a backlog of gossip whose
+                # signatures must all be checked first, and its sender does not suspect us.
+                for _ in range(RECEIVE_DRAIN):
+                    more = transport.receive_datagram_nowait()
+                    if more is None:
+                        break
+                    self._take(more)
             except trio.ClosedResourceError:  # the transport was closed under us: stop
                 self._stopped.set()
                 return
-            env = endpoint.open(datagram.packet, datagram.source)
-            for got in endpoint.take_ready():  # held packets whose signer is now known
-                self._to_core(got.envelope.sender_id, got.source, got.envelope.message, reliable=False)
-            if env is not None:
-                self._to_core(env.sender_id, datagram.source, env.message, reliable=False)
+            for _ in range(min(RECEIVE_BURST, len(waiting))):
+                self._open_datagram(waiting.popleft())
             self._flush()
+
+    def _take(self, datagram: Datagram) -> None:
+        """A datagram read from the socket: a probe now, anything else to ``_waiting``."""
+        packet = datagram.packet
+        # the type byte, unverified, only orders the work: the packet is verified either way
+        if len(packet) > 1 and packet[1] in self._first_types:
+            self._open_datagram(datagram)
+            return
+        if len(self._waiting) >= WAITING_LIMIT:
+            self._waiting_dropped += 1  # as a full socket buffer would: the protocol copes
+            return
+        self._waiting.append(datagram)
+
+    def _open_datagram(self, datagram: Datagram) -> None:
+        endpoint = self.endpoint
+        env = endpoint.open(datagram.packet, datagram.source)
+        for got in endpoint.take_ready():  # held packets whose signer is now known
+            self._to_core(got.envelope.sender_id, got.source, got.envelope.message, reliable=False)
+        if env is not None:
+            self._to_core(env.sender_id, datagram.source, env.message, reliable=False)
 
     async def _timer_loop(self) -> None:
         while True:
@@ -483,12 +538,12 @@ class MeshNode:
         while True:
             sends = core.outgoing()
             if sends and nursery is not None:
-                nursery.start_soon(self._send_all, sends)
+                self._send_all(sends)
             for event in core.events():
                 self._on_event(event)
             trust_sends = self.endpoint.pending_outgoing()
             if trust_sends and nursery is not None:
-                nursery.start_soon(self._send_packets, trust_sends)
+                self._send_packets_now(trust_sends)
             revoked = self.endpoint.revoked()
             for node_id in revoked:
                 self._on_revocation(node_id)
@@ -505,14 +560,30 @@ class MeshNode:
         if core.next_deadline() < self._sleeping_until:
             self._wake.set()
 
+    def _send_packets_now(self, packets: list[tuple[Address, bytes]]) -> None:
+        """Send what the socket takes at once; the rest (a full send buffer) in a task."""
+        endpoint = self.endpoint
+        for i, (destination, packet) in enumerate(packets):
+            try:
+                sent = endpoint.send_packet_nowait(destination, packet)
+            except trio.ClosedResourceError:  # the transport was closed under us
+                return
+            if not sent:
+                if self._nursery is not None:
+                    self._nursery.start_soon(self._send_packets, packets[i:])
+                return
+
     async def _send_packets(self, packets: list[tuple[Address, bytes]]) -> None:
         for destination, packet in packets:
             await self.endpoint.send_packet(destination, packet)
 
-    async def _send_all(self, sends: list[Send]) -> None:
+    def _send_all(self, sends: list[Send]) -> None:
+        """Seal the core's datagrams and send them now; reliable ones each in a task."""
         sealed: dict[tuple[int, bool], bytes] = {}
         counts = collections.Counter(id(s.message) for s in sends)
         shared = {key for key, n in counts.items() if n > 1}
+        packets: list[tuple[Address, bytes]] = []
+        endpoint = self.endpoint
         for s in sends:
             if s.reliable:
                 if self._nursery is not None:
@@ -522,15 +593,17 @@ class MeshNode:
             if key in shared:
                 # one message to many members: seal it once, or twice when some of them
                 # are due our certificate (so a gossip round still introduces us)
-                attach = self.endpoint.should_attach(s.address)
+                attach = endpoint.should_attach(s.address)
                 packet = sealed.get((key, attach))
                 if packet is None:
-                    packet = sealed[(key, attach)] = self.endpoint.seal(s.message, attach_certificate=attach)
-                    if len(packet) > self.endpoint.transport.max_datagram_bytes:
-                        packet = sealed[(key, attach)] = self.endpoint.seal(s.message)
-                await self.endpoint.send_packet(s.address, packet)
+                    packet = sealed[(key, attach)] = endpoint.seal(s.message, attach_certificate=attach)
+                    if len(packet) > endpoint.transport.max_datagram_bytes:
+                        packet = sealed[(key, attach)] = endpoint.seal(s.message)
             else:
-                await self.endpoint.send(s.address, s.message)
+                packet = endpoint.sealed_for(s.address, s.message)
+            packets.append((s.address, packet))
+        if packets:
+            self._send_packets_now(packets)
 
     async def _send_reliable(self, send: Send) -> None:
         async with self._reliable_limit:

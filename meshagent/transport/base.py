@@ -178,6 +178,25 @@ class Transport(abc.ABC):
     async def receive_datagram(self) -> Datagram:
         """Wait for the next datagram. Oversize ones are dropped and counted, not returned."""
 
+    def send_datagram_nowait(self, destination: Address, packet: bytes) -> bool:
+        """Send one datagram now if the network takes it without waiting.
+
+        ``True``: dealt with (sent, or refused by the network and counted, as
+        ``send_datagram`` would); ``False``: it would have to wait, so nothing was done and
+        the caller awaits ``send_datagram``. Same size rule as ``send_datagram``. The
+        default never sends. A node sends a whole flush this way with no task switch.
+        """
+        return False
+
+    def receive_datagram_nowait(self) -> Datagram | None:
+        """The next datagram if one is already here, else ``None`` (the default: never).
+
+        For draining a burst after ``receive_datagram`` returned, so a node handles several
+        datagrams and then flushes once. Same drops and counters as ``receive_datagram``;
+        only the task that calls ``receive_datagram`` may call it.
+        """
+        return None
+
     @abc.abstractmethod
     async def open_stream(self, destination: Address) -> trio.abc.Stream:
         """Connect a reliable stream to ``destination``'s ``serve`` handler.

@@ -395,6 +395,20 @@ class MemoryTransport(Transport):
         self.network._send(self._address, destination, bytes(packet))
         self._counters.sent(len(packet))
 
+    def send_datagram_nowait(self, destination: Address, packet: bytes) -> bool:
+        self._check_open()
+        check_datagram_size(packet, self.max_datagram_bytes)
+        self.network._send(self._address, destination, bytes(packet))
+        self._counters.sent(len(packet))
+        return True
+
+    def receive_datagram_nowait(self) -> Datagram | None:
+        self._check_open()
+        try:
+            return self._inbox.receive_nowait()
+        except trio.WouldBlock:
+            return None
+
     def _arrive(self, packet: bytes, source: Address) -> None:
         if len(packet) > self.max_datagram_bytes:
             self._counters.dropped_oversize += 1

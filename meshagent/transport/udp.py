@@ -11,6 +11,10 @@ taken. IPv4 or IPv6 follows the bind host (an IPv6 socket is v6-only).
 * Datagrams: ``send_datagram`` is one ``sendto`` on the bound UDP socket, so peers see our
   bind address as the source; ``receive_datagram`` reads ``max_datagram_bytes + 1`` bytes so
   a longer datagram is detected, dropped and counted. No background task is needed.
+  ``send_datagram_nowait`` and ``receive_datagram_nowait`` do the same on the plain socket
+  without waiting (and without trio's per-call address resolution): a node sends a flush
+  and drains a burst with no task switch per datagram (profiling 100 agents joining in one
+  process: trio's socket calls were 7% of its time, and a send task per flush more).
 * Streams: ``serve`` accepts on the listening TCP socket; ``open_stream`` connects from our
   bind host (when it is a specific address), so each node on its own 127.x address or
   network namespace is seen with its own source address.
@@ -30,6 +34,7 @@ from __future__ import annotations
 
 import errno
 import ipaddress
+import os
 import socket as stdlib_socket
 import struct
 import sys
@@ -98,6 +103,9 @@ def _family_of(host: str) -> int:
     return stdlib_socket.AF_INET6 if ip.version == 6 else stdlib_socket.AF_INET
 
 
+RECEIVE_BUFFER_BYTES = 2 * 1024 * 1024
+
+
 class UdpTransport(Transport):
     """UDP + TCP on one port. Create with ``await UdpTransport.bind(...)``."""
 
@@ -112,6 +120,15 @@ class UdpTransport(Transport):
         self.max_datagram_bytes = max_datagram_bytes
         self.allow = allow
         self._kernel_drops = False
+        # A spike's ACKs reach the detector at once (one per member); Linux's default receive
+        # buffer (208 KiB, a few hundred small datagrams at the kernel's per-packet overhead)
+        # overflowed at N = 100 in `bench allocation`. Ask for RECEIVE_BUFFER_BYTES; the kernel
+        # caps it at net.core.rmem_max (and doubles it for its bookkeeping).
+        try:
+            udp.setsockopt(stdlib_socket.SOL_SOCKET, stdlib_socket.SO_RCVBUF, RECEIVE_BUFFER_BYTES)
+        except OSError:
+            pass
+        self.receive_buffer_bytes = udp.getsockopt(stdlib_socket.SOL_SOCKET, stdlib_socket.SO_RCVBUF)
         if _SO_RXQ_OVFL is not None:
             try:
                 udp.setsockopt(stdlib_socket.SOL_SOCKET, _SO_RXQ_OVFL, 1)
@@ -119,6 +136,12 @@ class UdpTransport(Transport):
             except OSError:
                 pass
         self._udp = udp
+        # The same UDP socket as a plain (non-blocking) socket object, for the sends and
+        # receives that need no waiting: trio's ``sendto`` resolves the address on every call
+        # (about 30 us, through getaddrinfo) and checkpoints twice; our destinations are
+        # already numeric. A duplicate descriptor of one open socket, closed with it.
+        self._raw = stdlib_socket.socket(udp.family, udp.type, udp.proto, fileno=os.dup(udp.fileno()))
+        self._raw.setblocking(False)
         self._tcp = tcp
         self._listener = trio.SocketListener(tcp)
         host, port = udp.getsockname()[:2]
@@ -195,15 +218,32 @@ class UdpTransport(Transport):
         return self._bind_address
 
     async def send_datagram(self, destination: Address, packet: bytes) -> None:
-        self._check_open()
-        check_datagram_size(packet, self.max_datagram_bytes)
-        try:
+        await trio.lowlevel.checkpoint_if_cancelled()
+        if self.send_datagram_nowait(destination, packet):
+            await trio.lowlevel.cancel_shielded_checkpoint()
+            return
+        try:  # the send buffer is full: let trio wait until the socket is writable
             await self._udp.sendto(packet, destination)
         except OSError:  # unreachable, no route, wrong address family, unresolvable host...
             self._check_open()
             self._counters.send_errors += 1
             return
         self._counters.sent(len(packet))
+
+    def send_datagram_nowait(self, destination: Address, packet: bytes) -> bool:
+        self._check_open()
+        check_datagram_size(packet, self.max_datagram_bytes)
+        try:
+            self._raw.sendto(packet, destination)
+        except BlockingIOError:
+            return False
+        except (OSError, TypeError, ValueError, UnicodeError):
+            # unreachable, no route, wrong address family, a host that is not numeric...
+            # (a numeric host is all an Address may hold; nothing here resolves names)
+            self._counters.send_errors += 1
+            return True
+        self._counters.sent(len(packet))
+        return True
 
     async def receive_datagram(self) -> Datagram:
         self._check_open()
@@ -213,26 +253,55 @@ class UdpTransport(Transport):
             try:
                 if self._kernel_drops:
                     packet, ancdata, _, source = await self._udp.recvmsg(limit + 1, _ANCILLARY_BYTES)
-                    for level, kind, data in ancdata:
-                        if level == stdlib_socket.SOL_SOCKET and kind == _SO_RXQ_OVFL and len(data) >= 4:
-                            # the kernel's running count of datagrams it dropped on this socket
-                            self._counters.dropped_kernel = _U32.unpack_from(data)[0]
                 else:
                     packet, source = await self._udp.recvfrom(limit + 1)
+                    ancdata = []
             except OSError as exc:
                 self._check_open()
                 if exc.errno not in _TRANSIENT_RECEIVE_ERRNOS:
                     raise
                 self._counters.receive_errors += 1
                 continue
-            if len(packet) > limit:
-                self._counters.dropped_oversize += 1
+            datagram = self._accept(packet, ancdata, source)
+            if datagram is not None:
+                return datagram
+
+    def receive_datagram_nowait(self) -> Datagram | None:
+        self._check_open()
+        limit = self.max_datagram_bytes
+        while True:  # ends when the socket has nothing more, or with a datagram
+            source: Any
+            try:
+                if self._kernel_drops:
+                    packet, ancdata, _, source = self._raw.recvmsg(limit + 1, _ANCILLARY_BYTES)
+                else:
+                    packet, source = self._raw.recvfrom(limit + 1)
+                    ancdata = []
+            except BlockingIOError:
+                return None
+            except OSError as exc:
+                if exc.errno not in _TRANSIENT_RECEIVE_ERRNOS:
+                    raise
+                self._counters.receive_errors += 1
                 continue
-            if not is_allowed(self.allow, source[0]):
-                self._counters.dropped_not_allowed += 1
-                continue
-            self._counters.received(len(packet))
-            return Datagram(packet, (source[0], source[1]))
+            datagram = self._accept(packet, ancdata, source)
+            if datagram is not None:
+                return datagram
+
+    def _accept(self, packet: bytes, ancdata: Any, source: Any) -> Datagram | None:
+        """Count one datagram read from the socket; ``None`` if it is dropped."""
+        for level, kind, data in ancdata:
+            if level == stdlib_socket.SOL_SOCKET and kind == _SO_RXQ_OVFL and len(data) >= 4:
+                # the kernel's running count of datagrams it dropped on this socket
+                self._counters.dropped_kernel = _U32.unpack_from(data)[0]
+        if len(packet) > self.max_datagram_bytes:
+            self._counters.dropped_oversize += 1
+            return None
+        if not is_allowed(self.allow, source[0]):
+            self._counters.dropped_not_allowed += 1
+            return None
+        self._counters.received(len(packet))
+        return Datagram(packet, (source[0], source[1]))
 
     async def open_stream(self, destination: Address) -> trio.abc.Stream:
         self._check_open()
@@ -288,6 +357,7 @@ class UdpTransport(Transport):
 
     async def aclose(self) -> None:
         self._closed = True
+        self._raw.close()
         self._udp.close()
         self._tcp.close()
         await trio.lowlevel.checkpoint()

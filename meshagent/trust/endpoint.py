@@ -162,17 +162,36 @@ class SecureEndpoint:
 
     async def send(self, destination: Address, message: object, *, attach_certificate: bool | None = None) -> None:
         """Sign ``message`` and send it as one datagram (best effort)."""
-        attach = self.should_attach(destination) if attach_certificate is None else attach_certificate
+        if attach_certificate is None:
+            packet = self.sealed_for(destination, message)
+        else:
+            packet = self.seal(message, attach_certificate=attach_certificate)
+            if attach_certificate and len(packet) > self.transport.max_datagram_bytes:
+                packet = self.seal(message)  # no room for the certificate: send it bare
+        await self.transport.send_datagram(destination, packet)
+        self._sent += 1
+
+    def sealed_for(self, destination: Address, message: object) -> bytes:
+        """``message`` sealed as ``send`` would seal it for ``destination`` (counts the
+        certificate attachment as ``send`` does), for a caller that sends the bytes itself."""
+        attach = self.should_attach(destination)
         packet = self.seal(message, attach_certificate=attach)
         if attach and len(packet) > self.transport.max_datagram_bytes:
             packet = self.seal(message)  # no room for the certificate: send it bare
-        await self.transport.send_datagram(destination, packet)
-        self._sent += 1
+        return packet
 
     async def send_packet(self, destination: Address, packet: bytes) -> None:
         """Send bytes already sealed (the same urgent packet to many members)."""
         await self.transport.send_datagram(destination, packet)
         self._sent += 1
+
+    def send_packet_nowait(self, destination: Address, packet: bytes) -> bool:
+        """``send_packet`` if the transport takes it without waiting (see
+        ``Transport.send_datagram_nowait``); ``False``: nothing done, await ``send_packet``."""
+        if self.transport.send_datagram_nowait(destination, packet):
+            self._sent += 1
+            return True
+        return False
 
     def open(self, packet: bytes, source: Address, *, stream: bool = False) -> Envelope | None:
         """Verify one packet; ``None`` if it was dropped (counted) or consumed by the core.

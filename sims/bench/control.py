@@ -12,8 +12,11 @@ loopback (the site behind a real pymodbus server, ``modbus_*`` keys). Reported:
   glitches out (``spike_min_duration``), and ``detect_processing_ms`` is the part after
   the deciding sample;
 * ``modbus_sensor_loss_*``: a frozen meter (it answers, its sample stops) to ERR_SENSOR_LOST
-  latched, over Modbus TCP from a device process of its own, at random phases of the grid
-  (``sensor_loss_over_modbus``).
+  latched (the latch's own time on the loop's clock), over Modbus TCP from a device process
+  of its own, at random phases of the grid (``sensor_loss_over_modbus``); ``_zeroed_*``: to
+  0 W written to the inverter (its write acknowledged), from a 3 kW discharge; ``_seen_*``:
+  the latch as the bench's own 1 ms polls saw it (its own wake-ups added);
+  ``in_process_sensor_loss_*``: the same trials in virtual time without a transport.
 
 Virtual time (``trio.testing.MockClock``): a generator trip (``GeneratorTrip``: a
 single-area swing equation with governor droop; 6 % of generation lost at t = 1 s, inertia
@@ -39,6 +42,8 @@ from protocol.stats import percentile
 from sims.bench import BenchResult, machine
 
 PERIOD_S = 0.010
+SENSOR_TIMEOUT_S = 0.100  # the [control] default the trials run with
+DISCHARGE_W = 3_000.0  # the share the frozen-meter trials discharge, for the loss to zero
 
 
 @attrs.define
@@ -199,9 +204,11 @@ def generator_trip_response(horizon: str, trip: GeneratorTrip | None = None, sec
 class SensorLoss:
     """Frozen-meter trials over Modbus TCP (``sensor_loss_over_modbus``)."""
 
-    took_ms: tuple[float, ...]  # freeze -> ERR_SENSOR_LOST latched, as the caller saw it
+    took_ms: tuple[float, ...]  # freeze -> ERR_SENSOR_LOST latched (the latch's own time)
     sample_after_ms: tuple[float, ...]  # the newest sample the loop accepted, after the freeze
     stalls: int  # trials skipped: the machine stalled the loop past the timeout before the freeze
+    seen_ms: tuple[float, ...] = ()  # freeze -> the latch seen by this caller's 1 ms polls
+    zeroed_ms: tuple[float, ...] = ()  # freeze -> 0 W written to the inverter (its write returned)
 
 
 async def sensor_loss_over_modbus(trials: int, state_dir: Path, seed: int = 13, *,
@@ -232,6 +239,8 @@ async def sensor_loss_over_modbus(trials: int, state_dir: Path, seed: int = 13, 
     rng = random.Random(seed)
     took: list[float] = []
     after: list[float] = []
+    seen: list[float] = []
+    zeroed: list[float] = []
     stalls = 0
     child: Child | None = None
     server: SimServer | None = None
@@ -277,20 +286,30 @@ async def sensor_loss_over_modbus(trials: int, state_dir: Path, seed: int = 13, 
                 await nursery.start(loop.run)
                 while loop.statistics().cycles < 20:  # noqa: ASYNC110 (the loop's own counter)
                     await trio.sleep(0.01)
+                loop.set_share(DISCHARGE_W)  # power for the loss to take away
                 while len(took) < trials:
+                    for _ in range(200):  # the share written again after the last trial's clear
+                        if loop.actuator.last_written_w:
+                            break
+                        await trio.sleep(0.005)
                     await trio.sleep(rng.uniform(0.0, PERIOD_S))
                     if loop.logic.latched:  # a stall left the loop without a sample: a
                         stalls += 1  # true loss, but not this trial's
                         await loop.clear_faults()
                         continue
+                    zeroed_before = loop.actuator.zeroed_at_s
                     mark = await freeze()
                     for _ in range(2000):
-                        if Code.ERR_SENSOR_LOST in loop.logic.latched:
+                        if Code.ERR_SENSOR_LOST in loop.logic.latched and loop.actuator.zeroed_at_s != zeroed_before:
                             break
                         await trio.sleep(0.001)
-                    latched_at = trio.current_time()
+                    seen_at = trio.current_time()
                     t0 = await frozen_at(mark)
-                    took.append((latched_at - t0) * 1e3)
+                    latch = loop.logic.latched.get(Code.ERR_SENSOR_LOST)
+                    took.append(((latch.raised_at_s if latch is not None else seen_at) - t0) * 1e3)
+                    seen.append((seen_at - t0) * 1e3)
+                    z = loop.actuator.zeroed_at_s
+                    zeroed.append((z - t0) * 1e3 if z is not None and z != zeroed_before else float("nan"))
                     last = loop.logic.last_sample_at_s
                     after.append((last - t0) * 1e3 if last is not None else float("nan"))
                     await unfreeze()
@@ -306,7 +325,40 @@ async def sensor_loss_over_modbus(trials: int, state_dir: Path, seed: int = 13, 
             await server.stop()
         if child is not None:
             stop_all([child])
-    return SensorLoss(tuple(took), tuple(after), stalls)
+    return SensorLoss(tuple(took), tuple(after), stalls, tuple(seen), tuple(zeroed))
+
+
+def sensor_loss_in_process(trials: int, seed: int = 13) -> tuple[float, ...]:
+    """Virtual time: the same frozen-meter trials against the in-process simulated site
+    (no transport): freeze -> ERR_SENSOR_LOST latched, in ms, each at a random phase."""
+    import random
+
+    from meshagent.control.codes import Code
+    from meshagent.control.loop import ControlLoop
+
+    rng = random.Random(seed)
+
+    async def main() -> tuple[float, ...]:
+        site, devices = _site(trio.current_time, base_load_w=400_000.0, frequency_hz=60.0)
+        loop = ControlLoop(_section(cycle_budget="1s"), devices, node_id="bench", scope_id="bench")
+        took: list[float] = []
+        async with trio.open_nursery() as nursery:
+            await nursery.start(loop.run)
+            await trio.sleep(0.2)
+            for _ in range(trials):
+                await trio.sleep(rng.uniform(0.0, PERIOD_S))
+                site.freeze()
+                t0 = trio.current_time()
+                while Code.ERR_SENSOR_LOST not in loop.logic.latched:  # noqa: ASYNC110 (virtual time)
+                    await trio.sleep(0.0001)
+                took.append((loop.logic.latched[Code.ERR_SENSOR_LOST].raised_at_s - t0) * 1e3)
+                site.unfreeze()
+                await trio.sleep(0.03)
+                await loop.clear_faults()
+            nursery.cancel_scope.cancel()
+        return tuple(took)
+
+    return trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
 
 
 def _median(xs: tuple[float, ...] | list[float]) -> float:
@@ -320,6 +372,7 @@ def run(quick: bool = False) -> BenchResult:
     with tempfile.TemporaryDirectory() as tmp:
         lost = trio.run(functools.partial(sensor_loss_over_modbus, 10 if quick else 100, Path(tmp),
                                           device_process=True))
+    in_process_loss = sensor_loss_in_process(10 if quick else 100)
     trip = GeneratorTrip()
     predicted = generator_trip_response("500ms", trip)
     threshold = generator_trip_response("0s", trip)
@@ -355,6 +408,14 @@ def run(quick: bool = False) -> BenchResult:
         "modbus_sensor_loss_max_ms": round(max(lost.took_ms), 1),
         "modbus_sensor_loss_trials": len(lost.took_ms),
         "modbus_sensor_loss_stalls": lost.stalls,
+        "modbus_sensor_loss_seen_p99_ms": round(percentile(lost.seen_ms, 0.99), 1),
+        "modbus_sensor_loss_zeroed_p50_ms": round(percentile(lost.zeroed_ms, 0.5), 1),
+        "modbus_sensor_loss_zeroed_p99_ms": round(percentile(lost.zeroed_ms, 0.99), 1),
+        "modbus_sensor_loss_zeroed_max_ms": round(max(lost.zeroed_ms), 1),
+        "modbus_sensor_loss_sample_after_max_ms": round(max(lost.sample_after_ms), 1),
+        "sensor_loss_raise_after_ms": round((SENSOR_TIMEOUT_S - 2 * PERIOD_S) * 1e3, 1),
+        "in_process_sensor_loss_p50_ms": round(percentile(in_process_loss, 0.5), 1),
+        "in_process_sensor_loss_max_ms": round(max(in_process_loss), 1),
         "trip_crosses_59_5_at_s": round(crossing, 3) if crossing is not None else None,
         "trip_nadir_hz": round(nadir_f, 3),
         "trip_nadir_at_s": round(nadir_t, 3),
@@ -376,6 +437,12 @@ def run(quick: bool = False) -> BenchResult:
         ("over Modbus TCP: frozen meter -> ERR_SENSOR_LOST", f"p50 {data['modbus_sensor_loss_p50_ms']} / p99 "
          f"{data['modbus_sensor_loss_p99_ms']} / max {data['modbus_sensor_loss_max_ms']} ms over {len(lost.took_ms)} "
          f"trials ({lost.stalls} stalls); target within 100 ms"),
+        ("  0 W written to the inverter", f"p50 {data['modbus_sensor_loss_zeroed_p50_ms']} / p99 "
+         f"{data['modbus_sensor_loss_zeroed_p99_ms']} / max {data['modbus_sensor_loss_zeroed_max_ms']} ms; "
+         f"the latch seen by 1 ms polls p99 {data['modbus_sensor_loss_seen_p99_ms']} ms"),
+        ("in process (virtual time): frozen meter -> ERR_SENSOR_LOST",
+         f"p50 {data['in_process_sensor_loss_p50_ms']} / max {data['in_process_sensor_loss_max_ms']} ms over "
+         f"{len(in_process_loss)} trials (raised at {data['sensor_loss_raise_after_ms']} ms of silence)"),
         ("generator trip", f"crosses 59.5 Hz at {crossing:.3f} s, nadir {nadir_f:.3f} Hz at {nadir_t:.3f} s"),
         ("fast response starts", f"predictive {predicted.armed_at_s} s, threshold {threshold.armed_at_s} s"),
         ("prediction lead", f"{data['predict_lead_ms']} ms (90 % power: {data['full_power_lead_ms']} ms earlier)"),

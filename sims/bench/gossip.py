@@ -280,10 +280,13 @@ def run(quick: bool = False) -> BenchResult:
         )
     for r in data["realtime_trials"]:
         if r.get("converge_s") is None:
-            detail = "did not converge in time"
+            detail = (f"did not converge in time (all started in {r.get('started_s')} s;"
+                      f" {r.get('converge_cpu_s')} CPU s, {r.get('join_suspicions')} suspicions meanwhile)")
         else:
-            detail = (f"converged in {r['converge_s']} s; tick lateness p99 {r['lateness_p99_ms']} ms,"
-                      f" max {r['lateness_max_ms']} ms; {r['suspicions']} suspicions;"
+            detail = (f"converged in {r['converge_s']} s from the first start ({r['converge_cpu_s']} CPU s,"
+                      f" {r['join_suspicions']} suspicions while joining); holding:"
+                      f" tick lateness p99 {r['lateness_p99_ms']} ms, max {r['lateness_max_ms']} ms;"
+                      f" {r['suspicions']} suspicions; {r['hold_cpu_share']:.0%} of a core;"
                       f" {r['packets_per_node_s']} packets/node/s")
         rows.append((f"real UDP, {r['nodes']} agents in one process", f"{'on time' if r['on_time'] else 'LATE'}: {detail}"))
     cap_note = (f"first late at {data['realtime_first_late_nodes']}" if data["realtime_first_late_nodes"]

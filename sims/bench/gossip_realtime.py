@@ -9,6 +9,11 @@ a measurement window starts. A size *keeps its probe rounds on time* when, over 
   stays under 10% of the probe timeout (50 ms for ``lan``), and
 * nobody was suspected (a late process makes others look dead: the failure to avoid).
 
+Each trial also reports the process's CPU time to converge (``converge_cpu_s``) and the share
+of one core it used while holding (``hold_cpu_share``): on a machine shared with other work,
+lateness includes time spent waiting for a core, and these two say how much of the load was
+the mesh's own.
+
 Sizes grow by a fixed step until one fails or a stated cap is reached. The figure is
 ``realtime_largest_on_time_nodes``: the largest size that held (0 when the first failed);
 ``realtime_first_late_nodes`` is the size that failed (``None`` when the cap stopped the
@@ -41,7 +46,8 @@ def _identities(n: int, now_ms: int) -> tuple[list[NodeIdentity], bytes]:
     return pki.identities(n, "rt", transformers=4), pki.ca_public_key
 
 
-async def _trial(n: int, window_s: float, converge_timeout_s: float) -> dict[str, Any]:
+async def _trial(n: int, window_s: float, converge_timeout_s: float,
+                 join_interval_s: float = 0.0) -> dict[str, Any]:
     from meshagent.mesh.node import MeshNode
     from meshagent.transport.udp import UdpTransport
 
@@ -53,23 +59,36 @@ async def _trial(n: int, window_s: float, converge_timeout_s: float) -> dict[str
                  seeds=[transports[0].address] if i else [], rng=random.Random(i))
         for i, (ident, t) in enumerate(zip(idents, transports, strict=True))
     ]
-    result: dict[str, Any] = {"nodes": n}
+    result: dict[str, Any] = {"nodes": n, "join_interval_s": join_interval_s}
     try:
         async with trio.open_nursery() as nursery:
-            for node in nodes:
-                await nursery.start(node.run)
+            # each agent joins through the seed as soon as it starts: the clock starts with
+            # the first, so the join storm is inside ``converge_s``
             t0 = trio.current_time()
+            cpu0 = time.process_time()
+            for i, node in enumerate(nodes):
+                # as installers bring agents up: one every ``join_interval_s`` (0: all at once)
+                await trio.sleep_until(t0 + i * join_interval_s)
+                await nursery.start(node.run)
+            result["started_s"] = round(trio.current_time() - t0, 2)
             converged = False
             with trio.move_on_after(converge_timeout_s):
                 while not all(node.core.num_live == n for node in nodes):  # noqa: ASYNC110 (observing from outside)
                     await trio.sleep(0.25)
                 converged = True
             result["converge_s"] = round(trio.current_time() - t0, 2) if converged else None
+            result["converge_cpu_s"] = round(time.process_time() - cpu0, 2)
+            result["join_suspicions"] = sum(node.core.statistics().suspicions for node in nodes)
             if converged:
                 before = sum(node.core.statistics().suspicions for node in nodes)
                 for node in nodes:
                     node.lateness.reset()
+                w0, cpu0 = trio.current_time(), time.process_time()
                 await trio.sleep(window_s)
+                # the share of one core the process used while holding (on a shared
+                # machine, lateness also counts time the process waited for a core)
+                result["hold_window_s"] = round(trio.current_time() - w0, 2)
+                result["hold_cpu_share"] = round((time.process_time() - cpu0) / (trio.current_time() - w0), 3)
                 stats = [node.statistics() for node in nodes]
                 result["suspicions"] = sum(s.membership.suspicions for s in stats) - before
                 result["lateness_p99_ms"] = round(1000 * max(s.tick_lateness_p99_s for s in stats), 2)
@@ -98,10 +117,12 @@ def sizes_to_try(start: int, step: int, cap: int) -> list[int]:
 
 
 def run_realtime(start: int, step: int, cap: int, window_s: float,
-                 converge_timeout_s: float = 60.0) -> dict[str, Any]:
+                 converge_timeout_s: float = 60.0, join_interval_s: float = 0.0) -> dict[str, Any]:
     """Trials at ``start, start + step, ...``; stops at the first size that is not on time or at ``cap``."""
     sizes = sizes_to_try(start, step, cap)
-    base = {"realtime_cap_nodes": cap, "realtime_step_nodes": step}
+    if join_interval_s < 0:
+        raise ValueError(f"join_interval_s must not be negative, got {join_interval_s}")
+    base = {"realtime_cap_nodes": cap, "realtime_step_nodes": step, "realtime_join_interval_s": join_interval_s}
     if not all(port_free(_address(i)[0], PORT) for i in range(cap)):
         return {**base, "realtime_largest_on_time_nodes": None, "realtime_first_late_nodes": None,
                 "realtime_trials": [], "realtime_skipped": "port 7946 busy on 127.81.x.y"}
@@ -109,7 +130,7 @@ def run_realtime(start: int, step: int, cap: int, window_s: float,
     largest = 0
     first_late = None
     for n in sizes:
-        res = trio.run(_trial, n, window_s, converge_timeout_s)
+        res = trio.run(_trial, n, window_s, converge_timeout_s, join_interval_s)
         trials.append(res)
         if not res["on_time"]:
             first_late = n

@@ -293,6 +293,7 @@ async def test_emulator_serves_the_agents_nominal_frequency_and_refuses_unknown_
 def test_clear_faults_with_no_flag_reaches_a_real_running_agent(tmp_path: Path) -> None:
     """`meshagent run` (control loop on a simulated charger) and `meshagent clear-faults
     --api` through the real console scripts: the agent's own route answers."""
+    import socket
     import time
 
     import pytest
@@ -313,6 +314,13 @@ def test_clear_faults_with_no_flag_reaches_a_real_running_agent(tmp_path: Path) 
     agent = subprocess.Popen([MESHAGENT, "run", "--config", str(cfg)], stdout=subprocess.PIPE,
                              stderr=subprocess.STDOUT, text=True)
     try:
+        deadline = time.monotonic() + 30  # the agent listens on its API port first: a connect costs
+        while time.monotonic() < deadline:  # nothing, each command start-up about a second
+            try:
+                socket.create_connection((host, 7947), timeout=1).close()
+                break
+            except OSError:
+                time.sleep(0.05)
         done = None
         for _ in range(60):  # the agent's start, bounded
             done = subprocess.run([MESHAGENT, "clear-faults", "--api", f"{host}:7947", "--token-file",

@@ -120,6 +120,24 @@ async def test_server_stopped_mid_read(rig: Rig) -> None:
     assert fault.kind in (FaultKind.DISCONNECTED, FaultKind.TIMEOUT)
 
 
+@TCP_ONLY
+async def test_a_read_cancelled_by_its_caller_drops_the_connection(rig: Rig) -> None:
+    """The control loop's meter task gives up a read at its sensor deadline: the reply still
+    on its way must not be taken as the answer to the next request (a BAD_FRAME before)."""
+    assert rig.server is not None
+    await rig.meter.read()
+    link: TcpLink = rig.meter.unit.link
+    connects = link.statistics().connects
+    rig.server.faults.delay_s = 0.1
+    with trio.move_on_after(0.03) as scope:
+        await rig.meter.read()
+    assert scope.cancelled_caught
+    rig.server.faults.delay_s = 0.0
+    assert (await rig.meter.read()).active_power_w == BASE_LOAD_W
+    assert link.statistics().connects == connects + 1
+    assert "bad_frame" not in link.statistics().faults
+
+
 @MODBUS
 async def test_not_supported_model(rig: Rig) -> None:
     # the meter unit has no inverter model: our 64900 is optional, the standard 701 is not

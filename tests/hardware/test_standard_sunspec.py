@@ -19,7 +19,8 @@ from hardware.connect import open_charger
 from hardware.interfaces import DeviceFault, FaultKind, InverterState
 from hardware.modbus.registers import MODELS
 from hardware.modbus.symbols import SYMBOLS
-from hardware.simulated.serve import ChargerUnit, SimServer, site_units
+from hardware.simulated.images import ChargerUnit
+from hardware.simulated.serve import SimServer, site_units
 from tests.hardware.conftest import STALE_AFTER_S, TIMEOUT_S, make_site
 from tests.hardware.test_cli import run
 
@@ -141,7 +142,7 @@ async def test_setpoint_is_one_atomic_write_with_the_sunspec_sign(std: tuple[Any
     # one FC16: WSetEna, WSetMod, WSet, WSetRvrt; then the reversion timer renewed
     assert unit.write_log[0] == (first, 6)
     assert unit.write_log[1] == (start + MODELS[704].point("WSetEnaRvrt").offset, 3)
-    assert (unit.wset_ena, unit.wset_w, unit.wset_rvrt_w, unit.wset_rvrt_tms) == (1, 4321.5, 0.0, 1)
+    assert (unit.wset_ena, unit.wset_w, unit.reversion.wset_rvrt_w, unit.reversion.wset_rvrt_tms) == (1, 4321.5, 0.0, 1)
     status = await ch.inverter.status()
     assert status.setpoint_w == -4321.5
     await ch.inverter.status()
@@ -159,12 +160,12 @@ async def test_device_reverts_to_no_power_when_the_writes_stop(std: tuple[Any, S
     for _ in range(3):  # renewed: still discharging past the 1 s reversion time
         await trio.sleep(0.5)
         await ch.inverter.set_power(-5000.0)
-    assert unit.reversions == 0 and site.chargers[0].snapshot().setpoint_w == -5000.0
+    assert unit.reversion.reversions == 0 and site.chargers[0].snapshot().setpoint_w == -5000.0
     t0 = time.monotonic()
     await until(lambda: site.chargers[0].snapshot().actual_power_w == 0.0, 3)
     reverted_after = time.monotonic() - t0
     assert 0.9 <= reverted_after <= 1.5, reverted_after
-    assert unit.reversions == 1 and unit.wset_ena == 0
+    assert unit.reversion.reversions == 1 and unit.wset_ena == 0
 
 
 class NoReversionUnit(ChargerUnit):
@@ -185,7 +186,7 @@ async def test_a_device_without_reversion_is_named_once() -> None:
             await ch.inverter.set_power(-1000.0)
             await ch.inverter.set_power(-2000.0)
             assert len(ch.inverter.notes) == 1 and "WSetRvrtTms" in ch.inverter.notes[0]
-            assert unit.wset_w == 2000.0 and unit.rvrt_deadline is None
+            assert unit.wset_w == 2000.0 and unit.reversion.deadline is None
         finally:
             await ch.aclose()
 
@@ -265,7 +266,8 @@ async def test_droop_is_on_the_702_rating_with_a_vehicle_capping_below_it(tmp_pa
     inverter_nameplate: the Ford caps discharge at 9.6 kW under the 11 kW WMaxRtg, and the
     steady droop is the IEEE 1547-2018 curve on 11 kW within 1 %. (The old base, the largest
     limit seen, 9.6 kW, is 1.1-5.8 % off at these frequencies.) Real clock: the server is a
-    thread; the open-loop response time is set to its 0.2 s minimum so each step settles fast."""
+    thread; the open-loop response time is set to its 0.2 s minimum so each step settles fast
+    (within 2.5 s, then held for 0.5 s)."""
     from hardware.connect import open_site_meter
     from hardware.simulated import SimulatedSite, VehicleConfig
     from meshagent.control.loop import ControlLoop, Devices
@@ -289,11 +291,22 @@ async def test_droop_is_on_the_702_rating_with_a_vehicle_capping_below_it(tmp_pa
                     await nursery.start(loop.run)
                     for f in (59.7, 59.0, 58.6):
                         site.set_grid(frequency_hz=f)
-                        await trio.sleep(2.5)
-                        got_w = charger.snapshot().actual_power_w
                         want_w = -reference_droop_pu(f) * 11_000.0
-                        errors.append(abs(got_w - want_w) / 11_000.0)
-                        assert abs(got_w - want_w) <= 0.01 * 11_000.0, (f, got_w, want_w)
+
+                        def error_w(want_w: float = want_w) -> float:
+                            return abs(charger.snapshot().actual_power_w - want_w)
+
+                        # settled: every sample for 0.5 s (2.5 response times) within 1 % of the
+                        # nameplate (a ramp passing through the band is not settled), by 3 s after
+                        # the step (it was one sample after a fixed 2.5 s)
+                        held: list[float] = []
+                        with trio.move_on_after(3.0):
+                            while len(held) < 25 or max(held[-25:]) > 0.01 * 11_000.0:
+                                held.append(error_w())
+                                await trio.sleep(0.02)
+                        held = held[-25:]
+                        errors.append(max(held) / 11_000.0)
+                        assert max(held) <= 0.01 * 11_000.0, (f, charger.snapshot().actual_power_w, want_w, held)
                     nursery.cancel_scope.cancel()
             assert (loop.logic.nameplate_source, loop.logic.nameplate_discharge_w) == ("device", 11_000.0)
             assert charger.limits().max_discharge_w == 9600.0

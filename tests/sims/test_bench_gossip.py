@@ -42,6 +42,8 @@ def test_the_size_search_grows_to_its_cap():
     assert sizes_to_try(25, 25, 60) == [25, 50]
     with pytest.raises(ValueError, match="bad size search"):
         sizes_to_try(50, 0, 300)
+    with pytest.raises(ValueError, match="join_interval_s"):
+        run_realtime(50, 50, 50, window_s=1.0, join_interval_s=-0.1)
 
 
 @pytest.mark.slow

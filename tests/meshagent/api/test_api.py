@@ -14,9 +14,9 @@ import pytest
 import trio
 
 from meshagent.agent import run_agent
-from meshagent.api.app import ROUTES, openapi_document
 from meshagent.api.auth import ensure_token, read_token_file, token_path
 from meshagent.api.http import get_json
+from meshagent.api.routes import ROUTES, openapi_document
 from meshagent.config import load_config
 from meshagent.errors import MeshagentError
 from meshagent.transport.udp import port_free
@@ -101,7 +101,7 @@ async def test_roles_probes_errors_metrics_and_events(bundle):
         status, doc = await get_json(HOST, port, "/openapi.json")
         assert status == 200 and doc == openapi_document()
         assert json.loads((ROOT / "docs" / "openapi.json").read_text()) == doc, \
-            "docs/openapi.json is stale: python -m meshagent.api.app > docs/openapi.json"
+            "docs/openapi.json is stale: python -m meshagent.api.routes > docs/openapi.json"
         assert {(r.method.lower(), r.path) for r in ROUTES} == {(m, p) for p, ops in doc["paths"].items() for m in ops}
         # an operator write: leave stops the agent
         assert (await get_json(HOST, port, "/v1/leave", method="POST", token=op))[0] == 202

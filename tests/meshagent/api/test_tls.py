@@ -86,6 +86,7 @@ async def test_client_certificate_is_an_operator(tmp_path):
 
 def test_cli_with_a_client_certificate(tmp_path):
     """`meshagent members --client-cert ...` against a real agent process's TLS listener."""
+    import socket
     import sys
     import time
 
@@ -110,6 +111,13 @@ def test_cli_with_a_client_certificate(tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith("MESHAGENT_")}
     try:
         deadline = time.monotonic() + 20
+        # the agent listens on its TLS port first (a connect costs nothing; each command start-up ~1 s)
+        while time.monotonic() < deadline:
+            try:
+                socket.create_connection((host, 7948), timeout=1).close()
+                break
+            except OSError:
+                time.sleep(0.05)
         while True:
             r = subprocess.run([script, "members", "--api", f"{host}:7948", "--json", "--client-cert", str(alice[1]),
                                 "--client-key", str(alice[0]), "--server-ca", str(operators[1])],

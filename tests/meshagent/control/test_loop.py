@@ -477,6 +477,90 @@ async def test_sensor_loss_latches_and_clears(bench: Bench, autojump_clock: Any)
     assert bench.loop.statistics().meter_faults > 0
 
 
+class SlowReads:
+    """A device whose reads take ``delay_s`` of virtual time (a loaded Modbus line)."""
+
+    def __init__(self, inner: Any, delay_s: float) -> None:
+        self.inner, self.delay_s = inner, delay_s
+        self.hung = False  # a meter that stops answering
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    async def read(self) -> Any:
+        while self.hung:  # noqa: ASYNC110 (no reply until it answers again)
+            await trio.sleep(0.001)
+        await trio.sleep(self.delay_s)
+        return await self.inner.read()
+
+    async def status(self) -> Any:
+        await trio.sleep(self.delay_s)
+        return await self.inner.status()
+
+
+async def test_slow_device_reads_never_delay_the_sensor_loss(tmp_path: Path, autojump_clock: Any):
+    """The meter has its own task: with every device read taking 12 ms (a slow cycle 48 ms,
+    periods missed), a frozen meter still latches ERR_SENSOR_LOST at 80 ms of silence and
+    0 W is written at once, outside the cycle. Read in the cycle, it came up to 50 ms late."""
+    site = SimulatedSite.with_chargers(trio.current_time, 1, name="site-a", base_load_w=400_000.0,
+                                       frequency_hz=60.0, vehicles=[VehicleConfig.of("ford-f150-lightning-er")])
+    d = make_devices(site)
+    devices = Devices(d.meter, SlowReads(d.inverter, 0.012), SlowReads(d.vehicle, 0.012),
+                      SlowReads(d.thermal, 0.012), SlowReads(d.tamper, 0.012))
+    loop = ControlLoop(section(cycle_budget="1s"), devices, node_id="n1", scope_id="site-a", state_dir=tmp_path)
+    rng = random.Random(5)
+    with trio.fail_after(GUARD_S):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(loop.run)
+            loop.set_share(5_000)
+            for _ in range(5):
+                await wait_until(lambda: site.charger(1).power_w <= -4_999, step_s=0.001, within_s=5)
+                await trio.sleep(rng.uniform(0.0, 0.01))
+                site.freeze()
+                frozen_at = trio.current_time()
+                await wait_until(lambda t=frozen_at: (loop.actuator.zeroed_at_s or 0.0) > t, step_s=0.001, within_s=1)
+                raised = loop.logic.latched[Code.ERR_SENSOR_LOST].raised_at_s - frozen_at
+                assert raised == pytest.approx(0.080, abs=1e-4)  # the frozen sample was taken at the freeze (+ 1000 ppm drift)
+                assert loop.actuator.zeroed_at_s - frozen_at == pytest.approx(0.080, abs=1e-4)
+                site.unfreeze()
+                await trio.sleep(0.05)
+                assert (await loop.clear_faults())["ok"]
+            nursery.cancel_scope.cancel()
+    stats = loop.statistics()
+    assert stats.missed_periods > 100 and stats.meter_missed_periods == 0
+    assert stats.sensor_zero_writes == 5
+
+
+async def test_a_meter_that_stops_answering_is_caught_at_the_deadline(tmp_path: Path, autojump_clock: Any):
+    """No reply at all (the read hangs, its link's timeout is 300 ms): the read in flight is
+    given up at the sensor deadline, 80 ms after the last sample, and the power goes to 0."""
+    site = SimulatedSite.with_chargers(trio.current_time, 1, name="site-a", base_load_w=400_000.0,
+                                       frequency_hz=60.0, vehicles=[VehicleConfig.of("ford-f150-lightning-er")])
+    d = make_devices(site)
+    meter = SlowReads(d.meter, 0.0)
+    loop = ControlLoop(section(cycle_budget="1s"), attrs.evolve(d, meter=meter), node_id="n1", scope_id="site-a",
+                       state_dir=tmp_path)
+    with trio.fail_after(GUARD_S):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(loop.run)
+            loop.set_share(5_000)
+            await wait_until(lambda: site.charger(1).power_w <= -4_999, within_s=5)
+            await trio.sleep(0.003)
+            meter.hung = True
+            hung_at = trio.current_time()
+            await wait_until(lambda: Code.ERR_SENSOR_LOST in loop.logic.latched, step_s=0.001, within_s=1)
+            raised = loop.logic.latched[Code.ERR_SENSOR_LOST].raised_at_s - hung_at
+            assert 0.070 - 1e-6 <= raised <= 0.080 + 1e-6  # 80 ms after the last sample, read before the hang
+            await trio.sleep(0.1)
+            assert site.charger(1).power_w == 0
+            assert loop.meter.statistics().cut_off + loop.meter.statistics().deadline_raises >= 1
+            meter.hung = False
+            await trio.sleep(0.05)
+            assert (await loop.clear_faults())["ok"]
+            await wait_until(lambda: site.charger(1).power_w <= -4_999, within_s=5)
+            nursery.cancel_scope.cancel()
+
+
 async def test_cycle_over_budget_is_logged_with_figures(tmp_path: Path, autojump_clock: Any):
     fake = [0.0]
     slow = {"on": False}

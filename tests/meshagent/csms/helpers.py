@@ -45,6 +45,24 @@ class WallClock:
         self.ms += int(seconds * 1000)
 
 
+def agent_config(tmp_path: Path, node_id: str, host: str, devices: str, csms_url: str, *,
+                 station_id: str | None = None, csms_lines: str = "", extra: str = "") -> Path:
+    """Enrol ``node_id`` (a CA in ``tmp_path / "ca"``) and write its node.toml for ``meshagent
+    run``: local preset on ``host``:7946, API on 7947, ``devices`` (the [devices] lines), a
+    station of the CSMS at ``csms_url`` (queue in ``tmp_path``; ``csms_lines`` more [csms]
+    keys; sessions polled every 0.1 s), then ``extra`` sections."""
+    from meshagent.trust import keystore
+
+    ca = keystore.ca_init(tmp_path / "ca")
+    keystore.enroll(ca, node_id, tmp_path / node_id, site_id="site-1", transformer_id="tx-1")
+    cfg = tmp_path / node_id / "node.toml"
+    cfg.write_text(f'[node]\nid = "{node_id}"\n\n[mesh]\npreset = "local"\nbind = "{host}:7946"\napi = "{host}:7947"\n\n'
+                   f'[devices]\n{devices}\n\n'
+                   f'[csms]\nurl = "{csms_url}"\nstation_id = "{station_id or f"CP-{node_id}"}"\n'
+                   f'queue = "{tmp_path / "q.sqlite3"}"\n{csms_lines}session_poll = "0.1s"\n' + (f"\n{extra}" if extra else ""))
+    return cfg
+
+
 class CsmsProcess:
     """``python -m sims.csms_server`` on 127.0.0.1; restartable on the same port and database."""
 

@@ -22,9 +22,8 @@ import pytest
 import trio
 
 from meshagent.transport.udp import port_free
-from meshagent.trust import keystore
 from sims.csms_server import billing_report
-from tests.meshagent.csms.helpers import CsmsProcess, wait_until
+from tests.meshagent.csms.helpers import CsmsProcess, agent_config, wait_until
 
 SCRIPT = Path(sys.executable).with_name("meshagent")
 HOST = f"127.76.{os.getpid() % 250}.201"
@@ -41,14 +40,7 @@ def logs(tmp_path: Path) -> Iterator[Callable[[str], BinaryIO]]:
 
 
 def _node_config(tmp_path: Path, node_id: str, devices: str, csms: CsmsProcess) -> Path:
-    ca = keystore.ca_init(tmp_path / "ca")
-    keystore.enroll(ca, node_id, tmp_path / node_id, site_id="site-1", transformer_id="tx-1")
-    cfg = tmp_path / node_id / "node.toml"
-    cfg.write_text(f'[node]\nid = "{node_id}"\n\n[mesh]\npreset = "local"\nbind = "{HOST}:7946"\napi = "{HOST}:7947"\n\n'
-                   f'[devices]\n{devices}\n\n'
-                   f'[csms]\nurl = "{csms.url}"\nstation_id = "CP-{node_id}"\nqueue = "{tmp_path / "q.sqlite3"}"\n'
-                   f'sampled_data_interval = "1s"\nsession_poll = "0.1s"\n')
-    return cfg
+    return agent_config(tmp_path, node_id, HOST, devices, csms.url, csms_lines='sampled_data_interval = "1s"\n')
 
 
 def _ended_then_another(csms: CsmsProcess) -> bool:
@@ -126,7 +118,7 @@ async def test_sim_world_vehicles_arriving_and_leaving_are_billed_sessions(tmp_p
     csms = CsmsProcess(tmp_path, via_cli=True)
     await csms.start()
     cfg = _node_config(tmp_path, "sim-1", 'meter = "sim://site-s/meter"\ncharger = "sim://site-s/charger-1"\n'
-                                          'sim_arrivals = "6s/2s"', csms)
+                                          'sim_arrivals = "3s/1s"', csms)
     agent = await trio.lowlevel.open_process([str(SCRIPT), "run", "--config", str(cfg)], stdout=subprocess.DEVNULL,
                                              stderr=logs("agent.log"))
     try:

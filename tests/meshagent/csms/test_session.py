@@ -10,18 +10,20 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from pathlib import Path
+from typing import Any
 
+import attrs
 import pytest
 import trio
 
-from hardware.simulated import SimulatedSite, VehicleConfig
+from hardware.simulated import SimulatedCharger, SimulatedSite, VehicleConfig
 from hardware.simulated.serve import SimServer, site_units
 from meshagent.csms.session import Kind, Observation, SessionLogic
 from meshagent.transport.udp import port_free
-from meshagent.trust import keystore
 from sims.csms_server import billing_report
-from tests.meshagent.csms.helpers import CsmsProcess, wait_until
+from tests.meshagent.csms.helpers import CsmsProcess, agent_config, wait_until
 
 
 def kinds(actions) -> list[tuple[str, str]]:  # type: ignore[no-untyped-def]
@@ -106,108 +108,115 @@ def _statuses(csms: CsmsProcess) -> list[str]:
         return [s for (s,) in db.execute("SELECT status FROM statuses ORDER BY rowid")]
 
 
-async def test_a_vehicle_arriving_and_leaving_is_a_billed_session(tmp_path: Path) -> None:
-    if not port_free(HOST):
-        pytest.skip(f"port 7946 is taken on {HOST}")
-    site = SimulatedSite.with_chargers(time.monotonic, 1, base_load_w=40_000.0,
-                                       vehicles=[VehicleConfig.of("nissan-leaf-40")])
-    site.set_grid(frequency_hz=60.0)
-    charger = site.chargers[0]
-    charger.disconnect_vehicle()  # it arrives later
-    csms = CsmsProcess(tmp_path)
-    await csms.start()
-    server = SimServer(site_units(site, standard=True))
-    await server.start()
-    ca = keystore.ca_init(tmp_path / "ca")
-    keystore.enroll(ca, "field-2", tmp_path / "field-2", site_id="site-1", transformer_id="tx-1")
-    cfg = tmp_path / "field-2" / "node.toml"
-    cfg.write_text(f'[node]\nid = "field-2"\n\n[mesh]\npreset = "local"\nbind = "{HOST}:7946"\napi = "{HOST}:7947"\n\n'
-                   f'[devices]\nmeter = "{server.url(1)}"\ncharger = "{server.url(11)}"\n\n'
-                   f'[csms]\nurl = "{csms.url}"\nstation_id = "CP-FIELD"\nqueue = "{tmp_path / "q.sqlite3"}"\n'
-                   f'sampled_data_interval = "0.5s"\nsession_poll = "0.1s"\n')
-    agent = await trio.lowlevel.open_process([str(SCRIPT), "run", "--config", str(cfg)], stdout=subprocess.DEVNULL,
-                                             stderr=subprocess.DEVNULL)
+@attrs.define
+class FieldAgent:
+    """One charger's site served over Modbus TCP in this process, the development CSMS (its
+    own process) and a real ``meshagent run`` (its own process) driving the charger for it."""
+
+    site: SimulatedSite
+    charger: SimulatedCharger
+    csms: CsmsProcess
+
+
+@pytest.fixture
+async def field_agent(tmp_path: Path) -> AsyncIterator[Callable[..., Awaitable[FieldAgent]]]:
+    """``await field_agent(node_id, station_id, standard=..., csms_args=..., csms_lines=...)``
+    starts the rig: the grid at 60 Hz, no vehicle plugged in yet; ``standard``: the charger
+    implements only the SunSpec Alliance's models (else ours, 64900, too). Stopped at the
+    test's end, whatever happened."""
+    running: list[Any] = []  # what to stop, in order of starting
+
+    async def start(node_id: str, station_id: str, *, standard: bool, csms_args: Sequence[str] = (),
+                    csms_lines: str = "") -> FieldAgent:
+        if not port_free(HOST):
+            pytest.skip(f"port 7946 is taken on {HOST}")
+        site = SimulatedSite.with_chargers(time.monotonic, 1, base_load_w=40_000.0,
+                                           vehicles=[VehicleConfig.of("nissan-leaf-40")])
+        site.set_grid(frequency_hz=60.0)
+        charger = site.chargers[0]
+        charger.disconnect_vehicle()  # it arrives later
+        csms = CsmsProcess(tmp_path, *csms_args)
+        running.append(csms)
+        await csms.start()
+        server = SimServer(site_units(site, standard=standard))
+        running.append(server)
+        await server.start()
+        cfg = agent_config(tmp_path, node_id, HOST, f'meter = "{server.url(1)}"\ncharger = "{server.url(11)}"',
+                           csms.url, station_id=station_id, csms_lines=csms_lines,
+                           # the droop's open-loop response at its 0.2 s minimum (5 s by default): a
+                           # discharge shows within a second, so a second without one means something
+                           extra='[control]\nresponse_time = "200ms"\n')
+        running.append(await trio.lowlevel.open_process([str(SCRIPT), "run", "--config", str(cfg)],
+                                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        return FieldAgent(site, charger, csms)
+
+    yield start
+    for thing in reversed(running):
+        if isinstance(thing, trio.Process):
+            thing.kill()
+            with trio.move_on_after(10):
+                await thing.wait()
+        elif isinstance(thing, SimServer):
+            await thing.stop()
+        else:
+            thing.stop()
+
+
+async def test_a_vehicle_arriving_and_leaving_is_a_billed_session(field_agent: Any) -> None:
+    rig = await field_agent("field-2", "CP-FIELD", standard=True, csms_lines='sampled_data_interval = "0.5s"\n')
+    site, charger, csms = rig.site, rig.charger, rig.csms
 
     def statuses() -> list[str]:
         return _statuses(csms)
 
-    try:
-        with trio.fail_after(30):
-            await wait_until(lambda: statuses()[-1:] == ["Available"])
-            charger.connect_vehicle(VehicleConfig.of("nissan-leaf-40"))
-            await wait_until(lambda: any(kind == "Started" for _, _, kind, _ in csms.events()))
-            site.set_grid(frequency_hz=59.5)  # under-frequency: the agent discharges (a share of a spike)
-            await wait_until(lambda: charger.snapshot().energy_out_wh > 2)  # 701 TotWhInj counts whole Wh here
-            updates = sum(kind == "Updated" for _, _, kind, _ in csms.events())
-            await wait_until(lambda: sum(kind == "Updated" for _, _, kind, _ in csms.events()) >= updates + 2)
-            site.set_grid(frequency_hz=60.0)
-            charger.disconnect_vehicle()
-            await wait_until(lambda: any(kind == "Ended" for _, _, kind, _ in csms.events()))
-            await wait_until(lambda: statuses()[-1:] == ["Available"])
-        assert "Occupied" in statuses()
-        report = billing_report(csms.db)
-        assert len(report.transactions) == 1
-        bill = report.transactions[0]
-        assert bill.ended and bill.energy_exported_wh > 0  # the discharge shows in the meter values
-        with csms.query() as db:
-            (payload,) = db.execute("SELECT payload FROM transaction_events WHERE event_type = 'Ended'").fetchone()
-        assert json.loads(payload)["transaction_info"]["stopped_reason"] == "EVDisconnected"
-        done = await trio.run_process([str(SCRIPT), "csms", "billing", "--db", str(csms.db)], capture_stdout=True,
-                                      capture_stderr=True, check=False)
-        assert done.returncode == 0 and bill.transaction_id in done.stdout.decode(), done.stderr
-    finally:
-        agent.kill()
-        with trio.move_on_after(10):
-            await agent.wait()
-        await server.stop()
-        csms.stop()
+    with trio.fail_after(30):
+        await wait_until(lambda: statuses()[-1:] == ["Available"])
+        charger.connect_vehicle(VehicleConfig.of("nissan-leaf-40"))
+        await wait_until(lambda: any(kind == "Started" for _, _, kind, _ in csms.events()))
+        site.set_grid(frequency_hz=59.0)  # under-frequency: the agent discharges (a share of a spike)
+        await wait_until(lambda: charger.snapshot().energy_out_wh > 2)  # 701 TotWhInj counts whole Wh here
+        updates = sum(kind == "Updated" for _, _, kind, _ in csms.events())
+        await wait_until(lambda: sum(kind == "Updated" for _, _, kind, _ in csms.events()) >= updates + 2)
+        site.set_grid(frequency_hz=60.0)
+        charger.disconnect_vehicle()
+        await wait_until(lambda: any(kind == "Ended" for _, _, kind, _ in csms.events()))
+        await wait_until(lambda: statuses()[-1:] == ["Available"])
+    assert "Occupied" in statuses()
+    report = billing_report(csms.db)
+    assert len(report.transactions) == 1
+    bill = report.transactions[0]
+    assert bill.ended and bill.energy_exported_wh > 0  # the discharge shows in the meter values
+    with csms.query() as db:
+        (payload,) = db.execute("SELECT payload FROM transaction_events WHERE event_type = 'Ended'").fetchone()
+    assert json.loads(payload)["transaction_info"]["stopped_reason"] == "EVDisconnected"
+    done = await trio.run_process([str(SCRIPT), "csms", "billing", "--db", str(csms.db)], capture_stdout=True,
+                                  capture_stderr=True, check=False)
+    assert done.returncode == 0 and bill.transaction_id in done.stdout.decode(), done.stderr
 
 
-async def test_a_blocked_vehicle_gets_no_energy_and_its_transaction_ends_deauthorized(tmp_path: Path) -> None:
-    if not port_free(HOST):
-        pytest.skip(f"port 7946 is taken on {HOST}")
-    site = SimulatedSite.with_chargers(time.monotonic, 1, base_load_w=40_000.0,
-                                       vehicles=[VehicleConfig.of("nissan-leaf-40")])
-    site.set_grid(frequency_hz=60.0)
-    charger = site.chargers[0]
-    charger.disconnect_vehicle()
+async def test_a_blocked_vehicle_gets_no_energy_and_its_transaction_ends_deauthorized(
+    field_agent: Any, tmp_path: Path
+) -> None:
     auth = tmp_path / "auth.json"
     auth.write_text(json.dumps({"version": 1, "entries": [
         {"idToken": "EVBLOCKED", "type": "MacAddress", "status": "Blocked"}]}))
-    csms = CsmsProcess(tmp_path, "--auth-list", str(auth))
-    await csms.start()
-    server = SimServer(site_units(site))  # our charger image (64900) this time
-    await server.start()
-    ca = keystore.ca_init(tmp_path / "ca")
-    keystore.enroll(ca, "field-3", tmp_path / "field-3", site_id="site-1", transformer_id="tx-1")
-    cfg = tmp_path / "field-3" / "node.toml"
-    cfg.write_text(f'[node]\nid = "field-3"\n\n[mesh]\npreset = "local"\nbind = "{HOST}:7946"\napi = "{HOST}:7947"\n\n'
-                   f'[devices]\nmeter = "{server.url(1)}"\ncharger = "{server.url(11)}"\n\n'
-                   f'[csms]\nurl = "{csms.url}"\nstation_id = "CP-FIELD3"\nqueue = "{tmp_path / "q.sqlite3"}"\n'
-                   f'session_poll = "0.1s"\n')
-    agent = await trio.lowlevel.open_process([str(SCRIPT), "run", "--config", str(cfg)], stdout=subprocess.DEVNULL,
-                                             stderr=subprocess.DEVNULL)
-    try:
-        with trio.fail_after(30):
-            await wait_until(lambda: _statuses(csms)[-1:] == ["Available"])
-            site.set_grid(frequency_hz=59.5)  # the droop would discharge a vehicle that may transfer energy
-            charger.connect_vehicle(VehicleConfig.of("nissan-leaf-40", vehicle_id="EVBLOCKED"))
-            await wait_until(lambda: any(kind == "Ended" for _, _, kind, _ in csms.events()))
-        await trio.sleep(1.0)  # the control loop keeps running: it must still not move energy
-        assert charger.snapshot().energy_out_wh == 0.0 and charger.snapshot().actual_power_w == 0.0
-        with csms.query() as db:
-            rows = db.execute("SELECT event_type, id_token, payload, trigger_reason FROM transaction_events"
-                              " ORDER BY seq_no").fetchall()
-        assert [r[0] for r in rows] == ["Started", "Ended"] and rows[0][1] == "EVBLOCKED"
-        ended = json.loads(rows[1][2])
-        assert ended["transaction_info"]["stopped_reason"] == "DeAuthorized"
-        assert rows[1][3] == "Deauthorized"
-    finally:
-        agent.kill()
-        with trio.move_on_after(10):
-            await agent.wait()
-        await server.stop()
-        csms.stop()
+    # our charger image (64900) this time
+    rig = await field_agent("field-3", "CP-FIELD3", standard=False, csms_args=("--auth-list", str(auth)))
+    site, charger, csms = rig.site, rig.charger, rig.csms
+    with trio.fail_after(30):
+        await wait_until(lambda: _statuses(csms)[-1:] == ["Available"])
+        site.set_grid(frequency_hz=59.5)  # the droop would discharge a vehicle that may transfer energy
+        charger.connect_vehicle(VehicleConfig.of("nissan-leaf-40", vehicle_id="EVBLOCKED"))
+        await wait_until(lambda: any(kind == "Ended" for _, _, kind, _ in csms.events()))
+    await trio.sleep(1.0)  # the control loop keeps running: it must still not move energy
+    assert charger.snapshot().energy_out_wh == 0.0 and charger.snapshot().actual_power_w == 0.0
+    with csms.query() as db:
+        rows = db.execute("SELECT event_type, id_token, payload, trigger_reason FROM transaction_events"
+                          " ORDER BY seq_no").fetchall()
+    assert [r[0] for r in rows] == ["Started", "Ended"] and rows[0][1] == "EVBLOCKED"
+    ended = json.loads(rows[1][2])
+    assert ended["transaction_info"]["stopped_reason"] == "DeAuthorized"
+    assert rows[1][3] == "Deauthorized"
 
 
 async def test_simulated_vehicle_arriving_and_leaving_makes_a_session(tmp_path: Path) -> None:

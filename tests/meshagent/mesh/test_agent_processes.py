@@ -40,24 +40,33 @@ def make_node(tmp: Path, ca, i: int, seeds: list[str]) -> tuple[Path, str, str]:
     return cfg, host, node_id
 
 
-def members(host: str) -> dict[str, str]:
+def _api(host: str, path: str) -> dict | None:
+    """The agent's HTTP API, read in this process (a poll starting the console script would
+    cost about a second of CPU each; the commands themselves are run once below)."""
+    import urllib.error
+    import urllib.request
+
+    req = urllib.request.Request(f"http://{host}:7947{path}", headers={"Authorization": f"Bearer {OPERATOR_TOKEN}"})
     try:
-        r = subprocess.run([str(SCRIPT), "members", "--peer", f"{host}:7947", "--json"],
-                           capture_output=True, text=True, timeout=10)
-    except subprocess.TimeoutExpired:  # a loaded CI machine: poll again until the deadline
-        return {}
-    if r.returncode != 0:
-        return {}
-    return {m["node_id"]: m["status"] for m in json.loads(r.stdout)["members"]}
+        with urllib.request.urlopen(req, timeout=5) as resp:
+            return json.loads(resp.read())
+    except (OSError, ValueError):  # not up yet, or a loaded machine: poll again until the deadline
+        return None
+
+
+def members(host: str) -> dict[str, str]:
+    body = _api(host, "/v1/members")
+    return {m["node_id"]: m["status"] for m in body["members"]} if body else {}
 
 
 def capacity(host: str) -> dict:
-    try:
-        r = subprocess.run([str(SCRIPT), "capacity", "--peer", f"{host}:7947"], capture_output=True, text=True,
-                           timeout=10)
-    except subprocess.TimeoutExpired:
-        return {}
-    return json.loads(r.stdout) if r.returncode == 0 else {}
+    return _api(host, "/v1/capacity?scope=all") or {}
+
+
+def cli_json(*args: str) -> dict:
+    r = subprocess.run([str(SCRIPT), *args], capture_output=True, text=True, timeout=20)
+    assert r.returncode == 0, r.stderr
+    return json.loads(r.stdout)
 
 
 def wait_for(predicate, timeout_s: float) -> bool:
@@ -86,12 +95,15 @@ def test_agents_join_revoke_detect_a_kill_and_see_a_leave(tmp_path, monkeypatch)
             procs.append(subprocess.Popen([str(SCRIPT), "run", "--config", str(cfg)],
                                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
         assert wait_for(lambda: all(len(members(h)) == 4 for h in hosts), 20), [members(h) for h in hosts]
-        assert members(hosts[0]) == {"agent-0": "alive (self)", "agent-1": "alive", "agent-2": "alive", "agent-3": "alive"}
+        # the operator's commands, once: the same view as the API's
+        listed = cli_json("members", "--peer", f"{hosts[0]}:7947", "--json")
+        assert {m["node_id"]: m["status"] for m in listed["members"]} == {
+            "agent-0": "alive (self)", "agent-1": "alive", "agent-2": "alive", "agent-3": "alive"}
 
         # every agent runs its control loop on a simulated charger (a Nissan Leaf: 7 kW out,
         # 60% SoC over a 20% reserve of 39 kWh) and publishes its offer; any peer sums them
         assert wait_for(lambda: capacity(hosts[2]).get("nodes") == 4, 10), capacity(hosts[2])
-        cap = capacity(hosts[2])
+        cap = cli_json("capacity", "--peer", f"{hosts[2]}:7947")
         assert cap["discharge_available_w"] == 4 * 7000.0
         assert cap["energy_above_min_soc_wh"] == 4 * 0.40 * 39000.0
 

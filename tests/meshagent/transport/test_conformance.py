@@ -226,6 +226,38 @@ async def test_stream_to_an_address_nobody_serves_fails_cleanly(world: Any) -> N
         assert a.statistics().streams_opened == 0
 
 
+async def test_send_and_drain_without_waiting(world: Any) -> None:
+    # the node's fast path: a flush sent with no task switch, a burst drained after one wait
+    with trio.fail_after(GUARD_S):
+        a, b = await world.make(), await world.make()
+        assert b.receive_datagram_nowait() is None  # nothing there: no waiting either
+        for i in range(5):
+            assert a.send_datagram_nowait(b.address, bytes([i]) * 10)
+        first = await b.receive_datagram()
+        got = [first]
+        while len(got) < 5:
+            more = b.receive_datagram_nowait()
+            if more is None:
+                await trio.sleep(0.01)  # the simulated network may still be delivering
+                continue
+            got.append(more)
+        assert [d.packet[0] for d in got] == [0, 1, 2, 3, 4]
+        assert {d.source for d in got} == {a.address}
+        assert b.receive_datagram_nowait() is None
+        sa, sb = a.statistics(), b.statistics()
+        assert (sa.datagrams_sent, sa.bytes_sent) == (5, 50)
+        assert (sb.datagrams_received, sb.bytes_received) == (5, 50)
+        with pytest.raises(DatagramTooLarge):
+            a.send_datagram_nowait(b.address, bytes(1401))
+        assert a.send_datagram_nowait(world.unused_address(), b"anyone?")  # dealt with, not raised
+        assert a.statistics().datagrams_sent + a.statistics().send_errors == 6
+        await a.aclose()
+        with pytest.raises(trio.ClosedResourceError):
+            a.send_datagram_nowait(b.address, b"late")
+        with pytest.raises(trio.ClosedResourceError):
+            a.receive_datagram_nowait()
+
+
 async def test_send_to_nowhere_does_not_raise(world: Any) -> None:
     with trio.fail_after(GUARD_S):
         a = await world.make()

@@ -105,3 +105,22 @@ async def test_node_statistics_show_transport_drop_reasons(pki) -> None:
                 for reason in ("receive_queue_full", "kernel_receive_buffer_full", "not_allowed"):
                     assert reason in dropped
                 node.stop()
+
+
+async def test_the_receive_buffer_holds_a_spikes_acks() -> None:
+    """A burst of 2,000 ACK-sized datagrams, unread, all kept (the default buffer held ~600)."""
+    rmem_max = int(await trio.Path("/proc/sys/net/core/rmem_max").read_text())
+    if rmem_max < 2 * 1024 * 1024:
+        pytest.skip(f"net.core.rmem_max is {rmem_max}: the kernel caps the buffer below what this test needs")
+    with trio.fail_after(GUARD_S):
+        async with await UdpTransport.bind((f"{HOST}.1", 0)) as t:
+            assert t.receive_buffer_bytes >= 2 * 1024 * 1024
+            with udp_from(f"{HOST}.2") as s:
+                for _ in range(2000):  # nobody reads meanwhile
+                    s.sendto(b"a" * 200, t.address)
+                got = 0
+                with trio.move_on_after(0.3):
+                    while True:
+                        await t.receive_datagram()
+                        got += 1
+            assert got == 2000 and t.statistics().dropped_kernel == 0
