@@ -82,7 +82,7 @@ from meshagent.control.codes import Action, Code, FaultEvent
 from meshagent.control.detect import Phase, Spike
 from meshagent.control.limits import DeviceState
 from meshagent.control.logic import ControlLogic, Decision, Inputs, MeterSample
-from meshagent.control.meter import CYCLE_WAIT_PERIODS, MeterTask
+from meshagent.control.meter import CYCLE_WAIT_PERIODS, MeterTask, next_on_grid
 from protocol.stats import percentile
 
 log = logging.getLogger("meshagent.control")
@@ -382,12 +382,8 @@ class ControlLoop:
                 for event in self.logic.latency_summaries(deadline):
                     self._log(event)
             k += 1
-            deadline += period
-            late = trio.current_time() - deadline
-            if late > 0:
-                skipped = math.ceil(late / period)
-                self._missed += skipped
-                deadline += skipped * period
+            deadline, skipped = next_on_grid(deadline, period, trio.current_time())
+            self._missed += skipped
 
     async def _cycle(self, now: float) -> None:
         t0 = self._perf()

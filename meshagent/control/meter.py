@@ -42,6 +42,17 @@ from meshagent.control.logic import ControlLogic, MeterSample
 CYCLE_WAIT_PERIODS = 0.5  # the cycle waits this much of a period for its period's meter read
 
 
+def next_on_grid(deadline: float, period: float, now: float) -> tuple[float, int]:
+    """The next deadline on a task's grid after ``deadline``, and how many periods were
+    skipped because ``now`` is already past it (a late task keeps its grid, counts the miss)."""
+    deadline += period
+    late = now - deadline
+    if late <= 0:
+        return deadline, 0
+    skipped = math.ceil(late / period)
+    return deadline + skipped * period, skipped
+
+
 @attrs.frozen
 class MeterRead:
     """One read of the meter, judged."""
@@ -143,12 +154,8 @@ class MeterTask:
             self._publish(MeterRead(deadline, sample if fresh else None, read_at, perf, start_perf))
             if events:
                 self._on_events(events)
-            deadline += period
-            late = trio.current_time() - deadline
-            if late > 0:
-                skipped = math.ceil(late / period)
-                self._missed += skipped
-                deadline += skipped * period
+            deadline, skipped = next_on_grid(deadline, period, trio.current_time())
+            self._missed += skipped
 
     def _publish(self, read: MeterRead) -> None:
         # an unfresh read does not replace a fresh one the cycle has not taken yet
