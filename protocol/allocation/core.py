@@ -524,9 +524,11 @@ class Proposer:
             return cur.planned.get(node_id, 0.0)
         if not cur.message.trim:
             return 0.0
-        before = [a.applied_w for seq, acks in self.acks.items() if seq < cur.seq
-                  for n, a in acks.items() if n == node_id]
-        return min(cur.planned.get(node_id, 0.0), before[-1]) if before else 0.0
+        for seq in sorted(self.acks, reverse=True):  # its newest ACK before the trim
+            ack = self.acks[seq].get(node_id) if seq < cur.seq else None
+            if ack is not None:
+                return min(cur.planned.get(node_id, 0.0), ack.applied_w)
+        return 0.0
 
     def held_w(self, now: float) -> dict[str, float]:
         """Per transformer, the most this proposer's members may apply for it now (each at
