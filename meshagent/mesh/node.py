@@ -42,9 +42,9 @@ from collections import deque
 from collections.abc import Callable, Iterable
 from typing import Any
 
-import attrs
 import trio
 
+from meshagent.mesh.stats import LATE_WAKEUP_FRACTION, LatenessRecorder, NodeStatistics
 from meshagent.transport.base import Address, Datagram, FramedStream, Transport, drop_reasons
 from meshagent.trust.endpoint import (
     MAX_CERTIFICATES_PER_MESSAGE,
@@ -56,7 +56,6 @@ from protocol.errors import BadPacket
 from protocol.identity import NodeIdentity, TrustStore
 from protocol.messages import TYPE_OF, CertificateRequest, Certificates, Revoke
 from protocol.state import Capacity, Scope, StateRecord
-from protocol.stats import percentile
 from protocol.swim import (
     HANDLED_MESSAGES,
     Ack,
@@ -72,7 +71,6 @@ from protocol.swim import (
     MemberLeft,
     MemberRemoved,
     Membership,
-    MembershipStatistics,
     Nack,
     Ping,
     PingReq,
@@ -126,48 +124,6 @@ class _TrackingAuthenticator:
             self.missing.add(author_id)
             return False
         return self._inner.verify(author_id, payload, signature)
-
-
-# A timer tick that runs more than this fraction of the probe timeout behind its deadline is
-# a late wake-up (counted in ``NodeStatistics.late_wakeups``): late enough that the node's
-# own probes, and its answers to others' probes, start to eat into the timeout.
-LATE_WAKEUP_FRACTION = 0.10
-
-
-@attrs.frozen
-class NodeStatistics:
-    membership: MembershipStatistics
-    datagrams_sent: int
-    datagrams_received: int
-    dropped: dict[str, int]
-    reliable_sent: int
-    reliable_failed: int
-    ignored_messages: int
-    late_wakeups: int  # timer ticks more than LATE_WAKEUP_FRACTION of the probe timeout late
-    subscriber_events_dropped: int  # events a full subscriber channel did not take
-    certificates_refused: int  # certificates from peers that did not parse or verify
-    tick_lateness_p99_s: float
-    tick_lateness_max_s: float
-
-
-class LatenessRecorder:
-    """How late timer ticks ran behind the core's deadlines (a bounded window of samples)."""
-
-    def __init__(self, window: int = 4096) -> None:
-        self.samples: deque[float] = deque(maxlen=window)
-        self.max_s = 0.0
-
-    def add(self, late_s: float) -> None:
-        self.samples.append(late_s)
-        if late_s > self.max_s:
-            self.max_s = late_s
-
-    def reset(self) -> None:
-        self.samples.clear()
-        self.max_s = 0.0
-
-    def quantile(self, q: float) -> float:
-        return percentile(self.samples, q, default=0.0)
 
 
 class MeshNode:

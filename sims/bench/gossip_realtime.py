@@ -28,7 +28,7 @@ from typing import Any
 
 import trio
 
-from meshagent.mesh.node import LATE_WAKEUP_FRACTION
+from meshagent.mesh.stats import LATE_WAKEUP_FRACTION
 from meshagent.transport.udp import port_free
 from protocol.identity import NodeIdentity, TrustStore
 from protocol.swim import SwimConfig

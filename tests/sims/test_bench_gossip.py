@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from meshagent.mesh.node import LATE_WAKEUP_FRACTION
+from meshagent.mesh.stats import LATE_WAKEUP_FRACTION
 from protocol.swim import SwimConfig
 from sims.bench.gossip import detection, false_positives, spread_side_by_side
 from sims.bench.gossip_realtime import run_realtime, sizes_to_try
