@@ -44,7 +44,6 @@ from __future__ import annotations
 
 import collections
 import enum
-import statistics
 from typing import Any
 
 import attrs
@@ -132,6 +131,8 @@ class SpikeDetector:
     _limit: _Criterion = attrs.field(factory=_Criterion)
     _rise: _Criterion = attrs.field(factory=_Criterion)
     _raw: collections.deque[tuple[float, float]] = attrs.field(factory=collections.deque)
+    # the smoothed samples of the window that can still be its minimum, values increasing
+    # (a monotonic queue: the minimum is the first, O(1) amortised per sample)
     _smooth: collections.deque[tuple[float, float]] = attrs.field(factory=collections.deque)
     _baseline_w: float | None = None  # frozen while a rise is active
     _rise_started_s: float | None = None
@@ -149,13 +150,22 @@ class SpikeDetector:
         raw.append((now_s, gross_w))
         while now_s - raw[0][0] > self.settings.smoothing_s + 1e-9:
             raw.popleft()
-        return statistics.median(w for _, w in raw)
+        values = sorted([w for _, w in raw])
+        mid = len(values) // 2
+        return values[mid] if len(values) % 2 else (values[mid - 1] + values[mid]) / 2
 
     def _window_min(self, now_s: float) -> float | None:
         q = self._smooth
         while q and now_s - q[0][0] > self.settings.window_s + 1e-9:
             q.popleft()
-        return min((w for _, w in q), default=None)
+        return q[0][1] if q else None
+
+    def _add_smoothed(self, now_s: float, smooth_w: float) -> None:
+        # a sample no lower than this newer one can never again be the window's minimum
+        q = self._smooth
+        while q and q[-1][1] >= smooth_w:
+            q.pop()
+        q.append((now_s, smooth_w))
 
     def step(self, load_w: float, now_s: float, covered_w: float = 0.0, *, rise_armed: bool = True) -> list[Spike]:
         s = self.settings
@@ -186,7 +196,7 @@ class SpikeDetector:
             if self._rise.step(rising, False, now_s, s.min_duration_s, s.clear_duration_s):
                 self._baseline_w, self._rise_started_s = floor, now_s
         rise_on = self._rise.active
-        self._smooth.append((now_s, smooth))
+        self._add_smoothed(now_s, smooth)
 
         if not (limit_on or rise_on):
             if self._current is None:

@@ -177,3 +177,36 @@ def test_a_disarmed_rise_criterion_waits_and_the_limit_still_holds():
         out += det.step(load, t, rise_armed=False)  # a 40 kW rise under the limit, then over it
     assert [(s.phase, s.kind) for s in out] == [(Phase.START, "limit")]
     assert out[0].at_s == pytest.approx(2.02)
+
+
+class _BruteForceWindow(SpikeDetector):
+    """The detector with the rise criterion's window minimum taken by rescanning the window."""
+
+    def _window_min(self, now_s: float) -> float | None:
+        q = self._smooth
+        while q and now_s - q[0][0] > self.settings.window_s + 1e-9:
+            q.popleft()
+        return min((w for _, w in q), default=None)
+
+    def _add_smoothed(self, now_s: float, smooth_w: float) -> None:
+        self._smooth.append((now_s, smooth_w))
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_the_running_window_minimum_decides_as_a_rescan_of_the_window(seed):
+    # random walks with steps, dips and irregular sample times: every event must be the same
+    rng = random.Random(seed)
+    settings = DetectorSettings(window_s=0.3, rise_hold_s=1.5)
+    fast = SpikeDetector(settings, node_id="n1")
+    slow = _BruteForceWindow(settings, node_id="n1")
+    load, t, events = 420_000.0, 0.0, 0
+    for _ in range(3000):
+        t = round(t + rng.choice((0.005, 0.01, 0.01, 0.02)), 3)
+        load += rng.gauss(0, 4_000) + rng.choice((0.0,) * 40 + (60_000.0, -60_000.0))
+        load = min(max(load, 300_000.0), 620_000.0)
+        covered = rng.choice((0.0, 0.0, 10_000.0))
+        got = fast.step(load, t, covered)
+        assert got == slow.step(load, t, covered)
+        assert fast._window_min(t) == slow._window_min(t)
+        events += len(got)
+    assert events > 10  # the walk did make spikes
