@@ -134,10 +134,11 @@ class SimulatedCharger(FaultHooks):
         assert self.ramp_w_per_s is not None
         return InverterLimits(charge, discharge, self.ramp_w_per_s, self.rated_w)
 
-    def _target_w(self) -> float:
+    def _target_w(self, lim: InverterLimits | None = None) -> float:
+        """The power the stage moves toward (``lim``: this instant's ``limits()``, if at hand)."""
         if self.faults or self.safe_mode or self.contactors_held_open or self.vehicle is None:
             return 0.0
-        target = self.limits().clamp(self.setpoint_w)
+        target = (lim or self.limits()).clamp(self.setpoint_w)
         if target < 0 and -target < self.vehicle.config.min_discharge_w:
             return 0.0
         return target
@@ -380,13 +381,16 @@ class SimulatedCharger(FaultHooks):
             now = self.advance()
             if self.frozen is not None:
                 return self.frozen
+            # one limits() and one state() for the whole snapshot (each was computed 3 and 2
+            # times: the snapshot is taken every control cycle of every simulated agent)
             lim = self.limits()
+            state = self.state()
             v = self.vehicle
             p = v.parameters() if v is not None else None
             snap = ChargerSnapshot(
                 taken_at_s=now,
-                state=self.state().value,
-                setpoint_w=self._target_w() if self.state() not in (InverterState.FAULT, InverterState.SAFE_MODE) else 0.0,
+                state=state.value,
+                setpoint_w=self._target_w(lim) if state not in (InverterState.FAULT, InverterState.SAFE_MODE) else 0.0,
                 commanded_w=self.setpoint_w,
                 actual_power_w=self.power_w,
                 max_charge_w=lim.max_charge_w,
