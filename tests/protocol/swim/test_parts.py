@@ -253,3 +253,26 @@ def test_a_delegate_hears_member_events_and_cannot_take_what_is_handled():
     for d in (Greedy(), Copycat(), Unslotted()):
         with pytest.raises(LocalProtocolError):
             cores[1].add_delegate(d)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.lists(st.tuples(st.integers(0, 30), st.integers(8, 300)), max_size=80),
+    st.integers(0, 1500),
+)
+def test_queue_take_is_the_greedy_scan_of_every_queued_rumor(puts, budget):
+    # take stops scanning once nothing queued can fit: it must choose what a scan of the
+    # whole queue (least sent first, newest first among equals) would choose
+    q = BroadcastQueue()
+    for i, (key, size) in enumerate(puts):
+        q.put(key, (key, size), size)
+        if i % 7 == 6:
+            q.take(budget // 2, 4)  # mixed transmit counts
+    expected, used = [], 0
+    for _key, item, _transmits in q.items():
+        if budget - used < 8:
+            break
+        if used + item[1] <= budget:
+            expected.append(item)
+            used += item[1]
+    assert q.take(budget, 10) == (expected, used)
