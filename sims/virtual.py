@@ -63,6 +63,7 @@ import trio.testing
 
 from hardware.simulated.charger import SimulatedCharger
 from hardware.simulated.site import MeterSnapshot, SimulatedSite, SimWorld
+from sims.packet import warm_snapshot
 from sims.scenario import Scenario, load_scenario
 from sims.testpki import NOW_MS, Pki
 
@@ -135,8 +136,9 @@ class _Run:
     """One packet-level run: the world, the agents, the samples."""
 
     def __init__(self, sc: Scenario, link: Any, progress: Callable[[float], None] | None,
-                 settle_s: float = SETTLE_S, member_period_s: float = PERIOD_S) -> None:
+                 settle_s: float = SETTLE_S, member_period_s: float = PERIOD_S, warm: bool = False) -> None:
         self.sc = sc
+        self.warm = warm
         self.member_period_s = member_period_s
         self.settle_s = settle_s
         s, site = sc["scenario"], sc["site"]
@@ -228,14 +230,17 @@ class _Run:
         pki = Pki(seed=self.seed)
         clock = lambda: NOW_MS + int(trio.current_time() * 1000)  # noqa: E731
         seed_address = None
+        idents = [pki.identity(f"agent-{i:05d}", site_id=SITE, transformer_id=f"tx-{i % self.n_tx}",
+                               roles=("detector",) if i in self.detectors else ()) for i in range(self.n)]
+        transports = [self.net.endpoint() for _ in range(self.n)]
+        # warm: every node starts with the membership formed (sims.packet.warm_snapshot), no join
+        snapshot = warm_snapshot(pki, idents, [t.address for t in transports], NOW_MS) if self.warm else None
         for i in range(self.n):
             tx = i % self.n_tx
-            ident = pki.identity(f"agent-{i:05d}", site_id=SITE, transformer_id=f"tx-{tx}",
-                                 roles=("detector",) if i in self.detectors else ())
-            transport = self.net.endpoint()
+            ident, transport = idents[i], transports[i]
             node = MeshNode(ident, pki.trust(), transport, SwimConfig.lan(), boot_epoch=1,
-                            seeds=[seed_address] if seed_address else [], wall_clock_ms=clock,
-                            rng=random.Random(self.seed * 100_003 + i))
+                            seeds=[seed_address] if seed_address and snapshot is None else [], wall_clock_ms=clock,
+                            rng=random.Random(self.seed * 100_003 + i), snapshot=snapshot)
             seed_address = seed_address or transport.address
             agent = _Agent(i, node, transport, self.site.chargers[i], tx, trio.CancelScope())  # type: ignore[arg-type]
             self.agents.append(agent)
@@ -463,6 +468,7 @@ class _Run:
             run_wall = time.perf_counter() - run_wall
             nursery.cancel_scope.cancel()
         out = self.totals(measured, run_wall)
+        out["start"] = "warm" if self.warm else "join"
         out["join_converged_sim_s"] = round(converged, 2)
         out["join_wall_s"] = round(join_wall, 2)
         out["sim_s_per_wall_s"] = round(self.duration_s / run_wall, 3) if run_wall > 0 else None
@@ -480,11 +486,15 @@ def run_packet(
     out: Path | None = None,
     settle_s: float = SETTLE_S,
     member_period_s: float = PERIOD_S,
+    warm: bool = False,
 ) -> dict[str, Any]:
     """Run ``scenario`` with N complete agents in virtual time; the report (see the module).
 
     ``member_period_s``: the members' meter period (the detectors always poll every
-    10 ms, as in the field); slower members cost less to simulate and apply shares later."""
+    10 ms, as in the field); slower members cost less to simulate and apply shares later.
+    ``warm``: no join; every agent starts with the membership formed (``warm_snapshot``):
+    for studies of a spike at a size whose join alone would take long (the report says
+    ``"start": "warm"``; ``join_wall_s`` is then building the agents)."""
     sc = scenario if isinstance(scenario, Scenario) else load_scenario(scenario)
     sc = sc.with_overrides(nodes=nodes, seed=seed, duration_s=duration_s)
     n = int(sc["scenario"]["nodes"])
@@ -495,7 +505,7 @@ def run_packet(
     s = int(sc["scenario"]["seed"])
     _seed_trio_scheduler(s)
     wall = time.perf_counter()
-    run = _Run(sc, link, progress, settle_s, member_period_s)
+    run = _Run(sc, link, progress, settle_s, member_period_s, warm)
     totals = trio.run(run.main, clock=trio.testing.MockClock(autojump_threshold=0))
     report: dict[str, Any] = {
         "scenario": sc.name,
@@ -536,10 +546,11 @@ def bench_scenario(n: int, window_s: float) -> Scenario:
 
 
 def complete_agents_rate(n: int, window_s: float = 2.0, settle_s: float = SETTLE_S,
-                         member_period_s: float = PERIOD_S) -> dict[str, Any]:
+                         member_period_s: float = PERIOD_S, warm: bool = False) -> dict[str, Any]:
     """Simulated seconds per wall second of N complete agents over a scenario window (virtual
     time; the join and the settle are timed apart): ``bench sim``'s complete-agent row."""
-    report = run_packet(bench_scenario(n, window_s), settle_s=settle_s, member_period_s=member_period_s)
+    report = run_packet(bench_scenario(n, window_s), settle_s=settle_s, member_period_s=member_period_s,
+                        warm=warm)
     mesh = report["baselines"]["mesh"]
     return {
         "nodes": n,
@@ -548,6 +559,7 @@ def complete_agents_rate(n: int, window_s: float = 2.0, settle_s: float = SETTLE
         "sim_s_per_wall_s": mesh["sim_s_per_wall_s"],
         "window_sim_s": window_s,
         "window_wall_s": mesh["wall_s"],
+        "start": mesh["start"],
         "join_converged_sim_s": mesh["join_converged_sim_s"],
         "join_wall_s": mesh["join_wall_s"],
         "run_wall_s": report["wall_s"],

@@ -71,6 +71,7 @@ from protocol.swim import (
     MemberLeft,
     MemberRemoved,
     Membership,
+    MemberSnapshot,
     Nack,
     Ping,
     PingReq,
@@ -144,8 +145,10 @@ class MeshNode:
         authenticator: ItemAuthenticator | None = None,
         on_revocation: Callable[[str], None] | None = None,
         not_before_ms: int = 0,
+        snapshot: MemberSnapshot | None = None,
     ) -> None:
         self.identity = identity
+        self._snapshot = snapshot  # a known membership to start from (Membership's snapshot)
         self.config = swim_config
         self.seeds = list(seeds)
         self.rng = rng or random.Random()
@@ -211,7 +214,7 @@ class MeshNode:
         """Run until cancelled or until ``leave`` has finished."""
         self.membership = Membership(
             self.config, self.local, self.rng, trio.current_time(),
-            authenticator=self._authenticator, delegates=self._delegates,
+            authenticator=self._authenticator, delegates=self._delegates, snapshot=self._snapshot,
         )
         try:
             async with trio.open_nursery() as nursery:

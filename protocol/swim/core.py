@@ -294,7 +294,7 @@ class Membership:
         if not self._left:
             self.probing.tick_next(now)
             self.sync.tick(now)
-        if now >= self._next_gossip_at:
+        if now >= self._next_gossip_at and self._piggyback.pending():
             self._next_gossip_at = now + self.config.gossip_interval_s
             self._gossip(now)
         if now >= self._leave_deadline:
@@ -304,7 +304,10 @@ class Membership:
     def next_deadline(self) -> float:
         """When ``tick`` must next run (``math.inf`` when nothing is scheduled)."""
         d = self.timers.next_deadline()
-        if self._next_gossip_at < d:
+        # the gossip round only when there is something to tell: an idle member does not
+        # wake five times a second for nothing (a rumor queued after an idle round goes at
+        # its next tick, at once if that round's time has passed)
+        if self._next_gossip_at < d and self._piggyback.pending():
             d = self._next_gossip_at
         if self._leave_deadline < d:
             d = self._leave_deadline
