@@ -50,6 +50,7 @@ from hardware.interfaces import (
     FaultKind,
     InverterLimits,
     InverterState,
+    VehicleParameters,
 )
 from hardware.simulated.faults import FaultHooks
 from hardware.simulated.vehicles import EVBattery, VehicleConfig
@@ -125,14 +126,22 @@ class SimulatedCharger(FaultHooks):
         return max(self.max_charge_w, self.max_discharge_w)
 
     def limits(self) -> InverterLimits:
-        charge, discharge = self.max_charge_w, self.max_discharge_w
         if self.vehicle is None:
-            charge = discharge = 0.0
-        else:
-            charge = min(charge, self.vehicle.charge_limit_w())
-            discharge = min(discharge, self.vehicle.discharge_limit_w())
+            return self._limits_from(None)
+        v = self.vehicle
+        return self._limits_w(v.charge_limit_w(), v.discharge_limit_w())
+
+    def _limits_from(self, p: VehicleParameters | None) -> InverterLimits:
+        """``limits()`` from the vehicle's parameters of this instant (None: no vehicle)."""
+        if p is None:
+            assert self.ramp_w_per_s is not None
+            return InverterLimits(0.0, 0.0, self.ramp_w_per_s, self.rated_w)
+        return self._limits_w(p.ev_maximum_charge_power_w, p.ev_maximum_discharge_power_w)
+
+    def _limits_w(self, ev_charge_w: float, ev_discharge_w: float) -> InverterLimits:
         assert self.ramp_w_per_s is not None
-        return InverterLimits(charge, discharge, self.ramp_w_per_s, self.rated_w)
+        return InverterLimits(min(self.max_charge_w, ev_charge_w), min(self.max_discharge_w, ev_discharge_w),
+                              self.ramp_w_per_s, self.rated_w)
 
     def _target_w(self, lim: InverterLimits | None = None) -> float:
         """The power the stage moves toward (``lim``: this instant's ``limits()``, if at hand)."""
@@ -383,10 +392,10 @@ class SimulatedCharger(FaultHooks):
                 return self.frozen
             # one limits() and one state() for the whole snapshot (each was computed 3 and 2
             # times: the snapshot is taken every control cycle of every simulated agent)
-            lim = self.limits()
-            state = self.state()
             v = self.vehicle
             p = v.parameters() if v is not None else None
+            lim = self._limits_from(p)
+            state = self.state()
             snap = ChargerSnapshot(
                 taken_at_s=now,
                 state=state.value,

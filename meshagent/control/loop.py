@@ -389,8 +389,9 @@ class ControlLoop:
         t0 = self._perf()
         # the meter's read of this period, judged by its own task (a meter that does not
         # answer in time leaves this cycle without a sample, as a fault would)
-        with trio.move_on_at(now + CYCLE_WAIT_PERIODS * self.section.meter_period_s):
-            await self.meter.wait_for(now)
+        if not self.meter.has_read_for(now):  # (already here: no cancel scope to open)
+            with trio.move_on_at(now + CYCLE_WAIT_PERIODS * self.section.meter_period_s):
+                await self.meter.wait_for(now)
         t_took = self._perf()
         read = self.meter.take()
         meter = read.sample if read is not None else None

@@ -109,6 +109,10 @@ class MeterTask:
         while self._latest_deadline_s < deadline_s - 1e-9:
             await self._published.wait()
 
+    def has_read_for(self, deadline_s: float) -> bool:
+        """Whether the read of the period at ``deadline_s`` (or a later one) is published."""
+        return self._latest_deadline_s >= deadline_s - 1e-9
+
     def take(self) -> MeterRead | None:
         """The newest read published since the last ``take`` (None: none)."""
         read, self._newest = self._newest, None
