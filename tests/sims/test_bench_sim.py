@@ -15,7 +15,9 @@ def test_bench_sim_quick(capsys: pytest.CaptureFixture[str], monkeypatch: pytest
     assert main(["bench", "sim", "--quick", "--json"]) == 0
     data = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert data["rows"][0]["nodes"] == 20 and data["rows"][0]["sim_s_per_wall_s"] > 0
-    assert data["rows"][0]["agent"].startswith("membership only")
+    assert data["rows"][0]["agent"].startswith("membership only") and data["rows"][0]["start"] == "join"
+    assert data["join_rows"][0]["nodes"] == 20 and data["join_rows"][0]["join_wall_s"] > 0
+    assert data["join_rows"][-1] == {"nodes": 1000, "join_wall_s": None, "skipped": "--quick"}
     complete = data["complete_agent_rows"][0]
     assert complete["nodes"] == 10 and complete["sim_s_per_wall_s"] > 0 and complete["agent"].startswith("complete")
     assert complete["limits_violated"] == 0 and complete["spike_to_applied_max_ms"] is not None
