@@ -9,7 +9,7 @@ agent assembled as ``meshagent run`` assembles it, under ``trio.testing.MockCloc
   deterministic ``sims.testpki``), on ``meshagent.transport.memory`` (one-way delay 0.2-1 ms
   as ``bench gossip``'s LAN; ``link=`` sets loss, delay, duplication), all joined through
   node 0 before the scenario starts;
-* the control loop and the allocation: ``meshagent.agent._run_control``, the agent's own
+* the control loop and the allocation: ``meshagent.agent.run_control``, the agent's own
   wiring (``ControlLoop`` on ``sim://`` devices, the ``Allocator`` with the loop's
   ``set_share``, the offer published as the state record), each agent handed the one shared
   ``SimWorld`` exactly as ``run_agent(sim_world=...)`` does for ``meshagent demo``. Node 0's
@@ -250,13 +250,13 @@ class _Run:
         agent.alive = False
 
     async def start_control(self) -> None:
-        from meshagent.agent import _run_control
+        from meshagent.agent import run_control
         from meshagent.csms.authsync import RecordPublisher
 
         for agent in self.agents:
             inner = agent.nursery
             cfg = self.config(agent.index, agent.node.node_id)
-            await inner.start(_run_control, cfg, agent.node, None, RecordPublisher(agent.node), {},
+            await inner.start(run_control, cfg, agent.node, None, RecordPublisher(agent.node), {},
                               agent.allocation, None, self.world)
             allocator = agent.allocation["allocator"]
             allocator.on_applied = lambda _scope, key, share, i=agent.index: self.applied.append(
