@@ -8,7 +8,8 @@ agent assembled as ``meshagent run`` assembles it, under ``trio.testing.MockCloc
 * the mesh: a ``MeshNode`` per charger (Ed25519 on every packet, certificates from the
   deterministic ``sims.testpki``), on ``meshagent.transport.memory`` (one-way delay 0.2-1 ms
   as ``bench gossip``'s LAN; ``link=`` sets loss, delay, duplication), all joined through
-  node 0 before the scenario starts;
+  node 0 before the scenario starts (or, ``warm=True``, started with the membership formed:
+  ``sims.packet.warm_snapshot``; docs/simulation.md §10);
 * the control loop and the allocation: ``meshagent.agent.run_control``, the agent's own
   wiring (``ControlLoop`` on ``sim://`` devices, the ``Allocator`` with the loop's
   ``set_share``, the offer published as the state record), each agent handed the one shared

@@ -178,7 +178,9 @@ def run(quick: bool = False) -> BenchResult:
               f"{r['join_converged_sim_s']} s simulated in {r['join_wall_s']} s wall"
               if r.get("join_wall_s") is not None and not r.get("skipped") else str(r.get("skipped")))
              for r in joins]
-    rows += [(f"{r['nodes']} complete agents (mesh + 10 ms control + allocation), virtual time, signed", rate(r))
+    rows += [(f"{r['nodes']} complete agents (mesh + 10 ms control + allocation), virtual time, signed",
+              rate(r) + ("; no member applied a share in the window" if r.get("sim_s_per_wall_s")
+                         and r.get("spike_to_applied_max_ms") is None else ""))
              for r in complete]
     rows.append(("fleet 1,000 chargers, 1-min steps", f"{day['sim_s_per_wall_s']:,}x real time "
                  f"({day['us_per_charger_step']} us per charger-step; target {TARGET_FLEET:,}x)"))
