@@ -11,12 +11,16 @@ from __future__ import annotations
 
 import json
 import os
+import time
 
 import pytest
+import trio
 
 from meshagent.cli.main import main
 from sims import netns
-from sims.realnet import RunFailed, run_real, spike_of
+from sims.agentprocs import charger_unit, refreshing_site
+from sims.procs import Child, stop_all
+from sims.realnet import RunFailed, join_timeout_for, member_control, mesh_knobs, run_real, spike_of
 from sims.scenario import ScenarioError, load_scenario
 
 MEASURED = ("spike_to_response_s", "peak_site_kw", "site_limit_kw", "limits_violated", "messages_per_node",
@@ -40,11 +44,19 @@ def _check_mesh_answered(report: dict) -> None:
 
 @pytest.mark.slow
 def test_six_agents_in_two_processes_answer_the_surge_over_loopback(tmp_path) -> None:
-    report = run_real("workplace-surge", mode="real-network", nodes=6, workers=2, hold_s=3.0, out=tmp_path)
-    assert report["runner"].startswith("real-network: 6 agents in 2 worker processes")
+    report = run_real("workplace-surge", mode="real-network", nodes=6, workers=1, hold_s=3.0, out=tmp_path)
+    assert "the detector in a process of its own and the other 5 in 1 worker processes" in report["runner"]
     assert report["level"] == "packet" and report["nodes"] == 6
     _check_mesh_answered(report)
     assert all(live == 6 for live in report["live_members_seen_at_end"].values())
+    # why a mesh would have missed, read from the run: nobody faulted, every loop cycled, and
+    # each process's share of a CPU and the site's Modbus load were measured
+    assert report["faults_at_end"] == {}
+    assert set(report["control_loops"]) == {"agent-000", "agent-001"}
+    assert all(loop["cycles"] > 10 for loop in report["control_loops"].values())
+    assert set(report["cpu_share"]) == {"site", "agents-0", "agents-1"}
+    assert all(0 < share["join"] < 2 and 0 < share["spike"] < 2 for share in report["cpu_share"].values())
+    assert report["modbus_requests_per_s"] > 50  # the detector alone polls the meter every 10 ms
     # the central baseline beside it: its OCPP dispatch timed for real, every station answered
     central = report["baselines"]["central"]
     assert list(report["baselines"]) == ["none", "central", "mesh"]
@@ -78,6 +90,50 @@ def test_a_failed_netns_run_leaves_no_namespace() -> None:
     with pytest.raises(RunFailed, match="netns"):
         run_real("workplace-surge", mode="netns", nodes=3, join_timeout_s=0.01)
     assert netns.NetnsLab.leftovers(f"ms{os.getpid()}x") == []
+
+
+def test_the_site_meter_refreshes_like_a_meter_not_per_read() -> None:
+    now = [100.0]
+    site = refreshing_site(lambda: now[0], "s", 10_000.0, refresh_s=0.005)
+    site.add_charger()
+    first = site.snapshot()
+    now[0] += 0.004
+    assert site.snapshot() is first  # within one refresh: the same registers
+    now[0] += 0.002
+    second = site.snapshot()
+    assert second.taken_at_s == 100.006 and second.sample_count == first.sample_count + 1
+    site.step_load(5_000.0)  # a step shows at the next read, not a refresh later
+    assert site.snapshot().active_power_w == second.active_power_w + 5_000.0
+
+
+def test_past_236_chargers_the_site_serves_them_from_a_second_modbus_server() -> None:
+    assert [charger_unit(i) for i in (0, 235, 236, 471, 472)] == [(0, 11), (0, 246), (1, 11), (1, 246), (2, 11)]
+    site = Child("site", "sims.agentprocs", ["site", "127.0.0.1", "240", "10000.0", "60.0"])
+    try:
+        host, ports = site.expect("ready", time.monotonic() + 30)
+        assert len(ports.split(",")) == 2
+
+        async def read() -> tuple[float, float]:
+            from hardware.connect import open_charger, open_site_meter
+
+            meter = open_site_meter(f"modbus+tcp://{host}:{ports.split(',')[1]}/1")
+            charger = open_charger(f"modbus+tcp://{host}:{ports.split(',')[1]}/14")  # charger 240
+            try:
+                return (await meter.read()).active_power_w, (await charger.inverter.status()).limits.max_discharge_w
+            finally:
+                await meter.aclose()
+                await charger.aclose()
+
+        load_w, discharge_w = trio.run(read)
+        assert load_w >= 10_000.0 and discharge_w > 0  # the meter sees the site; the charger its vehicle
+    finally:
+        stop_all([site])
+
+
+def test_join_timeout_and_member_settings_scale_with_n() -> None:
+    assert join_timeout_for(6) == join_timeout_for(100) == 60.0 and join_timeout_for(300) == 180.0
+    assert member_control(40) == {"period": "100ms", "timeout": "1s"} and mesh_knobs(40) == ""
+    assert member_control(100)["period"] == "500ms" and "gossip_interval" in mesh_knobs(100)
 
 
 def test_the_spike_of_each_scenario() -> None:
