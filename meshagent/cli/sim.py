@@ -63,7 +63,8 @@ def sim() -> None:
 @click.option("--packet", is_flag=True,
               help="Complete agents (mesh, control loop, allocation, simulated devices) in virtual time: "
                    "the mesh only, measured.")
-@click.option("--workers", type=int, help="With --real-network: worker processes for the agents (default 2).")
+@click.option("--workers", type=int, help="With --real-network: worker processes for the agents other than the "
+              "detector, which has one of its own (default 2).")
 @click.option("--loss", type=float, help="With --netns: random drop of the mesh's datagrams, percent.")
 @click.option("--out", type=click.Path(path_type=Path), default=Path("sim-out"), show_default=True,
               help="Directory for report.json and summary.png.")
