@@ -243,7 +243,7 @@ async def run_agent(config: NodeConfig, *, sim_world: Any = None,
             # previous life's transactions are open now
             await client.end_interrupted_transactions()
         if devices_cfg.configured:
-            await nursery.start(_run_control, config, node, state_dir, publisher, stats_sources, allocation,
+            await nursery.start(run_control, config, node, state_dir, publisher, stats_sources, allocation,
                                 client, sim_world)
         query_stats = serve_queries(node, lambda: allocation["headroom_w"]())
         stats_sources["queries"] = lambda: query_stats
@@ -320,10 +320,19 @@ async def _start_visits(nursery: trio.Nursery, world: Any, visits: Any) -> None:
         await nursery.start(drive_visits, site, visits, visitor)
 
 
-async def _run_control(config: NodeConfig, node: MeshNode, state_dir: Path, publisher: RecordPublisher,
-                       stats_sources: dict[str, Any], allocation: dict[str, Any], csms_client: Any = None,
-                       sim_world: Any = None, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-    """The control loop on this charger's devices, and its offer published as the state record."""
+async def run_control(config: NodeConfig, node: MeshNode, state_dir: Path | None, publisher: RecordPublisher,
+                      stats_sources: dict[str, Any], allocation: dict[str, Any], csms_client: Any = None,
+                      sim_world: Any = None, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+    """The control loop on this charger's devices, and its offer published as the state record.
+
+    This is the agent's own control wiring (``ControlLoop`` on the configured devices, the
+    ``Allocator`` with the loop's ``set_share``, the offer published through ``publisher``),
+    and the seam simulations use: ``sims.virtual`` starts it for every agent of a packet-level
+    run on an already running ``node``, with ``sim_world`` the one shared ``SimWorld`` and
+    ``state_dir`` ``None`` (nothing kept across restarts). ``allocation`` is filled with the
+    running ``Allocator`` (key ``"allocator"``); ``stats_sources`` with the loop's statistics.
+    Start it with ``await nursery.start(run_control, ...)``: it is ready when the loop runs.
+    """
     from hardware.connect import open_charger, open_site_meter
     from meshagent.control.limits import Limits
     from meshagent.control.loop import ControlLoop, Devices

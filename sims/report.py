@@ -7,6 +7,12 @@ scenario, the seed, how the mesh's latency was obtained (``calibration``) and th
 ``summary_table`` renders the figures an engineer compares first; ``write_plots`` draws one
 column per baseline: site load against the limit, frequency, transformer loading and
 hot spot, and per-node discharge (up to 48 nodes), all on shared axes so columns compare.
+
+The fleet level hands ``write_plots`` its ``Trace``s. The packet level (``sims.virtual``)
+steps every 10 ms of virtual time, far more steps than a plot has pixels: its ``drive`` loop
+adds a sample to a ``SeriesRecorder`` every ``every``-th step (about ``SERIES_POINTS`` in all,
+so recording costs a few hundred appends however long the run), and ``write_series_plots``
+draws them as the fleet level's plots, in one column.
 """
 
 from __future__ import annotations
@@ -15,7 +21,11 @@ import json
 from pathlib import Path
 from typing import Any
 
-from sims.fleet import Trace
+import numpy as np
+
+from sims.fleet import TRACE_NODES, Trace
+
+SERIES_POINTS = 1000  # samples a SeriesRecorder keeps at most, whatever the number of steps
 
 ROWS: tuple[tuple[str, str], ...] = (
     ("peak site load kW", "peak_site_kw"),
@@ -114,3 +124,47 @@ def write_json(report: dict[str, Any], out: Path) -> Path:
     path = out / "report.json"
     path.write_text(json.dumps(report, indent=2, sort_keys=True))
     return path
+
+
+class SeriesRecorder:
+    """A step loop's time series, decimated to at most ``SERIES_POINTS`` samples.
+
+    The loop tests ``k % recorder.every == 0`` itself (no call on the steps it skips) and then
+    calls ``add``; ``trace`` gives the samples as a ``Trace`` for ``write_plots``.
+    """
+
+    def __init__(self, steps: int, nodes: int, points: int = SERIES_POINTS) -> None:
+        self.every = max(1, -(-steps // points))  # ceil: never more than ``points`` samples
+        self.shown = min(nodes, TRACE_NODES)
+        self.t_s: list[float] = []
+        self.site_kw: list[float] = []
+        self.frequency_hz: list[float] = []
+        self.tx_loading_max: list[float] = []
+        self.hot_spot_max_c: list[float] = []
+        self.node_discharge_kw: list[Any] = []
+
+    def add(self, t_s: float, site_kw: float, frequency_hz: float, tx_loading_max: float,
+            hot_spot_max_c: float, charger_power_w: Any) -> None:
+        """One sample; ``charger_power_w``: every charger's power (+ charge, - discharge)."""
+        self.t_s.append(t_s)
+        self.site_kw.append(site_kw)
+        self.frequency_hz.append(frequency_hz)
+        self.tx_loading_max.append(tx_loading_max)
+        self.hot_spot_max_c.append(hot_spot_max_c)
+        self.node_discharge_kw.append(np.maximum(-np.asarray(charger_power_w[: self.shown], float), 0.0) / 1000)
+
+    def __len__(self) -> int:
+        return len(self.t_s)
+
+    def trace(self, baseline: str, limit_kw: float, totals: dict[str, Any]) -> Trace:
+        nodes = (np.vstack(self.node_discharge_kw) if self.node_discharge_kw
+                 else np.zeros((0, self.shown)))
+        return Trace(baseline, np.asarray(self.t_s), np.asarray(self.site_kw), limit_kw,
+                     np.asarray(self.frequency_hz), np.asarray(self.tx_loading_max),
+                     np.asarray(self.hot_spot_max_c), nodes, totals)
+
+
+def write_series_plots(series: SeriesRecorder, out: Path, title: str, limit_kw: float,
+                       totals: dict[str, Any], baseline: str = "mesh") -> Path:
+    """The packet level's plots: ``write_plots`` on the recorded series, one column."""
+    return write_plots([series.trace(baseline, limit_kw, totals)], out, title)

@@ -9,7 +9,7 @@ agent assembled as ``meshagent run`` assembles it, under ``trio.testing.MockCloc
   deterministic ``sims.testpki``), on ``meshagent.transport.memory`` (one-way delay 0.2-1 ms
   as ``bench gossip``'s LAN; ``link=`` sets loss, delay, duplication), all joined through
   node 0 before the scenario starts;
-* the control loop and the allocation: ``meshagent.agent._run_control``, the agent's own
+* the control loop and the allocation: ``meshagent.agent.run_control``, the agent's own
   wiring (``ControlLoop`` on ``sim://`` devices, the ``Allocator`` with the loop's
   ``set_share``, the offer published as the state record), each agent handed the one shared
   ``SimWorld`` exactly as ``run_agent(sim_world=...)`` does for ``meshagent demo``. Node 0's
@@ -250,13 +250,13 @@ class _Run:
         agent.alive = False
 
     async def start_control(self) -> None:
-        from meshagent.agent import _run_control
+        from meshagent.agent import run_control
         from meshagent.csms.authsync import RecordPublisher
 
         for agent in self.agents:
             inner = agent.nursery
             cfg = self.config(agent.index, agent.node.node_id)
-            await inner.start(_run_control, cfg, agent.node, None, RecordPublisher(agent.node), {},
+            await inner.start(run_control, cfg, agent.node, None, RecordPublisher(agent.node), {},
                               agent.allocation, None, self.world)
             allocator = agent.allocation["allocator"]
             allocator.on_applied = lambda _scope, key, share, i=agent.index: self.applied.append(
@@ -276,6 +276,7 @@ class _Run:
 
         from sims.grid.frequency import Area, AreaParams
         from sims.grid.transformer import ThermalParams, Transformers
+        from sims.report import SeriesRecorder
 
         sc = self.sc
         area_p = sc["area"]
@@ -298,6 +299,7 @@ class _Run:
         open_ep: dict[str, Any] | None = None
         steps = max(1, round(self.duration_s / PERIOD_S))
         report_every = max(1, steps // 100)
+        series = self.series = SeriesRecorder(steps, self.n)  # for the plots (sims.report)
         ns0 = self.net.statistics()
         net0 = [(a.transport.statistics().datagrams_sent, a.transport.statistics().bytes_sent) for a in self.agents]
         chargers = self.site.chargers
@@ -366,6 +368,8 @@ class _Run:
                     open_ep["covered_at"] = trio.current_time()
             else:
                 open_ep = None
+            if k % series.every == 0:
+                series.add(t, site_w / 1000, f, loading, float(trans.hot_spot_c.max()), powers)
             if self.progress is not None and k % report_every == 0:
                 self.progress(k / steps)
         sent = [(a.transport.statistics().datagrams_sent - m, a.transport.statistics().bytes_sent - b)
@@ -514,9 +518,10 @@ def run_packet(
         "wall_s": round(time.perf_counter() - wall, 3),
     }
     if out is not None:
-        from sims.report import write_json
+        from sims.report import write_json, write_series_plots
 
-        report["files"] = {"json": str(write_json(report, out))}
+        report["files"] = {"json": str(write_json(report, out)), "plots": str(write_series_plots(
+            run.series, out, f"{sc.name}: {sc.description} (packet level, {n} agents)", run.limit_w / 1000, totals))}
         write_json(report, out)
     return report
 

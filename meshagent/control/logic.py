@@ -14,7 +14,8 @@ One cycle, in order:
    windows and the return-to-service timer. A meter silent or frozen is caught within
    ``sensor_timeout`` (100 ms): once the newest sample is ``sensor_timeout - 2 x meter_period``
    old, the latched ``ERR_SENSOR_LOST`` is raised; until then the last response is held.
-   Who judges: ``step`` itself when driven from a table (``Inputs.meter_judged`` false);
+   The judgement is ``MeterJudge``'s (``meterjudge.py``); who asks it: ``step`` itself
+   when driven from a table (``Inputs.meter_judged`` false);
    in the loop, the meter's own task (``meter.py``), through ``observe_meter`` after each
    read and ``judge_silence`` at ``sensor_deadline_s``, so that no device read of the cycle
    can delay the raise.
@@ -63,10 +64,12 @@ from meshagent.control.limits import (
     clamp_setpoint,
     thermal_factor,
 )
+from meshagent.control.meterjudge import MeterJudge
+from meshagent.control.meterjudge import (
+    MeterSample as MeterSample,  # importable from here, as before the split
+)
 
 LATENCY_REPORT_INTERVAL_S = 60.0  # a repeating LATENCY_OVER_BUDGET: the first, then a count per minute
-CLOCK_DRIFT_ALLOWANCE = 1e-3  # s/s: the meter clock's offset reference relaxes this fast (1000 ppm)
-CLOCK_RESET_S = 1.0  # a sample this much older than the newest one: the device's clock restarted
 RESPONSE_SEEN_PU = 0.01  # a frequency response above this (of nameplate) counts as answering an event
 RESPONSE_RELEASE_MARGIN_S = 1.0  # the other chargers' droop may let go a little after this one's
 
@@ -79,13 +82,6 @@ CLEAR_NEEDS: dict[Code, str] = {
     Code.ERR_THERMAL: "clears by itself: temperature back inside the limits by thermal_hysteresis",
     Code.ERR_BATTERY_LOWER_LIMIT: "clears by itself: SoC above the minimum by soc_hysteresis and BMS status not 0x03",
 }
-
-
-@attrs.frozen
-class MeterSample:
-    load_w: float  # + import at the meter
-    frequency_hz: float
-    taken_at_s: float
 
 
 @attrs.frozen
@@ -184,10 +180,7 @@ class ControlLogic:
     last_meter: MeterSample | None = None
     last_decision: Decision | None = None
     _started_s: float | None = None
-    _last_valid_s: float | None = None  # loop time at which the newest meter sample was taken
-    _newest_taken_s: float | None = None  # the newest sample's taken_at_s (device clock)
-    _offset_ref_s: float | None = None  # least (loop time - taken_at_s) seen: the clock offset
-    _offset_at_s: float = 0.0
+    meter_judge: MeterJudge = attrs.field(init=False)  # the meter's freshness and silence
     _clear_pending: bool = False
     _open_sent_s: float | None = None
     _contactor_was_closed: bool | None = None
@@ -210,6 +203,7 @@ class ControlLogic:
         self.trips = TripMonitor(self.profile)
         self.rts = ReturnToService(self.profile)
         self.guard = ContactorGuard(s.contactor_min_dwell_s, s.contactor_max_cycles_per_hour)
+        self.meter_judge = MeterJudge(s, self._sensor_lost)
 
     # --- operator and shell entry points ---------------------------------------------------
 
@@ -271,63 +265,43 @@ class ControlLogic:
             self._latency_last[what] = [now_s, 0, 0.0, budget]
         return out
 
+    # --- the meter's judgement (``MeterJudge``), for the meter's own task -------------------
+
     @property
     def sensor_raise_after_s(self) -> float:
-        """Silence (since the newest valid sample was taken) at which ERR_SENSOR_LOST is raised.
-
-        ``sensor_timeout`` is the promise from the freeze; two ``meter_period`` are kept back:
-        one for how much later than the freeze a frozen sample can look (its reply's time in
-        flight, which ``arrival - Age`` cannot see), one for the judge's own lateness (the
-        wake-up of the task at the deadline, or the wait for the next read).
-        """
-        s = self.section
-        return float(s.sensor_timeout_s - 2 * s.meter_period_s)
+        """Silence (since the newest valid sample was taken) at which ERR_SENSOR_LOST is raised
+        (``MeterJudge.sensor_raise_after_s``)."""
+        return self.meter_judge.sensor_raise_after_s
 
     def sensor_deadline_s(self) -> float:
         """Loop time at which the meter's silence reaches ``sensor_raise_after_s``
         (``inf``: ERR_SENSOR_LOST is latched already, or no read was judged yet)."""
-        if self._last_valid_s is None or Code.ERR_SENSOR_LOST in self.latched:
+        if Code.ERR_SENSOR_LOST in self.latched:
             return math.inf
-        return self._last_valid_s + self.sensor_raise_after_s
+        return self.meter_judge.sensor_deadline_s()
 
     def observe_meter(self, meter: MeterSample | None, read_at_s: float,
                       sent_at_s: float | None = None) -> tuple[bool, list[FaultEvent]]:
-        """The meter's own task, after each read (``None``: no answer or a fault): is the
-        sample fresh, and has the silence reached the raise point on the clock at the read?
-
-        ``sent_at_s``: when the request went out. A device's ``Age`` says how old the sample
-        was when it answered, not when the answer reached us: the sample was taken between
-        its reported time less the round trip (``read_at_s - sent_at_s``) and its reported
-        time. It counts as new only if even the earlier end is newer than the newest sample,
-        so a frozen sample's later reads, whose times move with their replies' flight (up
-        to 10 ms on a loaded machine), never restart the timer.
-        The sample then goes to ``step`` with ``Inputs.meter_judged`` (fresh) or not at all.
-        """
-        if self._last_valid_s is None:
-            self._last_valid_s = read_at_s
-        round_trip_s = max(0.0, read_at_s - sent_at_s) if sent_at_s is not None else 0.0
-        ok = meter is not None and self._fresh(meter, read_at_s, round_trip_s)
-        return ok, self.judge_silence(read_at_s)
+        """After each read by the meter's own task: is the sample fresh, and has the silence
+        reached the raise point? (``MeterJudge.observe_meter``)."""
+        return self.meter_judge.observe_meter(meter, read_at_s, sent_at_s)
 
     def judge_silence(self, now_s: float, event_at_s: float | None = None) -> list[FaultEvent]:
         """Raise ERR_SENSOR_LOST if the newest valid sample is ``sensor_raise_after_s`` old at
-        ``now_s`` (the meter's task calls it at ``sensor_deadline_s`` even while no read has
-        come back)."""
-        events: list[FaultEvent] = []
-        if self._last_valid_s is None:
-            self._last_valid_s = now_s
-        silent_s = now_s - self._last_valid_s
-        if silent_s >= self.sensor_raise_after_s - 1e-9:
-            self.rts.reset()
-            self._raise(Code.ERR_SENSOR_LOST, now_s if event_at_s is None else event_at_s,
-                        f"no valid meter reading for {silent_s * 1e3:.0f} ms: discharge to 0",
-                        {"silent_ms": silent_s * 1e3, "timeout_ms": self.section.sensor_timeout_s * 1e3}, events)
-        return events
+        ``now_s`` (``MeterJudge.judge_silence``)."""
+        return self.meter_judge.judge_silence(now_s, event_at_s)
 
     @property
     def last_sample_at_s(self) -> float | None:
         """When (loop clock) the newest valid meter sample was taken, as judged from its age."""
-        return self._last_valid_s
+        return self.meter_judge.last_valid_s
+
+    def _sensor_lost(self, at_s: float, silent_s: float, events: list[FaultEvent]) -> None:
+        """The judge's sink: the meter is silent past the raise point."""
+        self.rts.reset()
+        self._raise(Code.ERR_SENSOR_LOST, at_s,
+                    f"no valid meter reading for {silent_s * 1e3:.0f} ms: discharge to 0",
+                    {"silent_ms": silent_s * 1e3, "timeout_ms": self.section.sensor_timeout_s * 1e3}, events)
 
     def active_faults(self) -> tuple[str, ...]:
         codes = {str(c) for c in self.latched}
@@ -358,8 +332,9 @@ class ControlLogic:
         spikes: list[Spike] = []
         if self._started_s is None:
             self._started_s = now_s
-        if self._last_valid_s is None:
-            self._last_valid_s = now_s
+        judge = self.meter_judge
+        if judge.last_valid_s is None:
+            judge.last_valid_s = now_s
         share_w = inputs.share_w if math.isfinite(inputs.share_w) else 0.0
         covered_w = inputs.covered_w
         if covered_w is None:  # alone: what this charger has taken off the meter
@@ -374,7 +349,7 @@ class ControlLogic:
         if inputs.meter_judged:
             meter_ok = meter is not None
         else:
-            meter_ok = meter is not None and self._fresh(meter, clock_s)
+            meter_ok = meter is not None and judge.fresh(meter, clock_s)
         in_rts_band = False
         pid_state: PidState | None = None
         if meter_ok:
@@ -407,17 +382,18 @@ class ControlLogic:
                             f"for {trip.outside_for_s:.3f} s: safe mode",
                             {"stage": trip.stage.name, "frequency_hz": f, "limit_hz": trip.stage.limit_hz,
                              "clearing_time_s": trip.stage.clearing_time_s}, events)
-        assert self._last_valid_s is not None
-        silent_s = clock_s - self._last_valid_s  # since the newest valid sample was taken
+        last_valid_s = judge.last_valid_s
+        assert last_valid_s is not None
+        silent_s = clock_s - last_valid_s  # since the newest valid sample was taken
         # A frozen meter must be caught within sensor_timeout of the freeze
         # (``sensor_raise_after_s``). A judged meter was judged by its own task, which
         # raises; the cycle only drops the return-to-service band while silent.
-        if silent_s >= self.sensor_raise_after_s - 1e-9:
+        if silent_s >= judge.sensor_raise_after_s - 1e-9:
             in_rts_band = False
             if inputs.meter_judged:
                 self.rts.reset()
             else:
-                events.extend(self.judge_silence(clock_s, now_s))
+                events.extend(judge.judge_silence(clock_s, now_s))
 
         # 2. interlocks
         dev = inputs.device
@@ -483,50 +459,6 @@ class ControlLogic:
             if isinstance(seen, int | float) and math.isfinite(seen) and seen > getattr(self, f"nameplate_{name}_w"):
                 setattr(self, f"nameplate_{name}_w", float(seen))
                 self.nameplate_source = "learned"
-
-    def _fresh(self, meter: MeterSample, now_s: float, round_trip_s: float = 0.0) -> bool:
-        """Is this meter sample valid and newer than the last, and how old is the newest?
-
-        ``taken_at_s`` is on the device's clock, and over Modbus it is the reply's arrival
-        minus the device's ``Age`` register, so a frozen meter's sample moves back and forth
-        by the transport's jitter and can look newer than the last one. So a sample's age
-        is judged against the least offset ``now - taken_at`` seen (the clock offset plus the
-        fastest transport), ``age = offset - least offset``, and the silence timer runs from
-        when the newest sample was *taken* (``now - age``), never from when a reply happened
-        to arrive. A frozen sample can then seem newer only by the jitter of its reply's
-        time in flight (which the driver's ``arrival - Age`` cannot see: a few ms), and it
-        never restarts the timer: a frozen meter is caught within ``sensor_timeout`` of its last
-        sample, plus at most that jitter. With ``round_trip_s`` (the meter's task knows when
-        it sent the request) a sample is new only if, moved back by its round trip (the
-        earliest it can have been taken), it is still newer than the newest one: a frozen
-        sample is then never new after its first read, and the timer runs from that read's
-        time, late by one reply's flight at most (not the largest of all the reads that
-        followed). The reference relaxes by 1000 ppm (clock drift) and resets when the
-        device's clock restarts.
-        """
-        if not (math.isfinite(meter.load_w) and math.isfinite(meter.frequency_hz) and math.isfinite(meter.taken_at_s)):
-            return False
-        taken = meter.taken_at_s
-        if self._newest_taken_s is not None and taken < self._newest_taken_s - CLOCK_RESET_S:
-            self._newest_taken_s = self._offset_ref_s = None  # the device restarted its clock
-        offset = now_s - taken
-        ref = self._offset_ref_s
-        if ref is not None:
-            ref += CLOCK_DRIFT_ALLOWANCE * max(0.0, now_s - self._offset_at_s)
-        if ref is None or offset < ref:
-            ref = offset
-        self._offset_ref_s, self._offset_at_s = ref, now_s
-        age = offset - ref
-        # new only if it was taken after the newest one even at the earliest it can have
-        # been (its round trip earlier): a frozen sample's reply jitter never makes it new
-        advanced = self._newest_taken_s is None or taken - round_trip_s > self._newest_taken_s
-        if not advanced:
-            return False
-        self._newest_taken_s = taken
-        taken_loop_s = now_s - age
-        if self._last_valid_s is None or taken_loop_s > self._last_valid_s:
-            self._last_valid_s = taken_loop_s
-        return bool(age < self.section.sensor_timeout_s - 1e-9)
 
     def _thermal_cap(self, dev: DeviceState | None) -> float:
         """The derating an active ERR_THERMAL holds, with the hysteresis on the power too.

@@ -3,29 +3,30 @@
 Theory of operation
 -------------------
 ``MeshNode`` owns one ``SecureEndpoint`` (transport + signatures) and one
-``protocol.swim.Membership`` (the sans-IO core), and runs three tasks in its nursery:
+``protocol.swim.Membership`` (the sans-IO core). It is the facade the layers above call:
+joining and leaving, state records, urgent broadcasts, routes for their own message types
+(``on_message``), delegates (``add_delegate``), events (``subscribe``) and ``statistics()``.
+Moving the bytes is the job of its ``DatagramPipeline`` (``meshagent.mesh.pipeline``, as
+memberlist keeps ``net.go`` apart from ``memberlist.go``), whose three tasks run in the node's
+nursery:
 
 * **receive**: each verified datagram goes to the core (``receive``), then the core's
-  outputs are flushed;
+  outputs are flushed; probes are handled as they are read, ahead of a bounded backlog;
 * **timers**: sleep until the core's ``next_deadline()`` (or until an input changed it),
   ``tick``, flush;
 * **streams**: ``transport.serve`` reads framed packets from incoming TCP streams (push-pull
   and TCP probes) and hands them to the core as ``reliable``.
 
-Flushing sends the core's ``Send``s: datagrams through the endpoint, at once and with no task
-switch when the socket takes them (``send_datagram_nowait``; only what would wait goes to a
-task); ``reliable`` ones each on a new TCP stream in a task of its own, bounded by
-``reliable_timeout_s``. The receive task drains a burst already waiting on the socket
-(``receive_datagram_nowait``, at most ``RECEIVE_BURST``) before it flushes once. The same message
-object sent to many members (an urgent broadcast) is sealed once. Events go to subscribers
-(``subscribe()``), which is how the allocation will hear urgent messages (``Delivered``).
+Every facade call that feeds a core ends with the pipeline's ``flush``; the pipeline hands
+membership events back to the node (``_on_event``: peers to forget, subscribers) and revoked
+node ids (``_on_revocation``), in one direction.
 
 Trust: the endpoint's ``TrustCore`` (``protocol.trust``) holds every certificate and
 revocation rule; the node only feeds it and takes its outputs, in one direction. Rumors
 refused for an unknown author are reported to it (``rumor_authors_missing``) with the gossip
 to replay; it asks the relay and hands the gossip back (``unblocked``) once an author is
 known. When it applies a revocation (from a ``Revoke`` message, an urgent broadcast carrying
-one, or ``revoke``), ``endpoint.revoked()`` names the node: after the flush the membership
+one, or ``revoke``), ``endpoint.revoked()`` names the node: in the flush the membership
 core forgets it everywhere, and a revocation new to us is broadcast urgently to every member
 so the whole mesh learns it in one round.
 
@@ -35,8 +36,6 @@ same node runs on real UDP and on the in-memory network under ``MockClock``.
 
 from __future__ import annotations
 
-import collections
-import math
 import random
 from collections import deque
 from collections.abc import Callable, Iterable
@@ -44,25 +43,24 @@ from typing import Any
 
 import trio
 
-from meshagent.mesh.stats import LATE_WAKEUP_FRACTION, LatenessRecorder, NodeStatistics
-from meshagent.transport.base import Address, Datagram, FramedStream, Transport, drop_reasons
-from meshagent.trust.endpoint import (
-    MAX_CERTIFICATES_PER_MESSAGE,
-    SecureEndpoint,
-    WallClockMs,
-    system_wall_clock_ms,
+from meshagent.mesh.pipeline import (
+    MAX_RELIABLE_INFLIGHT,
+    RECEIVE_BURST,
+    RECEIVE_DRAIN,
+    WAITING_LIMIT,
+    DatagramPipeline,
+    _TrackingAuthenticator,
 )
-from protocol.errors import BadPacket
+from meshagent.mesh.stats import LatenessRecorder, NodeStatistics
+from meshagent.transport.base import Address, Transport, drop_reasons
+from meshagent.trust.endpoint import SecureEndpoint, WallClockMs, system_wall_clock_ms
 from protocol.identity import NodeIdentity, TrustStore
 from protocol.messages import TYPE_OF, CertificateRequest, Certificates, Revoke
 from protocol.state import Capacity, Scope, StateRecord
 from protocol.swim import (
     HANDLED_MESSAGES,
-    Ack,
     Delegate,
     Delivered,
-    Ed25519Items,
-    Gossip,
     ItemAuthenticator,
     LocalNode,
     Member,
@@ -71,59 +69,16 @@ from protocol.swim import (
     MemberLeft,
     MemberRemoved,
     Membership,
-    Nack,
-    Ping,
-    PingReq,
-    PushPull,
-    Rumors,
-    Send,
     StateRecords,
     SwimConfig,
-    Urgent,
     UrgentBroadcasts,
 )
 from protocol.wire import Sealer, WireLimits
 
 RECENT_EVENTS = 256
-MAX_RELIABLE_INFLIGHT = 64
-# datagrams read off the socket per wake-up (probes among them are answered at once), and
-# datagrams of the rest handled per flush (bounded, so one busy node still lets the others
-# and its own timer run); datagrams read but not yet handled are at most WAITING_LIMIT
-RECEIVE_DRAIN = 64
-RECEIVE_BURST = 8
-WAITING_LIMIT = 128
-# handled as they are read, ahead of the backlog: the probes, and urgent broadcasts (a spike's
-# PLAN); a client adds its own time-critical unicast type with ``on_message(..., first=True)``
-_FIRST_TYPES = frozenset(TYPE_OF[cls] for cls in (Ping, Ack, Nack, PingReq, Urgent))
 
-
-def _rumors_of(message: Any) -> Rumors | None:
-    if isinstance(message, Urgent):
-        return Rumors(broadcasts=(message.broadcast,))
-    rumors = getattr(message, "rumors", None)
-    return rumors if isinstance(rumors, Rumors) else None
-
-
-class _TrackingAuthenticator:
-    """Rumor signatures with the node's key, noting authors whose certificate we lack.
-
-    A rumor by an author we have no certificate for is refused by the core; the node then
-    reports the authors to the trust core, which asks the relay and replays the rumors.
-    """
-
-    def __init__(self, identity: NodeIdentity, trust: TrustStore) -> None:
-        self._inner = Ed25519Items(identity, trust)
-        self._trust = trust
-        self.missing: set[str] = set()
-
-    def sign(self, payload: bytes) -> bytes:
-        return self._inner.sign(payload)
-
-    def verify(self, author_id: str, payload: bytes, signature: bytes) -> bool:
-        if self._trust.certificate(author_id) is None:
-            self.missing.add(author_id)
-            return False
-        return self._inner.verify(author_id, payload, signature)
+# the pipeline's tuning, importable from here as before the split
+__all__ = ["MAX_RELIABLE_INFLIGHT", "RECEIVE_BURST", "RECEIVE_DRAIN", "RECENT_EVENTS", "WAITING_LIMIT", "MeshNode"]
 
 
 class MeshNode:
@@ -168,28 +123,19 @@ class MeshNode:
         self.records = StateRecords(swim_config.record_reap_s)
         self.urgent_broadcasts = UrgentBroadcasts(swim_config.urgent_seen_s)
         self._delegates: list[Delegate] = [self.records, self.urgent_broadcasts]
-        self._wake = trio.Event()
-        # the deadline the timer task sleeps until (-inf while it runs: it will look anyway)
-        self._sleeping_until = -math.inf
         self._nursery: trio.Nursery | None = None
         self._subscribers: list[trio.MemorySendChannel[Any]] = []
         self.recent_events: deque[tuple[float, Any]] = deque(maxlen=RECENT_EVENTS)
-        self._reliable_limit = trio.CapacityLimiter(MAX_RELIABLE_INFLIGHT)
-        self._reliable_sent = 0
-        self._reliable_failed = 0
-        self._ignored = 0
-        self._late_wakeups = 0
-        self._late_wakeup_s = swim_config.probe_timeout_s * LATE_WAKEUP_FRACTION
         self._events_dropped = 0
-        self._waiting: deque[Datagram] = deque()  # read, not yet handled (see _receive_loop)
-        self._waiting_dropped = 0
-        self._first_types = set(_FIRST_TYPES)
-        self.lateness = LatenessRecorder()
         self._stopped = trio.Event()
         self._spread: set[bytes] = set()  # revocations we have broadcast
         self._revocation_hook = on_revocation
-        self._handlers: dict[type, Callable[[str, Address, Any], None]] = {}
-        self._leave_flushed = trio.Event()
+        self._pipeline = DatagramPipeline(
+            self.endpoint, swim_config, self._tracker,
+            on_event=self._on_event, on_revoked=self._on_revocation, stopped=self._stopped,
+        )
+        # the pipeline's flush, under the name every facade call that feeds a core ends with
+        self._flush = self._pipeline.flush
 
     # --- life cycle ---------------------------------------------------------------------------
 
@@ -207,18 +153,25 @@ class MeshNode:
             raise RuntimeError("the node is not running")
         return self.membership
 
+    @property
+    def lateness(self) -> LatenessRecorder:
+        """How late the timer task's ticks ran behind the core's deadlines."""
+        return self._pipeline.lateness
+
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Run until cancelled or until ``leave`` has finished."""
         self.membership = Membership(
             self.config, self.local, self.rng, trio.current_time(),
             authenticator=self._authenticator, delegates=self._delegates,
         )
+        pipeline = self._pipeline
         try:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
-                await nursery.start(self.endpoint.transport.serve, self._serve_stream)
-                nursery.start_soon(self._receive_loop)
-                nursery.start_soon(self._timer_loop)
+                pipeline.attach(self.membership, nursery)
+                await nursery.start(self.endpoint.transport.serve, pipeline.serve_stream)
+                nursery.start_soon(pipeline.receive_loop)
+                nursery.start_soon(pipeline.timer_loop)
                 if self.seeds:
                     self.core.join(self.seeds, trio.current_time())
                     self._flush()
@@ -227,6 +180,7 @@ class MeshNode:
                 nursery.cancel_scope.cancel()
         finally:
             self._nursery = None
+            pipeline.attach(self.membership, None)
             for ch in self._subscribers:
                 ch.close()
 
@@ -249,7 +203,7 @@ class MeshNode:
         if timeout_s is None:
             timeout_s = self.config.leave_timeout_s + self.config.probe_interval_s
         with trio.move_on_after(timeout_s):
-            await self._leave_flushed.wait()
+            await self._pipeline.leave_flushed.wait()
         self._stopped.set()
 
     def stop(self) -> None:
@@ -278,7 +232,7 @@ class MeshNode:
         for cls in delegate.message_types:
             if cls not in TYPE_OF:
                 raise ValueError(f"{cls.__name__} is not a registered message type")
-            if (cls in self._handlers or cls in claimed or cls in HANDLED_MESSAGES
+            if (cls in self._pipeline.handlers or cls in claimed or cls in HANDLED_MESSAGES
                     or cls in (Certificates, CertificateRequest, Revoke)):
                 raise ValueError(f"{cls.__name__} already has a handler")
         self._delegates.append(delegate)
@@ -319,9 +273,9 @@ class MeshNode:
             raise ValueError(f"{cls.__name__} is handled by the node itself")
         if cls not in TYPE_OF:
             raise ValueError(f"{cls.__name__} is not a registered message type")
-        self._handlers[cls] = handler
+        self._pipeline.handlers[cls] = handler
         if first:
-            self._first_types.add(TYPE_OF[cls])
+            self._pipeline.first_types.add(TYPE_OF[cls])
 
     async def send(self, address: Address, message: Any) -> None:
         """Sign and send one datagram to ``address`` (best effort)."""
@@ -348,246 +302,24 @@ class MeshNode:
 
     def statistics(self) -> NodeStatistics:
         ep = self.endpoint.statistics()
+        pipeline = self._pipeline
         return NodeStatistics(
             membership=self.core.statistics(),
             datagrams_sent=ep.sent,
             datagrams_received=ep.received,
             dropped={**ep.dropped, **drop_reasons(self.endpoint.transport.statistics()),
-                     "receive_backlog_full": self._waiting_dropped},
-            reliable_sent=self._reliable_sent,
-            reliable_failed=self._reliable_failed,
-            ignored_messages=self._ignored,
-            late_wakeups=self._late_wakeups,
+                     "receive_backlog_full": pipeline.waiting_dropped},
+            reliable_sent=pipeline.reliable_sent,
+            reliable_failed=pipeline.reliable_failed,
+            ignored_messages=pipeline.ignored,
+            late_wakeups=pipeline.late_wakeups,
             subscriber_events_dropped=self._events_dropped,
             certificates_refused=ep.certificates_refused,
-            tick_lateness_p99_s=self.lateness.quantile(0.99),
-            tick_lateness_max_s=self.lateness.max_s,
+            tick_lateness_p99_s=pipeline.lateness.quantile(0.99),
+            tick_lateness_max_s=pipeline.lateness.max_s,
         )
 
-    # --- tasks ----------------------------------------------------------------------------------
-
-    async def _receive_loop(self) -> None:
-        endpoint = self.endpoint
-        transport = endpoint.transport
-        waiting = self._waiting
-        while True:
-            try:
-                if not waiting:
-                    self._take(await transport.receive_datagram())
-                else:
-                    await trio.lowlevel.checkpoint()  # let the timers and the others run
-                # Read what is already on the socket (cheap), answer probes at once and keep
-                # the rest in order (memberlist's packet handler does the same: pings and
-                # acks inline, gossip handed off to a queue). When one core is short, a ping
-                # then waits behind at most the probes, not behind a backlog of gossip whose
-                # signatures must all be checked first, and its sender does not suspect us.
-                for _ in range(RECEIVE_DRAIN):
-                    more = transport.receive_datagram_nowait()
-                    if more is None:
-                        break
-                    self._take(more)
-            except trio.ClosedResourceError:  # the transport was closed under us: stop
-                self._stopped.set()
-                return
-            for _ in range(min(RECEIVE_BURST, len(waiting))):
-                self._open_datagram(waiting.popleft())
-            self._flush()
-
-    def _take(self, datagram: Datagram) -> None:
-        """A datagram read from the socket: a probe now, anything else to ``_waiting``."""
-        packet = datagram.packet
-        # the type byte, unverified, only orders the work: the packet is verified either way
-        if len(packet) > 1 and packet[1] in self._first_types:
-            self._open_datagram(datagram)
-            return
-        if len(self._waiting) >= WAITING_LIMIT:
-            self._waiting_dropped += 1  # as a full socket buffer would: the protocol copes
-            return
-        self._waiting.append(datagram)
-
-    def _open_datagram(self, datagram: Datagram) -> None:
-        endpoint = self.endpoint
-        env = endpoint.open(datagram.packet, datagram.source)
-        for got in endpoint.take_ready():  # held packets whose signer is now known
-            self._to_core(got.envelope.sender_id, got.source, got.envelope.message, reliable=False)
-        if env is not None:
-            self._to_core(env.sender_id, datagram.source, env.message, reliable=False)
-
-    async def _timer_loop(self) -> None:
-        while True:
-            deadline = self.core.next_deadline()
-            if deadline > trio.current_time():
-                self._sleeping_until = deadline
-                with trio.move_on_at(deadline if math.isfinite(deadline) else math.inf):
-                    await self._wake.wait()
-                self._sleeping_until = -math.inf
-                self._wake = trio.Event()
-            now = trio.current_time()
-            due = self.core.next_deadline()
-            if now >= due:
-                self.lateness.add(now - due)
-                if now - due > self._late_wakeup_s:
-                    self._late_wakeups += 1
-                self.core.tick(now)
-                self._flush()
-
-    async def _serve_stream(self, stream: trio.abc.Stream) -> None:
-        limit = self.endpoint.opener.limits.max_stream_bytes
-        async with FramedStream(stream, max_frame_bytes=limit) as framed:
-            with trio.move_on_after(self.config.reliable_timeout_s):
-                while True:
-                    try:
-                        packet = await framed.receive_untrusted()
-                    except BadPacket:  # the stream is out of step: close it
-                        return
-                    if packet is None:
-                        return
-                    env = self.endpoint.open(packet, ("", 0), stream=True)
-                    for got in self.endpoint.take_ready():
-                        self._to_core(got.envelope.sender_id, got.source, got.envelope.message, reliable=False)
-                    if env is not None:
-                        member = self.core.member(env.sender_id)
-                        source = member.address if member is not None else ("", 0)
-                        self._to_core(env.sender_id, source, env.message, reliable=True)
-                    self._flush()
-
-    # --- plumbing -------------------------------------------------------------------------------
-
-    def _deliver(self, sender_id: str, source: Address, message: Any, *, reliable: bool) -> None:
-        self._to_core(sender_id, source, message, reliable=reliable)
-        self._flush()
-
-    def _to_core(self, sender_id: str, source: Address, message: Any, *, reliable: bool) -> None:
-        core = self.core
-        if type(message) in core.handled_messages:
-            core.receive(sender_id, source, message, trio.current_time(), reliable=reliable)
-            tracker = self._tracker
-            if tracker is not None and tracker.missing:
-                if not source[0]:
-                    member = core.member(sender_id)
-                    source = member.address if member is not None else source
-                rumors = _rumors_of(message)
-                # replay these rumors once the certificates are here, rather than wait
-                # for a retransmission that may already have been spent
-                item = None if rumors is None else (sender_id, source, Gossip(rumors))
-                self.endpoint.core.rumor_authors_missing(
-                    tracker.missing, source, item, trio.current_time(), self.endpoint.wall_clock_ms()
-                )
-                tracker.missing = set()
-        elif isinstance(message, Revoke):
-            pass  # already applied by the trust core; spread by _flush if new
-        else:
-            handler = self._handlers.get(type(message))
-            if handler is None:
-                self._ignored += 1
-                return
-            handler(sender_id, source, message)
-
-    def _flush(self) -> None:
-        """Take every output of the membership and trust cores, until neither has more.
-
-        One loop, never nested: a revocation or a replay only feeds the cores, and the next
-        round of the loop takes what that produced.
-        """
-        core = self.core
-        nursery = self._nursery
-        while True:
-            sends = core.outgoing()
-            if sends and nursery is not None:
-                self._send_all(sends)
-            for event in core.events():
-                self._on_event(event)
-            trust_sends = self.endpoint.pending_outgoing()
-            if trust_sends and nursery is not None:
-                self._send_packets_now(trust_sends)
-            revoked = self.endpoint.revoked()
-            for node_id in revoked:
-                self._on_revocation(node_id)
-            replays = self.endpoint.core.unblocked()
-            for sender_id, source, gossip in replays:
-                # rumors by authors we now know get in; the rest are reported again
-                self._to_core(sender_id, source, gossip, reliable=False)
-            if not revoked and not replays:
-                break
-        if core.has_left and core.leave_flushed:
-            self._leave_flushed.set()
-        # Wake the timer task only if what happened brought its deadline forward: most packets
-        # do not, and a wake-up per packet was over half the timer task's work at 60 agents.
-        if core.next_deadline() < self._sleeping_until:
-            self._wake.set()
-
-    def _send_packets_now(self, packets: list[tuple[Address, bytes]]) -> None:
-        """Send what the socket takes at once; the rest (a full send buffer) in a task."""
-        endpoint = self.endpoint
-        for i, (destination, packet) in enumerate(packets):
-            try:
-                sent = endpoint.send_packet_nowait(destination, packet)
-            except trio.ClosedResourceError:  # the transport was closed under us
-                return
-            if not sent:
-                if self._nursery is not None:
-                    self._nursery.start_soon(self._send_packets, packets[i:])
-                return
-
-    async def _send_packets(self, packets: list[tuple[Address, bytes]]) -> None:
-        for destination, packet in packets:
-            await self.endpoint.send_packet(destination, packet)
-
-    def _send_all(self, sends: list[Send]) -> None:
-        """Seal the core's datagrams and send them now; reliable ones each in a task."""
-        sealed: dict[tuple[int, bool], bytes] = {}
-        counts = collections.Counter(id(s.message) for s in sends)
-        shared = {key for key, n in counts.items() if n > 1}
-        packets: list[tuple[Address, bytes]] = []
-        endpoint = self.endpoint
-        for s in sends:
-            if s.reliable:
-                if self._nursery is not None:
-                    self._nursery.start_soon(self._send_reliable, s)
-                continue
-            key = id(s.message)
-            if key in shared:
-                # one message to many members: seal it once, or twice when some of them
-                # are due our certificate (so a gossip round still introduces us)
-                attach = endpoint.should_attach(s.address)
-                packet = sealed.get((key, attach))
-                if packet is None:
-                    packet = sealed[(key, attach)] = endpoint.seal(s.message, attach_certificate=attach)
-                    if len(packet) > endpoint.transport.max_datagram_bytes:
-                        packet = sealed[(key, attach)] = endpoint.seal(s.message)
-            else:
-                packet = endpoint.sealed_for(s.address, s.message)
-            packets.append((s.address, packet))
-        if packets:
-            self._send_packets_now(packets)
-
-    async def _send_reliable(self, send: Send) -> None:
-        async with self._reliable_limit:
-            with trio.move_on_after(self.config.reliable_timeout_s):
-                try:
-                    stream = await self.endpoint.transport.open_stream(send.address)
-                    async with FramedStream(stream, max_frame_bytes=self.endpoint.opener.limits.max_stream_bytes) as framed:
-                        if isinstance(send.message, PushPull):
-                            # the full state names members the peer may never have met:
-                            # their certificates go first, so their rumors verify
-                            for chunk in self._certificate_chunks():
-                                await framed.send(self.endpoint.seal(Certificates(certificates=chunk), attach_certificate=True))
-                        await framed.send(self.endpoint.seal(send.message, attach_certificate=True))
-                        await framed.send_eof()
-                    self._reliable_sent += 1
-                    return
-                except (OSError, trio.BrokenResourceError, trio.ClosedResourceError):
-                    pass
-            self._reliable_failed += 1  # refused, broken or timed out
-            core = self.membership
-            if core is not None:
-                core.reliable_failed(send.address, send.message, trio.current_time())
-                self._wake.set()
-
-    def _certificate_chunks(self) -> list[tuple[bytes, ...]]:
-        ids = [m.node_id for m in self.core.members()]
-        raws = [r for r in (self.endpoint.trust.raw_certificate(n) for n in ids) if r is not None]
-        return [tuple(raws[i : i + MAX_CERTIFICATES_PER_MESSAGE]) for i in range(0, len(raws), MAX_CERTIFICATES_PER_MESSAGE)]
+    # --- what the pipeline hands back ---------------------------------------------------------
 
     def _on_event(self, event: Any) -> None:
         now = trio.current_time()

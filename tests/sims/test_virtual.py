@@ -80,6 +80,10 @@ def test_cli_packet_runs_complete_agents_and_errs_in_one_line(tmp_path: Path, ca
     assert mesh["frequency_nadir_hz"] < 59.8 and mesh["rocof_hz_per_s"] < 0
     assert mesh["energy_discharged_per_vehicle_kwh"]["mean"] > 0 and mesh["limits_violated"] == 0
     assert json.loads((tmp_path / "out" / "report.json").read_text())["level"] == "packet"
+    # the plots the fleet level draws, from the series the packet runner sampled
+    plot = Path(report["files"]["plots"])
+    assert plot == tmp_path / "out" / "summary.png"
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and plot.stat().st_size > 10_000
     assert main(["sim", str(toml), "--packet", "--nodes", "1"]) == 1
     assert capsys.readouterr().err.strip() == (
         "meshagent: error: --nodes: the packet level needs at least 2 agents (a detector and a member)")
