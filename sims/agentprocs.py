@@ -10,6 +10,8 @@ chargers, the meter on each: Modbus has 247 unit ids), samples its own meter eve
 
 * ``record``: forget the samples so far and (re)start sampling; answers ``recording``;
 * ``step W``: the building load steps by W; answers ``stepped T`` (T: ``time.monotonic()``);
+* ``trip MW BASE_MW H D R TG SHARE``: a generator trip in the area from now on
+  (``drive_frequency``); answers ``tripped T``; ``area``: ``area JSON``, the model's steps;
 * ``trace``: ``trace JSON``, every sample since ``record``: ``[t, load_w, frequency_hz,
   [charger power_w ...]]`` (+ charging, - discharging);
 * ``requests``: ``requests K``, the Modbus requests its servers have answered so far;
@@ -39,7 +41,9 @@ Both speak through ``sims.procs`` and exit when their stdin closes.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
+import math
 import time
 from pathlib import Path
 from typing import Any
@@ -52,6 +56,7 @@ from sims.procs import command_lines, say
 SITE = "sim-site"
 SAMPLE_S = 0.005  # the site's own meter trace
 METER_REFRESH_S = 0.005  # the meter's registers (a real meter's RMS over a mains cycle: 10-20 ms)
+AREA_DT_S = 0.02  # the area's frequency model steps (the fleet runner's generator-trip dt)
 UNITS_PER_SERVER = 236  # Modbus unit ids 11..246 for the chargers (1: the meter) on one server
 MODELS = ("nissan-leaf-40", "ford-f150-lightning-er", "mitsubishi-outlander-phev")
 
@@ -109,6 +114,7 @@ async def site_main(host: str, n: int, building_w: float, nominal_hz: float) -> 
     site.set_grid(frequency_hz=nominal_hz)
     units = site_units(site) if n <= UNITS_PER_SERVER else None
     samples: list[list[Any]] = []
+    area_trace: list[float] = []
     async with contextlib.AsyncExitStack() as stack, trio.open_nursery() as nursery:
         servers = []
         for k in range(0, max(1, -(-n // UNITS_PER_SERVER))):
@@ -142,8 +148,14 @@ async def site_main(host: str, n: int, building_w: float, nominal_hz: float) -> 
             elif cmd[0] == "step":
                 site.step_load(float(cmd[1]))
                 say(f"stepped {time.monotonic()!r}")
+            elif cmd[0] == "trip":
+                trip = [float(x) for x in cmd[1:8]]
+                nursery.start_soon(functools.partial(drive_frequency, site, area_trace, nominal_hz, *trip))
+                say(f"tripped {time.monotonic()!r}")
             elif cmd[0] == "trace":
                 say("trace " + json.dumps(samples))
+            elif cmd[0] == "area":
+                say("area " + json.dumps(area_trace))
             elif cmd[0] == "requests":
                 say(f"requests {sum(s.requests for s in servers)}")
             elif cmd[0] == "cpu":
@@ -151,6 +163,31 @@ async def site_main(host: str, n: int, building_w: float, nominal_hz: float) -> 
             else:
                 say(f"error unknown command {' '.join(cmd)}")
         nursery.cancel_scope.cancel()
+
+
+async def drive_frequency(site: Any, trajectory: list[Any], nominal_hz: float, trip_mw: float, base_mw: float, h_s: float, d_pu: float,
+                          r_pu: float, tg_s: float, fleet_share: float) -> None:
+    """The area's frequency after a trip of ``trip_mw``, every AREA_DT_S, into the site's grid.
+
+    The area (``sims.grid.frequency.Area``: swing equation, governor droop) sees the trip less
+    the chargers' response: how far their power has moved from where it was at the trip,
+    times ``fleet_share`` (the area holds that many such fleets, responding alike: the fleet
+    runner's rule), so the agents' droop and plans feed back into the frequency they read.
+    ``trajectory`` gets ``[frequency_hz, late_s]`` per step, the model's own time being
+    ``k x AREA_DT_S`` from the trip (a step the process ran late still advances AREA_DT_S).
+    """
+    from sims.grid.frequency import Area, AreaParams
+
+    model = Area(AreaParams(base_mw, h_s, d_pu, r_pu, tg_s, nominal_hz), AREA_DT_S)
+    before_w = math.fsum(c.power_w for c in site.chargers)
+    at = trio.current_time()
+    while True:
+        response_mw = (before_w - math.fsum(c.power_w for c in site.chargers)) * fleet_share / 1e6
+        f = model.step(trip_mw - response_mw)
+        site.set_grid(frequency_hz=f)
+        trajectory.append([f, max(0.0, trio.current_time() - at)])
+        at += AREA_DT_S
+        await trio.sleep_until(at)
 
 
 # --- a worker (its own process): a share of the agents ------------------------------------

@@ -35,8 +35,13 @@ building load of ``count x charger_kw``, all at once: the worst case of the surg
 ``kill_nodes`` event kills that fraction of the agents (their chargers keep their last
 setpoint until it reverts) ``KILL_AFTER_S`` into the spike; a ``partition`` before the surge
 cuts the mesh (``netns`` only: the rules are nftables) ``PARTITION_LEAD_S`` before the step.
-Scenarios with no surge (a generator trip, the CSMS-outage day) have no site spike to play
-and are refused with one line.
+A scenario whose event is a generator trip (no surge) plays it as a frequency event instead:
+the site process steps the area's frequency model (``sims.grid.frequency.Area``, every
+``AREA_DT_S``) from the trip on, with the chargers' response fed back (``drive_frequency``),
+and serves that frequency on the meter and the chargers, so the agents' IEEE 1547 droop and the
+detector's frequency-scope plan run over the real network; the report adds
+``frequency_nadir_hz`` and ``rocof_hz_per_s`` (``mesh``: the meter's trace; ``none``: the same
+model with no response). A scenario with neither (the CSMS-outage day) is refused with one line.
 
 The report has the fleet runner's shape for what is measured: per baseline
 ``spike_to_response_s`` (from the step to the first meter sample at or under
@@ -65,7 +70,7 @@ from typing import Any
 import attrs
 
 from meshagent.errors import MeshagentError
-from sims.agentprocs import SAMPLE_S, SITE, charger_unit
+from sims.agentprocs import AREA_DT_S, SAMPLE_S, SITE, charger_unit
 from sims.procs import Child, ChildFailed, TimedOut, slices, stop_all
 from sims.scenario import Scenario, ScenarioError, load_scenario
 
@@ -74,6 +79,7 @@ API_PORT = 7947
 TOLERANCE_S = 2.0  # over the limit for longer than this is a violation (sims.fleet's rule)
 KILL_AFTER_S = 1.0
 JOIN_S_PER_AGENT = 0.6
+ROCOF_WINDOW_S = 0.1  # five of the area's steps
 PARTITION_LEAD_S = 2.0
 HOLD_S = 6.0  # the spike is held this long after the step
 MAX_AGENTS = 480  # real-network: 127.86-87.P.1-240 (the site serves 236 chargers per Modbus server)
@@ -114,6 +120,8 @@ class SpikePlan:
     nominal_hz: float
     kill_fraction: float  # of the agents, KILL_AFTER_S into the spike
     partition_groups: int  # 1: no partition
+    trip_mw: float = 0.0  # a generator trip in the area instead of a surge (0: none)
+    area: tuple[float, ...] = ()  # base_mw, inertia_h_s, damping_d_pu, droop_r_pu, governor_tg_s, fleet_share
 
     def as_dict(self) -> dict[str, Any]:
         return attrs.asdict(self)
@@ -129,10 +137,12 @@ def spike_of(sc: Scenario) -> SpikePlan:
     """The spike of ``sc`` (already at its size); ScenarioError if it has none to play."""
     site = sc["site"]
     surges = [e for e in sc.events if e.kind == "surge"]
-    if not surges:
-        raise ScenarioError(f"{sc.name}: no surge event: the real-network runners play a site spike "
-                            "(run this scenario without --real-network/--netns)")
-    first_surge = min(e.at_s for e in surges)
+    trips = [e for e in sc.events if e.kind == "generator_trip"]
+    if not surges and not trips:
+        raise ScenarioError(f"{sc.name}: no surge or generator trip: the real-network runners play a site spike "
+                            "or a frequency event (run this scenario without --real-network/--netns)")
+    first_surge = min(e.at_s for e in surges) if surges else min(e.at_s for e in trips)
+    area = sc["area"]
     kills = [e for e in sc.events if e.kind == "kill_nodes"]
     parts = [e for e in sc.events if e.kind == "partition" and e.at_s <= first_surge]
     heals = [e for e in sc.events if e.kind == "heal" and e.at_s <= first_surge]
@@ -148,6 +158,9 @@ def spike_of(sc: Scenario) -> SpikePlan:
         nominal_hz=float(sc["area"]["nominal_hz"]),
         kill_fraction=max((float(e.args["fraction"]) for e in kills), default=0.0),
         partition_groups=min(groups, n),
+        trip_mw=0.0 if surges else math.fsum(float(e.args["mw"]) for e in trips),
+        area=tuple(float(area[k]) for k in ("base_mw", "inertia_h_s", "damping_d_pu", "droop_r_pu",
+                                             "governor_tg_s", "fleet_share")),
     )
 
 
@@ -170,6 +183,24 @@ def _config(directory: Path, node_id: str, host: str, seed: str | None, site_hos
         + f'\n[allocation]\ntransformers = [{ratings}]\n' + (DETECTOR_ALLOCATION if detector else "")
     )
     return cfg
+
+
+def frequency_of(nominal_hz: float, steps: list[float]) -> dict[str, Any]:
+    """Nadir and the steepest fall over ROCOF_WINDOW_S (RoCoF) of the area's frequency, one
+    value per AREA_DT_S from the trip (before it: nominal)."""
+    f = [nominal_hz, *steps]
+    k = round(ROCOF_WINDOW_S / AREA_DT_S)
+    rocof = min(((f[i] - f[i - k]) / ROCOF_WINDOW_S for i in range(k, len(f))), default=0.0)
+    return {"frequency_nadir_hz": round(min(f), 4), "rocof_hz_per_s": round(rocof, 4)}
+
+
+def area_without_response(plan: SpikePlan, hold_s: float) -> dict[str, Any]:
+    """``none``: the same area model and trip with no response from the chargers."""
+    from sims.grid.frequency import Area, AreaParams
+
+    base_mw, h, d, r, tg, _share = plan.area
+    model = Area(AreaParams(base_mw, h, d, r, tg, plan.nominal_hz), AREA_DT_S)
+    return frequency_of(plan.nominal_hz, [model.step(plan.trip_mw) for _ in range(round(hold_s / AREA_DT_S))])
 
 
 def measure(samples: list[list[Any]], step_at: float, limit_w: float, baseline: str) -> dict[str, Any]:
@@ -274,7 +305,7 @@ def run_real(
                            hold_s, join_timeout_s, note)
             stop_all(children)  # the agents and the site first: the central side times on a machine they left
             children.clear()
-            if central and mode == "real-network":
+            if central and mode == "real-network" and not plan.trip_mw:  # central dispatch answers a site spike
                 report["baselines"] = {"none": report["baselines"]["none"],
                                        "central": _central(sc, plan, report, note),
                                        "mesh": report["baselines"]["mesh"]}
@@ -376,9 +407,14 @@ def _play(sc: Scenario, plan: SpikePlan, mode: str, hosts: list[str], site_host:
         time.sleep(PARTITION_LEAD_S)
     else:
         time.sleep(0.5)  # a few meter samples before the step
-    site.send(f"step {plan.step_w!r}")
-    step_at = float(site.expect("stepped", time.monotonic() + 10)[0])
-    note(f"spike: the building steps by {plan.step_w / 1000:g} kW")
+    if plan.trip_mw:
+        site.send("trip " + " ".join(repr(x) for x in (plan.trip_mw, *plan.area)))
+        step_at = float(site.expect("tripped", time.monotonic() + 10)[0])
+        note(f"frequency event: {plan.trip_mw:g} MW of generation trips in the area")
+    else:
+        site.send(f"step {plan.step_w!r}")
+        step_at = float(site.expect("stepped", time.monotonic() + 10)[0])
+        note(f"spike: the building steps by {plan.step_w / 1000:g} kW")
     killed: list[int] = []
     if plan.kill_fraction > 0:
         time.sleep(KILL_AFTER_S)
@@ -412,6 +448,12 @@ def _play(sc: Scenario, plan: SpikePlan, mode: str, hosts: list[str], site_host:
     modbus_requests = int(site.expect("requests", time.monotonic() + 10)[0])
     dropped = lab.dropped() if lab is not None else None
     baselines = {b: measure(samples, step_at, plan.limit_w, b) for b in ("none", "mesh")}
+    if plan.trip_mw:
+        site.send("area")
+        steps = json.loads(site.read_line(time.monotonic() + 30).split(" ", 1)[1])[: round(hold_s / AREA_DT_S)]
+        baselines["mesh"].update(frequency_of(plan.nominal_hz, [f for f, _late in steps]))
+        baselines["mesh"]["area_steps_late_max_s"] = round(max((late for _f, late in steps), default=0.0), 4)
+        baselines["none"].update(area_without_response(plan, hold_s))
     baselines["mesh"]["messages_per_node"] = round(sent / n, 2)
     baselines["mesh"]["bytes_per_node"] = round(byts / n, 1)
     baselines["none"]["messages_per_node"] = baselines["none"]["bytes_per_node"] = 0.0

@@ -18,9 +18,18 @@ import trio
 
 from meshagent.cli.main import main
 from sims import netns
-from sims.agentprocs import charger_unit, refreshing_site
+from sims.agentprocs import AREA_DT_S, charger_unit, refreshing_site
 from sims.procs import Child, stop_all
-from sims.realnet import RunFailed, join_timeout_for, member_control, mesh_knobs, run_real, spike_of
+from sims.realnet import (
+    RunFailed,
+    area_without_response,
+    frequency_of,
+    join_timeout_for,
+    member_control,
+    mesh_knobs,
+    run_real,
+    spike_of,
+)
 from sims.scenario import ScenarioError, load_scenario
 
 MEASURED = ("spike_to_response_s", "peak_site_kw", "site_limit_kw", "limits_violated", "messages_per_node",
@@ -106,7 +115,7 @@ def test_the_site_meter_refreshes_like_a_meter_not_per_read() -> None:
     assert site.snapshot().active_power_w == second.active_power_w + 5_000.0
 
 
-def test_past_236_chargers_the_site_serves_them_from_a_second_modbus_server() -> None:
+def test_past_236_chargers_the_site_serves_them_from_a_second_modbus_server_and_trips_its_area() -> None:
     assert [charger_unit(i) for i in (0, 235, 236, 471, 472)] == [(0, 11), (0, 246), (1, 11), (1, 246), (2, 11)]
     site = Child("site", "sims.agentprocs", ["site", "127.0.0.1", "240", "10000.0", "60.0"])
     try:
@@ -126,6 +135,17 @@ def test_past_236_chargers_the_site_serves_them_from_a_second_modbus_server() ->
 
         load_w, discharge_w = trio.run(read)
         assert load_w >= 10_000.0 and discharge_w > 0  # the meter sees the site; the charger its vehicle
+        # a generator trip: the area model drives the frequency the meter serves; with no agent
+        # answering, its steps are those of the model with no response
+        plan = spike_of(load_scenario("generator-trip").with_overrides(nodes=240))
+        site.send("trip " + " ".join(repr(x) for x in (plan.trip_mw, *plan.area)))
+        site.expect("tripped", time.monotonic() + 10)
+        time.sleep(0.3)
+        site.send("area")
+        steps = [f for f, _late in json.loads(site.read_line(time.monotonic() + 10).split(" ", 1)[1])]
+        assert len(steps) >= 5 and steps == sorted(steps, reverse=True) and steps[-1] < 60.0
+        k = len(steps)
+        assert frequency_of(60.0, steps) == area_without_response(plan, k * AREA_DT_S)
     finally:
         stop_all([site])
 
@@ -143,8 +163,10 @@ def test_the_spike_of_each_scenario() -> None:
     part = spike_of(load_scenario("partition").with_overrides(nodes=4))
     assert part.partition_groups == 2 and part.detectors() == [0, 2]
     assert spike_of(load_scenario("node-deaths").with_overrides(nodes=10)).kill_fraction == 0.2
-    with pytest.raises(ScenarioError, match="no surge event"):
-        spike_of(load_scenario("generator-trip"))
+    trip = spike_of(load_scenario("generator-trip").with_overrides(nodes=6))
+    assert (trip.trip_mw, trip.step_w, trip.area[0]) == (12.0, 0.0, 50.0)
+    with pytest.raises(ScenarioError, match="no surge or generator trip"):
+        spike_of(load_scenario("csms-outage-day"))
 
 
 @pytest.mark.parametrize(("args", "flag"), [
@@ -165,5 +187,5 @@ def test_a_malformed_flag_combination_is_one_line(capsys, args: list[str], flag:
 def test_a_scenario_the_real_runners_cannot_play_is_one_line(capsys) -> None:
     assert main(["sim", "partition", "--real-network", "--nodes", "4"]) == 1
     assert "partition is made with nftables between namespaces: run it with --netns" in capsys.readouterr().err
-    assert main(["sim", "generator-trip", "--real-network"]) == 1
-    assert "no surge event" in capsys.readouterr().err
+    assert main(["sim", "csms-outage-day", "--real-network"]) == 1
+    assert "no surge or generator trip" in capsys.readouterr().err
