@@ -79,7 +79,8 @@ def sim_run(scenario: str, nodes: int | None, seed: int | None, duration: float 
     --virtual        the same, the mesh's latency measured in this run (virtual time)
     --real-network   the scenario's spike answered by real agents in separate processes over
                      real UDP on 127.86.x.y:7946, the site over Modbus TCP (none, central
-                     with its OCPP dispatch timed for real, mesh)
+                     with its OCPP dispatch timed for real, mesh); a generator trip plays
+                     as a frequency event (the area model drives the meter's frequency)
     --netns          the same, one agent per network namespace; partitions and --loss are
                      nftables rules between them (root, ip, nft; none and mesh)
     --packet         complete agents in one process in virtual time, every packet signed:
