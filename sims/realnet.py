@@ -15,11 +15,15 @@ its API), one per charger, on one simulated site:
   a share of them in one trio loop, as ``bench allocation`` spreads its agents
   (``sims.procs``: the same line protocol over stdin/stdout, the same ``Child``):
 
-  - ``real-network``: ``workers`` processes (default: 2, the cores here), agent i on its own
-    loopback address 127.86.P.(i+1), UDP and TCP port 7946 (P from the pid, so two runs do
-    not collide). A few processes rather than one per agent: at a few hundred agents, a
+  - ``real-network``: the detector in a process of its own, the other agents in ``workers``
+    processes (default: one per ``AGENTS_PER_WORKER`` and at least 2; ``nice`` MEMBER_NICE so
+    the detector and the site are not starved by them), agent i on its own loopback address
+    127.86.P.(i+1) (127.87.P.x past 240), UDP and TCP port 7946 (P from the pid, so two runs
+    do not collide). A few processes rather than one per agent: at a few hundred agents, a
     process each would spend the machine on interpreters (about 60 MB and a second of
-    imports apiece) rather than on the agents;
+    imports apiece) rather than on the agents; 25 agents rather than 50 to a trio loop
+    shortens each loop's queue (at 100 agents, 4 workers had every member answer the plan
+    where 2 had 1-57 of 99; 2026-12-03, loaded machine);
   - ``netns``: one namespace per agent (``sims.netns``: veth pairs to a bridge, 10.X.Y.0/24),
     and so one process per agent (a process lives in one namespace); loss and partitions are
     nftables rules between the namespaces. The site is served on the bridge's address.
@@ -79,6 +83,8 @@ API_PORT = 7947
 TOLERANCE_S = 2.0  # over the limit for longer than this is a violation (sims.fleet's rule)
 KILL_AFTER_S = 1.0
 JOIN_S_PER_AGENT = 0.6
+MEMBER_NICE = 5
+AGENTS_PER_WORKER = 25
 ROCOF_WINDOW_S = 0.1  # five of the area's steps
 PARTITION_LEAD_S = 2.0
 HOLD_S = 6.0  # the spike is held this long after the step
@@ -258,7 +264,7 @@ def run_real(
     mode: str = "real-network",
     nodes: int | None = None,
     seed: int | None = None,
-    workers: int = 2,
+    workers: int | None = None,
     loss_pct: float = 0.0,
     hold_s: float = HOLD_S,
     join_timeout_s: float | None = None,
@@ -334,7 +340,7 @@ def run_real(
 
 
 def _play(sc: Scenario, plan: SpikePlan, mode: str, hosts: list[str], site_host: str, lab: Any, tmp: Path,
-          children: list[Child], workers: int, loss_pct: float, hold_s: float, join_timeout_s: float | None,
+          children: list[Child], workers: int | None, loss_pct: float, hold_s: float, join_timeout_s: float | None,
           note: Callable[[str], None]) -> dict[str, Any]:
     from meshagent.trust import keystore
 
@@ -368,11 +374,16 @@ def _play(sc: Scenario, plan: SpikePlan, mode: str, hosts: list[str], site_host:
         # CPU): in a worker's one trio loop, a detector's 10 ms meter cycle would wait its
         # turn behind every other agent's tasks there
         members = [i for i in range(n) if i not in detectors]
-        shares = [detectors, *([members[i] for i in part] for part in slices(len(members), max(1, min(workers, len(members)))))]
-        prefixes = [[] for _ in shares]
+        count = workers if workers is not None else max(2, math.ceil(len(members) / AGENTS_PER_WORKER))
+        shares = [detectors, *([members[i] for i in part] for part in slices(len(members), max(1, min(count, len(members)))))]
+        # the members' workers yield the CPU to the detector and the site (nice): on a machine
+        # with fewer cores than processes, a starved detector or site is the simulator's
+        # artefact (the product's detector has its CPU; the site is physics), while a member
+        # agent here shares a core with a whole worker's others anyway
+        prefixes = [[], *(["nice", "-n", str(MEMBER_NICE)] for _ in shares[1:])]
         runner = (f"real-network: {n} agents over real UDP/TCP on 127.86.{hosts[0].split('.')[2]}.x:{PORT}, "
                   f"the detector{'s' if len(detectors) > 1 else ''} in a process of {'their' if len(detectors) > 1 else 'its'} "
-                  f"own and the other {len(members)} in {len(shares) - 1} worker processes; the site over Modbus TCP "
+                  f"own and the other {len(members)} in {len(shares) - 1} worker processes (nice {MEMBER_NICE}); the site over Modbus TCP "
                   f"({len(ports)} server{'s' if len(ports) > 1 else ''}) in its own process")
     started = time.monotonic()
     note(f"starting {n} agents ({runner.split(':')[0]})")
@@ -562,7 +573,7 @@ def _detector_spikes(agents: list[Child], shares: list[list[int]], detectors: li
 
 
 LOOP_KEYS = ("cycles", "missed_periods", "cycle_p50_ms", "cycle_p99_ms", "cycle_max_ms", "jitter_p99_ms",
-             "jitter_max_ms", "meter_faults", "meter_missed_periods", "device_faults")
+             "jitter_max_ms", "meter_faults", "meter_missed_periods", "device_faults", "last_device_fault")
 
 
 def _control_loops(agents: list[Child], shares: list[list[int]]) -> dict[str, Any]:

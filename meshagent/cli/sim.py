@@ -64,7 +64,7 @@ def sim() -> None:
               help="Complete agents (mesh, control loop, allocation, simulated devices) in virtual time: "
                    "the mesh only, measured.")
 @click.option("--workers", type=int, help="With --real-network: worker processes for the agents other than the "
-              "detector, which has one of its own (default 2).")
+              "detector, which has one of its own (default: one per 25 agents, at least 2).")
 @click.option("--loss", type=float, help="With --netns: random drop of the mesh's datagrams, percent.")
 @click.option("--out", type=click.Path(path_type=Path), default=Path("sim-out"), show_default=True,
               help="Directory for report.json and summary.png.")
@@ -115,7 +115,7 @@ def sim_run(scenario: str, nodes: int | None, seed: int | None, duration: float 
         from sims.realnet import HOLD_S, run_real
 
         report = run_real(scenario, mode="netns" if netns else "real-network", nodes=nodes, seed=seed,
-                          workers=workers or 2, loss_pct=loss or 0.0, hold_s=duration or HOLD_S, out=out,
+                          workers=workers, loss_pct=loss or 0.0, hold_s=duration or HOLD_S, out=out,
                           progress=lambda line: console.print(f"[dim]{line}[/dim]"))
         console.print(summary_table(report))
         console.print(f"runner: {report['runner']}")
