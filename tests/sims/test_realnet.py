@@ -151,7 +151,7 @@ def test_past_236_chargers_the_site_serves_them_from_a_second_modbus_server_and_
 
 
 def test_join_timeout_and_member_settings_scale_with_n() -> None:
-    assert join_timeout_for(6) == join_timeout_for(100) == 60.0 and join_timeout_for(300) == 180.0
+    assert join_timeout_for(6) == 66.0 and join_timeout_for(100) == 160.0 and join_timeout_for(300) == 360.0
     assert member_control(40) == {"period": "100ms", "timeout": "1s"} and mesh_knobs(40) == ""
     assert member_control(100)["period"] == "500ms" and "gossip_interval" in mesh_knobs(100)
 
