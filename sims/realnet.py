@@ -96,8 +96,14 @@ SMALL_MESH = 40  # up to this many agents: members read the meter every 100 ms, 
 # their vehicle, thermal sensor and tamper switch every second, so N agents do not spend the
 # site's one server on round trips (at 20 agents on a loaded machine, reading those every 100 ms
 # stretched the members' cycles to about 1 s; every second, to 155 ms), and allow 1 s of silence
-# before ERR_SENSOR_LOST. Round 2 waits 500 ms for ACKs from processes that share the cores
-# (late ACKs: docs/allocation.md, "Known limits").
+# before ERR_SENSOR_LOST. Past SMALL_MESH agents, where 25 of them share a worker's trio loop and
+# the CPU is the limit (a member costs about 23 ms of CPU a second at 40, three quarters of it the
+# mesh), members read the meter every 500 ms with 5 s of silence allowed, and the mesh gossips
+# every 500 ms and probes every 2 s (member_control, mesh_knobs): the product's knobs, set for a
+# simulator that packs agents onto two cores (BENCHMARKS.md, "sim --real-network at 40-200
+# agents"). Telemetry every 10 s (each line is JSON work in a shared process). Round 2 waits
+# 500 ms for ACKs from processes that share the cores (late ACKs: docs/allocation.md, "Known
+# limits").
 MEMBER_CONTROL = 'meter_period = "{period}"\ndevice_period = "1s"\nsensor_timeout = "{timeout}"\ntelemetry_period = "10s"\n'
 DETECTOR_CONTROL = 'spike_update_settle = "300ms"\nsensor_timeout = "1s"\n'
 DETECTOR_ALLOCATION = 'round2_after = "500ms"\n'
