@@ -63,7 +63,8 @@ def sim() -> None:
 @click.option("--packet", is_flag=True,
               help="Complete agents (mesh, control loop, allocation, simulated devices) in virtual time: "
                    "the mesh only, measured.")
-@click.option("--workers", type=int, help="With --real-network: worker processes for the agents (default 2).")
+@click.option("--workers", type=int, help="With --real-network: worker processes for the agents other than the "
+              "detector, which has one of its own (default: one per 25 agents, at least 2).")
 @click.option("--loss", type=float, help="With --netns: random drop of the mesh's datagrams, percent.")
 @click.option("--out", type=click.Path(path_type=Path), default=Path("sim-out"), show_default=True,
               help="Directory for report.json and summary.png.")
@@ -78,7 +79,8 @@ def sim_run(scenario: str, nodes: int | None, seed: int | None, duration: float 
     --virtual        the same, the mesh's latency measured in this run (virtual time)
     --real-network   the scenario's spike answered by real agents in separate processes over
                      real UDP on 127.86.x.y:7946, the site over Modbus TCP (none, central
-                     with its OCPP dispatch timed for real, mesh)
+                     with its OCPP dispatch timed for real, mesh); a generator trip plays
+                     as a frequency event (the area model drives the meter's frequency)
     --netns          the same, one agent per network namespace; partitions and --loss are
                      nftables rules between them (root, ip, nft; none and mesh)
     --packet         complete agents in one process in virtual time, every packet signed:
@@ -113,7 +115,7 @@ def sim_run(scenario: str, nodes: int | None, seed: int | None, duration: float 
         from sims.realnet import HOLD_S, run_real
 
         report = run_real(scenario, mode="netns" if netns else "real-network", nodes=nodes, seed=seed,
-                          workers=workers or 2, loss_pct=loss or 0.0, hold_s=duration or HOLD_S, out=out,
+                          workers=workers, loss_pct=loss or 0.0, hold_s=duration or HOLD_S, out=out,
                           progress=lambda line: console.print(f"[dim]{line}[/dim]"))
         console.print(summary_table(report))
         console.print(f"runner: {report['runner']}")
