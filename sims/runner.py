@@ -50,12 +50,19 @@ def run(
     progress: Callable[[str, float], None] | None = None,
     traces: list[Trace] | None = None,
     level: str = "fleet",
+    warm: bool = False,
 ) -> dict[str, Any]:
-    """Run ``scenario`` under ``baselines``; return the report (and write it under ``out``)."""
+    """Run ``scenario`` under ``baselines``; return the report (and write it under ``out``).
+
+    ``warm`` (packet level only): the agents start from one verified membership instead of
+    joining through node 0 (``sims.virtual.run_packet``; the report says ``"start": "warm"``).
+    """
+    if warm and level != "packet":
+        raise ScenarioError("warm: only at the packet level (level=\"packet\"); the fleet level has no join")
     if level == "packet":
         from sims.virtual import run_packet
 
-        return run_packet(scenario, nodes=nodes, seed=seed, duration_s=duration_s, out=out,
+        return run_packet(scenario, nodes=nodes, seed=seed, duration_s=duration_s, out=out, warm=warm,
                           progress=(lambda f: progress("mesh (packet level)", f)) if progress else None)
     if level != "fleet":
         raise ScenarioError(f"unknown level {level!r} (known: fleet, packet)")

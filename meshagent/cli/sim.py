@@ -40,7 +40,7 @@ def sim() -> None:
     meshagent sim SCENARIO [--nodes N] [--seed S] [--virtual] [--out DIR] [--json]
     meshagent sim SCENARIO --real-network [--nodes N] [--workers W] [--duration HOLD_S]
     meshagent sim SCENARIO --netns [--nodes N] [--loss PCT] [--duration HOLD_S]
-    meshagent sim SCENARIO --packet [--nodes N] [--seed S] [--duration S]
+    meshagent sim SCENARIO --packet [--warm] [--nodes N] [--seed S] [--duration S]
     meshagent sim sweep SCENARIO --seeds 1-8 [--set section.key=v1,v2] [--address ADDR]
     Built-in scenarios: sims/scenarios/*.toml (see docs/simulation.md).
     """
@@ -63,6 +63,9 @@ def sim() -> None:
 @click.option("--packet", is_flag=True,
               help="Complete agents (mesh, control loop, allocation, simulated devices) in virtual time: "
                    "the mesh only, measured.")
+@click.option("--warm", is_flag=True,
+              help="With --packet: the agents start from one verified membership instead of joining "
+                   "(for spikes at hundreds of agents; the join is not simulated).")
 @click.option("--workers", type=int, help="With --real-network: worker processes for the agents other than the "
               "detector, which has one of its own (default: one per 25 agents, at least 2).")
 @click.option("--loss", type=float, help="With --netns: random drop of the mesh's datagrams, percent.")
@@ -71,7 +74,7 @@ def sim() -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the report as one JSON object, last line.")
 def sim_run(scenario: str, nodes: int | None, seed: int | None, duration: float | None, dt: float | None,
             real_network: bool, virtual: bool, netns: bool, workers: int | None, loss: float | None,
-            out: Path, as_json: bool, packet: bool = False) -> None:
+            out: Path, as_json: bool, packet: bool = False, warm: bool = False) -> None:
     """Run SCENARIO under none, droop, central and mesh; print the summary; write the plots.
 
     \b
@@ -85,12 +88,15 @@ def sim_run(scenario: str, nodes: int | None, seed: int | None, duration: float 
                      nftables rules between them (root, ip, nft; none and mesh)
     --packet         complete agents in one process in virtual time, every packet signed:
                      the mesh only, with its spike-to-applied latency measured
+                     (--warm: start from a formed membership, no join)
     """
     _need_sim_extra()
     chosen = [flag for flag, on in (("--real-network", real_network), ("--virtual", virtual), ("--netns", netns),
                                     ("--packet", packet)) if on]
     if len(chosen) > 1:
         raise MeshagentError(f"{chosen[0]} with {chosen[1]}: choose one of --real-network, --virtual, --netns, --packet")
+    if warm and not packet:
+        raise MeshagentError("--warm: only with --packet (the other runners join for real or have no join)")
     if workers is not None and not real_network:
         raise MeshagentError("--workers: only with --real-network (--netns runs one process per namespace)")
     if workers is not None and not 1 <= workers <= 64:
@@ -132,7 +138,8 @@ def sim_run(scenario: str, nodes: int | None, seed: int | None, duration: float 
                 bar.update(tasks[baseline], completed=fraction)
 
             report = run(scenario, nodes=nodes, seed=seed, duration_s=duration, dt_s=dt, out=out,
-                         mesh_latency=latency, progress=progress, level="packet" if packet else "fleet")
+                         mesh_latency=latency, progress=progress, level="packet" if packet else "fleet",
+                         warm=warm)
         console.print(summary_table(report))
         if packet:
             applied = report["baselines"]["mesh"]["spike_to_applied_ms"]
@@ -160,6 +167,9 @@ def _seeds(text: str) -> list[int]:
 @click.option("--set", "sets", multiple=True, help="Vary a key: section.key=v1,v2 (repeatable).")
 @click.option("--nodes", type=int)
 @click.option("--duration", type=float, help="Simulated seconds per case.")
+@click.option("--warm", is_flag=True,
+              help="With --packet: the agents start from one verified membership instead of joining "
+                   "(for spikes at hundreds of agents; the join is not simulated).")
 @click.option("--workers", type=int, help="Local processes (default: one per core).")
 @click.option("--address", help="Run on this Dask scheduler (tcp://host:8786) instead.")
 @click.option("--json", "as_json", is_flag=True)

@@ -72,9 +72,11 @@ def test_cli_packet_runs_complete_agents_and_errs_in_one_line(tmp_path: Path, ca
         '[site]\nlimit_kw = 40\nbase_load_kw = 30\ntransformer_kva = 60\n'
         '[[events]]\nkind = "generator_trip"\nat_s = 0.2\nmw = 8\n'
     )
-    assert main(["sim", str(toml), "--packet", "--out", str(tmp_path / "out"), "--json"]) == 0
+    # --warm: the agents start from one verified membership (the cold join is the other tests')
+    assert main(["sim", str(toml), "--packet", "--warm", "--out", str(tmp_path / "out"), "--json"]) == 0
     report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert report["level"] == "packet" and report["nodes"] == 4
+    assert report["baselines"]["mesh"]["start"] == "warm"
     mesh = report["baselines"]["mesh"]
     # the trip drives the area frequency the site meter reports; the agents' droop answers it
     assert mesh["frequency_nadir_hz"] < 59.8 and mesh["rocof_hz_per_s"] < 0
@@ -89,5 +91,8 @@ def test_cli_packet_runs_complete_agents_and_errs_in_one_line(tmp_path: Path, ca
         "meshagent: error: --nodes: the packet level needs at least 2 agents (a detector and a member)")
     assert main(["sim", str(toml), "--packet", "--virtual"]) == 1
     assert capsys.readouterr().err.strip().startswith("meshagent: error: --virtual with --packet: choose one of")
+    assert main(["sim", str(toml), "--warm"]) == 1
+    assert capsys.readouterr().err.strip() == (
+        "meshagent: error: --warm: only with --packet (the other runners join for real or have no join)")
     assert main(["sim", str(toml), "--packet", "--dt", "0.1"]) == 1
     assert capsys.readouterr().err.strip().startswith("meshagent: error: --dt: --packet runs every agent")
