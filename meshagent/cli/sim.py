@@ -167,9 +167,6 @@ def _seeds(text: str) -> list[int]:
 @click.option("--set", "sets", multiple=True, help="Vary a key: section.key=v1,v2 (repeatable).")
 @click.option("--nodes", type=int)
 @click.option("--duration", type=float, help="Simulated seconds per case.")
-@click.option("--warm", is_flag=True,
-              help="With --packet: the agents start from one verified membership instead of joining "
-                   "(for spikes at hundreds of agents; the join is not simulated).")
 @click.option("--workers", type=int, help="Local processes (default: one per core).")
 @click.option("--address", help="Run on this Dask scheduler (tcp://host:8786) instead.")
 @click.option("--json", "as_json", is_flag=True)
