@@ -320,6 +320,17 @@ async def _start_visits(nursery: trio.Nursery, world: Any, visits: Any) -> None:
         await nursery.start(drive_visits, site, visits, visitor)
 
 
+def open_devices(devices_cfg: Any, world: Any = None) -> tuple[Any, Any]:
+    """The site meter and the charger ``[devices]`` names, each on its own link (a Modbus
+    request waits ``modbus_timeout`` for its reply; ``world`` serves ``sim://`` URLs)."""
+    from hardware.connect import open_charger, open_site_meter
+
+    meter = open_site_meter(devices_cfg.meter, world=world, timeout_s=devices_cfg.modbus_timeout_s)
+    charger = open_charger(devices_cfg.charger, world=world, timeout_s=devices_cfg.modbus_timeout_s,
+                           revert_after_s=max(1, round(devices_cfg.setpoint_reversion_s)))
+    return meter, charger
+
+
 async def run_control(config: NodeConfig, node: MeshNode, state_dir: Path | None, publisher: RecordPublisher,
                       stats_sources: dict[str, Any], allocation: dict[str, Any], csms_client: Any = None,
                       sim_world: Any = None, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -333,7 +344,6 @@ async def run_control(config: NodeConfig, node: MeshNode, state_dir: Path | None
     running ``Allocator`` (key ``"allocator"``); ``stats_sources`` with the loop's statistics.
     Start it with ``await nursery.start(run_control, ...)``: it is ready when the loop runs.
     """
-    from hardware.connect import open_charger, open_site_meter
     from meshagent.control.limits import Limits
     from meshagent.control.loop import ControlLoop, Devices
     from meshagent.control.offer import offer_from_loop
@@ -342,8 +352,7 @@ async def run_control(config: NodeConfig, node: MeshNode, state_dir: Path | None
     control_cfg = config.section("control")
     world = sim_world if sim_world is not None else sim_world_for(
         devices_cfg.meter, devices_cfg.charger, nominal_frequency_hz=control_cfg.nominal_frequency_hz)
-    meter = open_site_meter(devices_cfg.meter, world=world)
-    charger = open_charger(devices_cfg.charger, world=world, revert_after_s=max(1, round(devices_cfg.setpoint_reversion_s)))
+    meter, charger = open_devices(devices_cfg, world)
     cert = node.identity.certificate
 
     from meshagent.allocation.service import Allocator

@@ -56,6 +56,12 @@ class DevicesSection:
         doc="A Modbus inverter not written to for this long returns to no power by itself (SunSpec 704 "
             "WSetRvrtTms, whole seconds): the agent renews it every second, so a dead agent stops discharging.")
 
+    modbus_timeout_s: float = setting(
+        0.5, key="modbus_timeout", parse=parse_duration_s, min_value=0.02, max_value=10, shown='"500ms"',
+        doc="How long one Modbus request (meter or charger) may wait for its reply before the link counts a "
+            "timeout fault and reconnects. Raise it for a slow RS-485 line (low baud, many units); a silent "
+            "meter is still caught within `[control] sensor_timeout`, whatever this is.")
+
     sim_arrivals: str = setting(
         DEFAULT_VISITS, parse=_visits, shown=f'"{DEFAULT_VISITS}"',
         doc="Only for `sim://` devices: each simulated vehicle stays STAY, leaves, and another arrives AWAY later "

@@ -5,7 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
-from meshagent.agent import sim_world_for
+from meshagent.agent import open_devices, sim_world_for
 
 
 def test_real_devices_get_no_simulated_world():
@@ -102,3 +102,54 @@ async def test_a_session_started_at_boot_is_not_ended_as_left_by_a_previous_life
         assert len(store.open_transactions()) == 1
     finally:
         store.close()
+
+
+async def test_modbus_timeout_is_how_long_the_agent_waits_for_a_slow_device():
+    """``[devices] modbus_timeout``: a meter on a slow line (every reply 0.7 s late, a real
+    pymodbus server on loopback) times out at the default 500 ms and is read with "1s"."""
+    import time
+
+    import pytest
+
+    from hardware.interfaces import DeviceFault, FaultKind
+    from hardware.simulated import SimulatedSite
+    from hardware.simulated.serve import SimServer, site_units
+    from meshagent.config import config_from_dict
+
+    site = SimulatedSite.with_chargers(time.monotonic, 1, name="slow", base_load_w=30_000.0)
+    server = SimServer(site_units(site))
+    async with server:
+        server.faults.delay_s = 0.7
+        cfgs = {}
+        for timeout in (None, "1s"):
+            devices = {"meter": server.url(1), "charger": server.url(11)}
+            if timeout:
+                devices["modbus_timeout"] = timeout
+            cfgs[timeout] = config_from_dict({"node": {"id": "c1"}, "devices": devices}).section("devices")
+        assert cfgs[None].modbus_timeout_s == 0.5 and cfgs["1s"].modbus_timeout_s == 1.0
+
+        meter, charger = open_devices(cfgs[None])
+        try:
+            with pytest.raises(DeviceFault) as info:
+                await meter.read()
+            assert info.value.kind is FaultKind.TIMEOUT and "500 ms" in str(info.value)
+        finally:
+            await meter.aclose()
+            await charger.aclose()
+        meter, charger = open_devices(cfgs["1s"])
+        try:
+            reading = await meter.read()
+            assert reading.active_power_w == 30_000.0
+        finally:
+            await meter.aclose()
+            await charger.aclose()
+
+
+def test_modbus_timeout_out_of_range_is_one_line_naming_the_key():
+    import pytest
+
+    from meshagent.config import ConfigError, config_from_dict
+
+    with pytest.raises(ConfigError) as info:
+        config_from_dict({"node": {"id": "c1"}, "devices": {"modbus_timeout": "1ms"}})
+    assert "modbus_timeout" in str(info.value) and "\n" not in str(info.value)
