@@ -91,6 +91,14 @@ DETECTOR = "charger-1"
 # the end, each transaction ends with its energy registers and the CSMS bills what each
 # vehicle exported during the surge and the dip.
 CSMS_HOST = "127.84.1.1"
+# The central baseline beside the mesh: after the agents stop, a CSMS process sends the
+# surge's deficit by the same allocation to one OCPP 2.0.1 station per member over real
+# WebSockets (SetChargingProfile, what `bench allocation` and `sim --real-network` time), and
+# the demo times it. A CSMS learns of the surge from the site meter it polls every
+# CENTRAL_METER_INTERVAL_S (the scenarios' default): the demo counts half of it (the mean
+# wait) and the inverter's design bound, and says so.
+CENTRAL_METER_INTERVAL_S = 1.0
+CENTRAL_TRIALS = 3
 # (vehicle model, state of charge %) per charger, None: nobody plugged in. Mixed on purpose:
 # the plan weighs each vehicle by its energy above the reserve (20 %).
 _MODELS = ("nissan-leaf-40", "ford-f150-lightning-er", "mitsubishi-outlander-phev")
@@ -116,6 +124,8 @@ class Trace:
     chargers_w: list[list[float]] = attrs.Factory(list)  # + charge, - discharge
     t0: float = 0.0  # trio clock at t_s = 0
     windows: dict[str, tuple[float, float]] = attrs.Factory(dict)  # "surge", "dip": (from, to) s
+    mesh_applied_s: float | None = None  # surge step to the last share at an inverter (measured)
+    surge_deficit_w: float = 0.0  # what the detector planned for the surge
 
     def mark(self, name: str, start: float, end: float) -> None:
         self.windows[name] = (start - self.t0, end - self.t0)
@@ -128,10 +138,46 @@ class Trace:
         """Seconds above the limit, each sample counting until the next one."""
         return math.fsum(self.t_s[k + 1] - self.t_s[k] for k in rows[:-1] if series[k] > LIMIT_W)
 
+    def central_w(self, central: Central) -> list[float]:
+        """The no-response trace with the surge's deficit covered from the moment a central
+        dispatch lands (``central.lands_s`` after the step) to the surge's end."""
+        bare = self.no_response_w()
+        lo, hi = self.windows.get("surge", (0.0, -1.0))
+        return [w - (self.surge_deficit_w if lo + central.lands_s <= t <= hi else 0.0)
+                for t, w in zip(self.t_s, bare, strict=True)]
+
     def no_response_w(self) -> list[float]:
         """The meter with every charger's measured power taken out: what it would have read
         had no charger answered (computed from the same world, nothing else changed)."""
         return [load - math.fsum(ch) for load, ch in zip(self.load_w, self.chargers_w, strict=True)]
+
+
+@attrs.frozen
+class Central:
+    """The central baseline's timing for the surge: dispatch measured, the rest stated."""
+
+    stations: int
+    dispatch_ms: tuple[float, ...]  # each trial, measured
+    meter_wait_s: float  # stated: the mean wait for the CSMS's next meter poll
+    inverter_s: float  # stated: the inverter's design bound
+
+    @property
+    def lands_s(self) -> float:
+        return self.meter_wait_s + sorted(self.dispatch_ms)[len(self.dispatch_ms) // 2] / 1000 + self.inverter_s
+
+
+def _central(stations: int, deficit_w: float) -> Central:
+    """Time CENTRAL_TRIALS dispatches of ``deficit_w`` from a CSMS to ``stations`` OCPP
+    stations over real WebSockets on loopback (separate processes; blocking)."""
+    from sims.bench.allocation_central import CentralFleet
+    from sims.calibration import INVERTER_MAX_S
+
+    fleet = CentralFleet(stations, 1, 10.0)
+    try:
+        ms = tuple(fleet.spike_ms(k, max(deficit_w, 1.0), 10.0) for k in range(CENTRAL_TRIALS))
+    finally:
+        fleet.close()
+    return Central(stations, ms, CENTRAL_METER_INTERVAL_S / 2, INVERTER_MAX_S)
 
 
 def make_site(clock: Any) -> Any:
@@ -384,8 +430,16 @@ async def _demo(workdir: Path, out: Path) -> int:
         for scope in scopes.values():
             scope.cancel()
         nursery.cancel_scope.cancel()
-    _summary(trace)
-    _plots(trace, out)
+    central = None
+    if trace.surge_deficit_w > 0:
+        _say(f"  central baseline: a CSMS dispatches the surge's {trace.surge_deficit_w / 1000:.1f} kW to "
+             f"{n_chargers - 1} OCPP stations over WebSockets, timed {CENTRAL_TRIALS} times (the agents have stopped)")
+        try:
+            central = await trio.to_thread.run_sync(_central, n_chargers - 1, trace.surge_deficit_w)
+        except Exception as exc:  # the baseline is a comparison, not one of the demo's checks
+            _say(f"  central baseline: not timed ({exc})")
+    _summary(trace, central)
+    _plots(trace, out, central)
     _say(f"demo {'passed' if failures == 0 else f'FAILED: {failures} unexpected outcomes'} "
          f"in {time.monotonic() - started:.1f} s")
     return 0 if failures == 0 else 1
@@ -455,6 +509,8 @@ async def _surge(site: Any, trace: Trace, nodes: list[Any], host: str, api_port:
              else f", residual {short:.1f} W"))
     moved = [t for t in first if t is not None]
     sharing = sum(1 for w in applied.values() if w > 0)
+    trace.mesh_applied_s = max(moved) if moved else None
+    trace.surge_deficit_w = split[0]["deficit_w"]
     check("step to the last share at an inverter", len(moved) >= sharing > 0,
           f"{max(moved) * 1000:.0f} ms for {len(moved)} inverters (first {min(moved) * 1000:.0f} ms; "
           "detection included)" if moved else "no setpoint moved")
@@ -515,29 +571,50 @@ async def _dip(site: Any, trace: Trace, check: Any, host: str, api_port: int, to
              f"from {len(gave)} chargers; released as the droop lets go")
 
 
-def _summary(trace: Trace) -> None:
+def _summary(trace: Trace, central: Central | None = None) -> None:
     surge, dip = trace.rows("surge"), trace.rows("dip")
     if not surge or not dip:
         return
     bare = trace.no_response_w()
     mesh = trace.load_w
+    cent = trace.central_w(central) if central is not None else None
     tail = [k for k in surge if trace.t_s[k] >= trace.t_s[surge[-1]] - 0.5]
-    _say("  summary, from the same world          no response (computed)   mesh (measured)")
-    _say(f"    surge: peak site load               {max(bare[k] for k in surge) / 1000:9.1f} kW"
-         f"             {max(mesh[k] for k in surge) / 1000:9.1f} kW   (limit {LIMIT_W / 1000:g} kW)")
-    _say(f"           time above the limit          {trace.time_above_s(bare, surge):9.2f} s"
-         f"              {trace.time_above_s(mesh, surge):9.2f} s")
-    _say(f"           load, last 0.5 s of the surge {max(bare[k] for k in tail) / 1000:9.1f} kW"
-         f"             {max(mesh[k] for k in tail) / 1000:9.1f} kW   (highest)")
+
+    def row(label: str, cells: list[str], note: str = "") -> None:
+        _say(f"    {label:<37}" + "".join(f"{c:>17}" for c in cells) + (f"   {note}" if note else ""))
+
+    def kw(series: list[float] | None, rows: list[int]) -> str:
+        return "-" if series is None else f"{max(series[k] for k in rows) / 1000:.1f} kW"
+
+    def above(series: list[float] | None) -> str:
+        return "-" if series is None else f"{trace.time_above_s(series, surge):.2f} s"
+
+    _say("  summary, from the same world")
+    row("", ["no response", "central (OCPP)", "mesh"])
+    row("", ["(computed)", "(timed + stated)", "(measured)"])
+    row("surge: step to the shares applied", [
+        "never", "-" if central is None else f"{central.lands_s * 1000:.0f} ms",
+        "-" if trace.mesh_applied_s is None else f"{trace.mesh_applied_s * 1000:.0f} ms"])
+    row("       peak site load", [kw(bare, surge), kw(cent, surge), kw(mesh, surge)], f"(limit {LIMIT_W / 1000:g} kW)")
+    row("       time above the limit", [above(bare), above(cent), above(mesh)])
+    row("       load, last 0.5 s of the surge", [kw(bare, tail), kw(cent, tail), kw(mesh, tail)], "(highest)")
     response = [-math.fsum(trace.chargers_w[k]) for k in dip]
-    _say(f"    dip:   V2G discharge at {DIP_HZ:g} Hz       {0.0:9.1f} kW             {response[-1] / 1000:9.1f} kW"
-         f"   (after {DIP_HOLD_S:g} s, peak {max(response) / 1000:.1f} kW; the droop of "
-         f"{sum(1 for w in trace.chargers_w[dip[-1]] if w < -1)} chargers)")
+    row(f"dip:   V2G discharge at {DIP_HZ:g} Hz", ["0.0 kW", "(not its path)", f"{response[-1] / 1000:.1f} kW"],
+        f"(after {DIP_HOLD_S:g} s, peak {max(response) / 1000:.1f} kW; the droop of "
+        f"{sum(1 for w in trace.chargers_w[dip[-1]] if w < -1)} chargers)")
     _say("    no response: the meter less every charger's measured power (the same building, the same "
          f"surge, no charger moving); samples every {SAMPLE_PERIOD_S * 1000:g} ms")
+    if central is not None:
+        ms = sorted(central.dispatch_ms)
+        _say(f"    central: the no-response trace covered from {central.lands_s * 1000:.0f} ms after the step = "
+             f"{central.meter_wait_s * 1000:.0f} ms mean wait for the CSMS's meter poll (every "
+             f"{CENTRAL_METER_INTERVAL_S:g} s, stated) + {ms[len(ms) // 2]:.0f} ms OCPP dispatch to "
+             f"{central.stations} stations (measured, median of {', '.join(f'{x:.0f}' for x in central.dispatch_ms)} ms) "
+             f"+ {central.inverter_s * 1000:.0f} ms inverter (design bound); a frequency dip is each charger's own "
+             "droop in both")
 
 
-def _plots(trace: Trace, out: Path) -> None:
+def _plots(trace: Trace, out: Path, central: Central | None = None) -> None:
     try:
         import matplotlib
     except ImportError:
@@ -550,6 +627,9 @@ def _plots(trace: Trace, out: Path) -> None:
     fig, (load_ax, freq_ax) = plt.subplots(2, 1, figsize=(9, 6), sharex=True, height_ratios=(3, 1))
     load_ax.plot(trace.t_s, [w / 1000 for w in trace.no_response_w()], lw=1, color="tab:gray",
                  label="no response (computed)")
+    if central is not None:
+        load_ax.plot(trace.t_s, [w / 1000 for w in trace.central_w(central)], lw=1, color="tab:orange",
+                     label="central over OCPP (dispatch timed, meter wait stated)")
     load_ax.plot(trace.t_s, [w / 1000 for w in trace.load_w], lw=1.2, label="site meter, mesh (measured)")
     load_ax.axhline(LIMIT_W / 1000, color="red", ls="--", lw=1, label="limit")
     load_ax.set_ylabel("site load kW")

@@ -123,7 +123,14 @@ def test_demo_splits_a_surge_among_24_agents_over_real_udp(tmp_path):
     assert per_charger, out
     watts = [float(w) for row in per_charger[0].splitlines() for w in row.split(")")[1].split()]
     assert len(watts) == 24 and max(watts) <= 9_600.0 + 0.5  # the largest vehicle exports 9.6 kW
-    assert "no response (computed)" in out and "mesh (measured)" in out
+    assert "no response" in out and "central (OCPP)" in out and "(measured)" in out
+    # the central baseline: a real OCPP dispatch to the 23 members, timed, landing after the stated meter wait
+    central = re.search(r"covered from (\d+) ms after the step = 500 ms mean wait .*?\+ (\d+) ms OCPP dispatch to "
+                        r"23 stations \(measured, median of ([0-9, ]+) ms\) \+ 100 ms inverter", out)
+    assert central and int(central[1]) >= 600 and 0 < int(central[2]) < int(central[1]), out
+    assert len(central[3].split(",")) == 3, central[0]
+    applied = re.search(r"step to the shares applied\s+never\s+(\d+) ms\s+(\d+) ms", out)
+    assert applied and int(applied[1]) == int(central[1]), out
     for png in ("site-load.png", "discharge.png"):
         assert (tmp_path / "plots" / png).stat().st_size > 10_000, png
 
