@@ -57,6 +57,10 @@ class Synchroniser:
         self.inflight: dict[Address, float] = {}
         self.inbound: deque[float] = deque()
         self.stranger_syncs: dict[Address, float] = {}
+        # encoded size of each rumor a full state last carried, by identity (the rumor is held
+        # here, so its id is not reused while the entry lives): rumors are immutable, and a
+        # thousand-member state measured afresh each time cost as much as encoding it
+        self._sizes: dict[int, tuple[Any, int]] = {}
         self.synced = True  # no join pending
         self.rejoin_delay = cfg.rejoin_interval_s
         self.next_rejoin_at = math.inf
@@ -141,6 +145,9 @@ class Synchroniser:
         table = core.members_table
         size = table.size
         start = core.rng.randrange(size) if size else 0
+        sizes = self._sizes
+        if len(sizes) > 2 * size + 64:  # rumors since replaced: measure afresh
+            sizes.clear()
         for i in range(size):
             m = table.at((start + i) % size)
             if m is None:
@@ -148,7 +155,12 @@ class Synchroniser:
             parts: list[Any] = [m.alive]
             if m.accusation is not None:
                 parts.append(m.accusation)
-            cost = sum(rumor_size(p) for p in parts)
+            cost = 0
+            for p in parts:
+                known = sizes.get(id(p))
+                if known is None or known[0] is not p:
+                    known = sizes[id(p)] = (p, rumor_size(p))
+                cost += known[1]
             if cost > budget:
                 break
             budget -= cost
