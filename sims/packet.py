@@ -33,6 +33,7 @@ import trio.testing
 from protocol.messages import Revoke
 from protocol.state import Scope
 from protocol.swim import Delivered, SwimConfig
+from sims.collector import many_objects
 from sims.testpki import NOW_MS, Pki
 
 WARM_SETTLE_S = 2.0  # a warm start's settle before the window (first probes, first contacts)
@@ -285,8 +286,9 @@ def join_time(n: int, seed: int = 1, converge_timeout_s: float = 900.0,
     """A cold join of N signed nodes through one seed (virtual time): simulated and wall time
     until every node knows every other alive; abandoned after ``wall_budget_s`` of wall time
     (the row then says in ``skipped`` how far it got)."""
-    return trio.run(_join, n, seed, converge_timeout_s, wall_budget_s,
-                    clock=trio.testing.MockClock(autojump_threshold=0))
+    with many_objects():
+        return trio.run(_join, n, seed, converge_timeout_s, wall_budget_s,
+                        clock=trio.testing.MockClock(autojump_threshold=0))
 
 
 def agents_sim_rate(
@@ -299,13 +301,14 @@ def agents_sim_rate(
     has ``sim_s_per_wall_s`` None and says why in ``skipped``. ``warm``: no join, every node
     starts with the membership formed (``warm_snapshot``), the window follows a
     ``WARM_SETTLE_S`` settle (the row says ``"start": "warm"``)."""
-    return trio.run(
-        _rate,
-        n,
-        window_s,
-        seed,
-        converge_timeout_s,
-        join_wall_budget_s,
-        warm,
-        clock=trio.testing.MockClock(autojump_threshold=0),
-    )
+    with many_objects():
+        return trio.run(
+            _rate,
+            n,
+            window_s,
+            seed,
+            converge_timeout_s,
+            join_wall_budget_s,
+            warm,
+            clock=trio.testing.MockClock(autojump_threshold=0),
+        )

@@ -64,6 +64,7 @@ import trio.testing
 
 from hardware.simulated.charger import SimulatedCharger
 from hardware.simulated.site import MeterSnapshot, SimulatedSite, SimWorld
+from sims.collector import many_objects
 from sims.packet import warm_snapshot
 from sims.scenario import Scenario, load_scenario
 from sims.testpki import NOW_MS, Pki
@@ -513,7 +514,8 @@ def run_packet(
     _seed_trio_scheduler(s)
     wall = time.perf_counter()
     run = _Run(sc, link, progress, settle_s, member_period_s, warm)
-    totals = trio.run(run.main, clock=trio.testing.MockClock(autojump_threshold=0))
+    with many_objects():
+        totals = trio.run(run.main, clock=trio.testing.MockClock(autojump_threshold=0))
     report: dict[str, Any] = {
         "scenario": sc.name,
         "description": sc.description,
