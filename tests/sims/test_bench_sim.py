@@ -22,4 +22,14 @@ def test_bench_sim_quick(capsys: pytest.CaptureFixture[str], monkeypatch: pytest
     assert complete["nodes"] == 10 and complete["sim_s_per_wall_s"] > 0 and complete["agent"].startswith("complete")
     assert complete["limits_violated"] == 0 and complete["spike_to_applied_max_ms"] is not None
     assert data["fleet_1000_1min_sim_s_per_wall_s"] > 1000
+    assert data["fleet_day"]["runs_sim_s_per_wall_s"] == [data["fleet_1000_1min_sim_s_per_wall_s"]]
     assert data["ev2gym"]["run"] is False and "not installed" in data["ev2gym"]["reason"]
+
+
+def test_the_fleet_day_figure_is_the_median_of_its_runs() -> None:
+    from sims.bench.sim import fleet_day_rate
+
+    day = fleet_day_rate(3, 0.05)
+    runs = day["runs_sim_s_per_wall_s"]
+    assert day["runs"] == 3 and len(runs) == 3 and runs == sorted(runs)
+    assert day["sim_s_per_wall_s"] == runs[1] and day["days"] == 0.05
