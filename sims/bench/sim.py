@@ -22,6 +22,8 @@
   transformers, 1-minute steps, one weekday, mesh baseline (allocation, drawn latencies,
   message counts, area frequency and transformer heat all on).
 * ``fleet_year_1000_wall_s``: the same for 365 days (not in ``--quick``).
+* Every part runs in a spawned process of its own (``fresh``), so that no figure depends on
+  what ran before it in the same interpreter.
 * ``ev2gym``: the anchor in the same run, when an interpreter with ev2gym is named by
   ``MESHAGENT_EV2GYM_PYTHON`` or ev2gym imports here (``sims/bench/ev2gym_anchor.py``);
   otherwise the row says it was not run.
@@ -59,6 +61,21 @@ def fleet_scenario(days: float) -> Any:
         "area": {"base_mw": 500},
         "events": [{"kind": "generator_trip", "at_s": 3600 * 18, "mw": 40}],
     }, "bench")
+
+
+def fresh(fn: Any, *args: Any, **kwargs: Any) -> Any:
+    """``fn(*args, **kwargs)`` in a new interpreter (spawned, not forked), its result returned.
+
+    Each figure of this bench is measured in a process of its own: one that has just held ten
+    thousand simulated nodes, or stepped a fleet through a year, leaves a heap that slows the
+    next part (2026-12-04, same code and machine: 1,000 nodes 1.948x first in the process,
+    1.561x after the fleet year; a fleet day 99,817x after the packet rows, 485,586x and more
+    first)."""
+    import concurrent.futures
+    import multiprocessing
+
+    with concurrent.futures.ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        return pool.submit(fn, *args, **kwargs).result()
 
 
 def fleet_rate(days: float) -> dict[str, Any]:
@@ -110,7 +127,7 @@ def complete_rows(quick: bool) -> list[dict[str, Any]]:
                                        f"{spent:.0f} s for the {SETTLE_S:g} s settle and the "
                                        f"{window:g} s window, x{factor:g}), over the {COMPLETE_BUDGET_S:.0f} s budget"})
                 continue
-        last = complete_agents_rate(n, window, warm=n >= WARM_FROM)
+        last = fresh(complete_agents_rate, n, window, warm=n >= WARM_FROM)
         out.append(last)
     return out
 
@@ -125,17 +142,21 @@ def join_rows(rows: list[dict[str, Any]], quick: bool) -> list[dict[str, Any]]:
     if quick:
         out.append({"nodes": 1000, "join_wall_s": None, "skipped": "--quick"})
     else:
-        out.append(join_time(1000, wall_budget_s=JOIN_1000_WALL_BUDGET_S))
+        out.append(fresh(join_time, 1000, wall_budget_s=JOIN_1000_WALL_BUDGET_S))
     return out
 
 
 FLEET_DAY_RUNS = 5  # the one-day fleet figure is the median of this many days (0.15-0.3 s each)
 
 
+def _fleet_days(runs: int, days: float) -> list[dict[str, Any]]:
+    return [fleet_rate(days) for _ in range(runs)]
+
+
 def fleet_day_rate(runs: int, days: float) -> dict[str, Any]:
     """The fleet level's rate over ``runs`` runs of ``days``: the median run, with every run's
     rate beside it (a day takes a fraction of a second: one run alone is noise)."""
-    results = sorted((fleet_rate(days) for _ in range(runs)), key=lambda r: r["sim_s_per_wall_s"])
+    results = sorted(fresh(_fleet_days, runs, days), key=lambda r: r["sim_s_per_wall_s"])
     return {**results[len(results) // 2], "runs": runs,
             "runs_sim_s_per_wall_s": [r["sim_s_per_wall_s"] for r in results]}
 
@@ -143,16 +164,15 @@ def fleet_day_rate(runs: int, days: float) -> dict[str, Any]:
 def run(quick: bool = False) -> BenchResult:
     from sims.packet import agents_sim_rate
 
-    # The fleet level first, in a fresh process: after the packet-level rows the process holds
-    # a heap that millions of freed objects fragmented, and a day measured there came out up to
-    # 6x slower (2026-12-04: 99,817x after them, 485,586-603,456x before them).
+    # every part in a process of its own (``fresh``)
     day = fleet_day_rate(1 if quick else FLEET_DAY_RUNS, 0.25 if quick else 1.0)
-    year = None if quick else fleet_rate(365.0)
+    year = None if quick else fresh(fleet_rate, 365.0)
     ev = ev2gym_rate()
     rows_data: list[dict[str, Any]] = []
     window = 2.0 if quick else 10.0
     for n in (20,) if quick else (100, 1000):
-        rows_data.append({**agents_sim_rate(n, window, join_wall_budget_s=JOIN_WALL_BUDGET_S, warm=n >= WARM_FROM),
+        rows_data.append({**fresh(agents_sim_rate, n, window, join_wall_budget_s=JOIN_WALL_BUDGET_S,
+                                  warm=n >= WARM_FROM),
                           "agent": "membership only (MeshNode)"})
     rate_1000 = rows_data[-1]["sim_s_per_wall_s"]
     if quick:
@@ -161,7 +181,7 @@ def run(quick: bool = False) -> BenchResult:
     # optimistic, so the prediction is x100 of the 1,000-node window
     predicted = window / rate_1000 * 100 if rate_1000 else None
     if not quick and predicted is not None and predicted < WARM_10K_BUDGET_S:
-        rows_data.append({**agents_sim_rate(10_000, window, warm=True), "agent": "membership only (MeshNode)"})
+        rows_data.append({**fresh(agents_sim_rate, 10_000, window, warm=True), "agent": "membership only (MeshNode)"})
     else:
         rows_data.append({"nodes": 10_000, "sim_s_per_wall_s": None, "start": "warm",
                           "skipped": "--quick" if quick else "no 1,000-node rate" if predicted is None
