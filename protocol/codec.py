@@ -182,14 +182,14 @@ def _checker_for(name: str, tp: Any, meta: typing.Mapping[str, Any]) -> tuple[Ch
 @attrs.frozen
 class _Kind:
     """One field type, resolved once: its checker and packer, and what the compiled codec of
-    its class inlines for it (``scalar``: a check on ``type(x)`` and bounds; ``enum``: a dict
-    look-up; ``None``: a call to ``check``)."""
+    its class inlines for it (``scalar``: a check on ``type(x)`` and bounds; ``enum_by_value``:
+    a dict look-up; neither: a call to ``check``)."""
 
     check: Checker
     pack: Packer | None
     scalar: tuple[Any, ...] | None = None  # ("int", lo, hi) | ("float", lo, hi) | ("bool",) | ("str", n) | ("bytes", n, exact)
     enum_by_value: dict[Any, Any] | None = None
-    scalar_name: str = ""  # the enum's class name, for the message
+    enum_name: str = ""  # the enum's class name, for the message
     optional: bool = False
 
 
@@ -200,8 +200,6 @@ def _kind_of(name: str, tp: Any, meta: typing.Mapping[str, Any]) -> _Kind:
         if len(members) != 1:
             raise LocalProtocolError(f"{name}: only 'T | None' unions are supported")
         inner = _kind_of(name, members[0], meta)
-        if inner.optional:
-            return inner
         if inner.pack is None:
             pack = None
         else:
@@ -237,7 +235,7 @@ def _kind_of(name: str, tp: Any, meta: typing.Mapping[str, Any]) -> _Kind:
         return _Kind(_bytes_checker(name, n, exact), None, scalar=("bytes", n, exact))
     if isinstance(tp, type) and issubclass(tp, enum.Enum):
         return _Kind(_enum_checker(name, tp), lambda v: v.value, enum_by_value={m.value: m for m in tp},
-                     scalar_name=tp.__name__)
+                     enum_name=tp.__name__)
     if isinstance(tp, type) and attrs.has(tp):
         codec = codec_for(tp)
         return _Kind(codec.check_untrusted, codec.pack)
@@ -259,7 +257,7 @@ def _compile(
     name = cls.__name__
     ns: dict[str, Any] = {"_cls": cls, "_bad": _bad, "BadPacket": BadPacket, "_isfinite": math.isfinite,
                           "_generic": generic_check, "_list": list, "_int": int, "_float": float,
-                          "_bool": bool, "_str": str, "_bytes": bytes, "_tuple": tuple}
+                          "_bool": bool, "_str": str, "_bytes": bytes}
     body: list[str] = []
     args: list[str] = []
     for i, kind in enumerate(kinds):
@@ -295,7 +293,7 @@ def _compile(
                     lines.append(f"if len({x}) != {exact!r}: raise _bad(e{i})")
         elif kind.enum_by_value is not None:
             ns[f"b{i}"] = kind.enum_by_value
-            ns[f"m{i}"] = f"{fname}: not a known {kind.scalar_name}"
+            ns[f"m{i}"] = f"{fname}: not a known {kind.enum_name}"
             lines.append("try:")
             lines.append(f"    {x} = b{i}[{x}]")
             lines.append("except (KeyError, TypeError):")

@@ -22,14 +22,12 @@ import gc
 from collections.abc import Iterator
 
 YOUNG_EVERY = 100_000  # container allocations between collections of the youngest generation
-MIDDLE_EVERY = 10  # young collections between collections of the middle generation (default)
-OLD_EVERY = 10  # middle collections between collections of the oldest generation (default)
 
 
 @contextlib.contextmanager
 def many_objects() -> Iterator[None]:
     old = gc.get_threshold()
-    gc.set_threshold(YOUNG_EVERY, MIDDLE_EVERY, OLD_EVERY)
+    gc.set_threshold(YOUNG_EVERY, *old[1:])
     try:
         yield
     finally:

@@ -45,6 +45,7 @@ import trio
 
 from meshagent.transport.udp import port_free
 from meshagent.trust import keystore
+from sims.scenario import SCHEMA
 
 PORT = 7946
 # Membership timers: memberlist's LAN defaults (probe every 1 s, gossip every 200 ms) with a
@@ -95,9 +96,9 @@ CSMS_HOST = "127.84.1.1"
 # surge's deficit by the same allocation to one OCPP 2.0.1 station per member over real
 # WebSockets (SetChargingProfile, what `bench allocation` and `sim --real-network` time), and
 # the demo times it. A CSMS learns of the surge from the site meter it polls every
-# CENTRAL_METER_INTERVAL_S (the scenarios' default): the demo counts half of it (the mean
-# wait) and the inverter's design bound, and says so.
-CENTRAL_METER_INTERVAL_S = 1.0
+# CENTRAL_METER_INTERVAL_S (the scenarios' default, [response] central_meter_interval_s): the
+# demo counts half of it (the mean wait) and the inverter's design bound, and says so.
+CENTRAL_METER_INTERVAL_S = float(SCHEMA["response"]["central_meter_interval_s"][1])
 CENTRAL_TRIALS = 3
 # (vehicle model, state of charge %) per charger, None: nobody plugged in. Mixed on purpose:
 # the plan weighs each vehicle by its energy above the reserve (20 %).
@@ -162,8 +163,12 @@ class Central:
     inverter_s: float  # stated: the inverter's design bound
 
     @property
+    def dispatch_median_ms(self) -> float:
+        return sorted(self.dispatch_ms)[len(self.dispatch_ms) // 2]
+
+    @property
     def lands_s(self) -> float:
-        return self.meter_wait_s + sorted(self.dispatch_ms)[len(self.dispatch_ms) // 2] / 1000 + self.inverter_s
+        return self.meter_wait_s + self.dispatch_median_ms / 1000 + self.inverter_s
 
 
 def _central(stations: int, deficit_w: float) -> Central:
@@ -605,10 +610,9 @@ def _summary(trace: Trace, central: Central | None = None) -> None:
     _say("    no response: the meter less every charger's measured power (the same building, the same "
          f"surge, no charger moving); samples every {SAMPLE_PERIOD_S * 1000:g} ms")
     if central is not None:
-        ms = sorted(central.dispatch_ms)
         _say(f"    central: the no-response trace covered from {central.lands_s * 1000:.0f} ms after the step = "
              f"{central.meter_wait_s * 1000:.0f} ms mean wait for the CSMS's meter poll (every "
-             f"{CENTRAL_METER_INTERVAL_S:g} s, stated) + {ms[len(ms) // 2]:.0f} ms OCPP dispatch to "
+             f"{CENTRAL_METER_INTERVAL_S:g} s, stated) + {central.dispatch_median_ms:.0f} ms OCPP dispatch to "
              f"{central.stations} stations (measured, median of {', '.join(f'{x:.0f}' for x in central.dispatch_ms)} ms) "
              f"+ {central.inverter_s * 1000:.0f} ms inverter (design bound); a frequency dip is each charger's own "
              "droop in both")
